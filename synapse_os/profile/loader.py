@@ -1,0 +1,238 @@
+"""Load a profile file: YAML with source positions, `extends:` merging, validation.
+
+Every problem becomes a UserError naming file:line:column, the key path and what is
+accepted. Nothing else may escape from `load_profile` for any input (fuzzed in tests).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from synapse_os.errors import UserError
+from synapse_os.profile.model import Profile
+
+MAX_EXTENDS_DEPTH = 8
+MAX_FILE_BYTES = 1024 * 1024
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Mark:
+    file: Path
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2-style booleans: only true/false, so `mitigations: off` stays a word."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _construct(node: yaml.Node, file: Path, path: KeyPath, marks: dict[KeyPath, Mark]) -> Any:
+    marks[path] = Mark(file, node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                raise UserError(
+                    f"{_mark(file, key_node)}: only plain scalar keys are accepted in a profile"
+                )
+            key = str(key_node.value)
+            if key in out:
+                raise UserError(f"{_mark(file, key_node)}: key {key!r} appears twice")
+            out[key] = _construct(value_node, file, (*path, key), marks)
+            if not isinstance(value_node, yaml.ScalarNode):  # a block: point at its key
+                marks[(*path, key)] = Mark(
+                    file, key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                )
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v, file, (*path, i), marks) for i, v in enumerate(node.value)]
+    loader = _Loader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def _mark(file: Path, node: yaml.Node) -> str:
+    return str(Mark(file, node.start_mark.line + 1, node.start_mark.column + 1))
+
+
+def _read_yaml(file: Path) -> tuple[dict[str, Any], dict[KeyPath, Mark]]:
+    try:
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise UserError(f"{file}: profile is larger than 1 MiB; is this the right file?")
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{file}: no such profile file") from None
+    except IsADirectoryError:
+        raise UserError(f"{file}: is a directory, expected a profile YAML file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{file}: is not UTF-8 text; a profile is a YAML file") from None
+    except OSError as exc:
+        raise UserError(f"{file}: cannot be read ({exc.strerror})") from None
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        where = exc.problem_mark or exc.context_mark
+        pos = f"{file}:{where.line + 1}:{where.column + 1}" if where else str(file)
+        raise UserError(f"{pos}: YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{file}: YAML error: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{file}: cannot be parsed as YAML ({type(exc).__name__})") from None
+    if node is None:
+        raise UserError(f"{file}: is empty; a profile starts with 'synapse: 1'")
+    marks: dict[KeyPath, Mark] = {}
+    try:
+        data = _construct(node, file, (), marks)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{file}: YAML error: {exc}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise UserError(f"{file}: a value cannot be read ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{marks[()]}: the profile must be a mapping of keys (synapse:, name:, ...), "
+            f"not a {type(data).__name__}"
+        )
+    return data, marks
+
+
+def _merge(
+    parent: dict[str, Any],
+    child: dict[str, Any],
+    parent_marks: dict[KeyPath, Mark],
+    child_marks: dict[KeyPath, Mark],
+    path: KeyPath = (),
+) -> dict[str, Any]:
+    """Deep-merge mappings; lists and scalars replace; a child `null` resets to default."""
+    out = dict(parent)
+    for key, value in child.items():
+        sub = (*path, key)
+        if value is None:
+            out.pop(key, None)
+            for p in [p for p in parent_marks if p[: len(sub)] == sub]:
+                del parent_marks[p]
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, parent_marks, child_marks, sub)
+        else:
+            out[key] = value
+            for p in [p for p in parent_marks if p[: len(sub)] == sub]:
+                del parent_marks[p]
+    if not path:
+        parent_marks.update({p: m for p, m in child_marks.items() if p not in parent_marks})
+    return out
+
+
+def _resolve(file: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[KeyPath, Mark]]:
+    data, marks = _read_yaml(file)
+    extends = data.pop("extends", None)
+    if extends is None:
+        return data, marks
+    if not isinstance(extends, str) or not extends.strip():
+        raise UserError(f"{marks[('extends',)]}: extends must be a path to another profile")
+    parent_file = (file.parent / extends).resolve()
+    if parent_file in chain or parent_file == file.resolve():
+        raise UserError(f"{marks[('extends',)]}: extends forms a cycle through {parent_file}")
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise UserError(f"{marks[('extends',)]}: extends is nested deeper than {MAX_EXTENDS_DEPTH}")
+    parent, parent_marks = _resolve(parent_file, (*chain, file.resolve()))
+    child_marks = {p: m for p, m in marks.items() if p and p[0] != "extends"}
+    merged = _merge(parent, data, parent_marks, child_marks)
+    return merged, parent_marks
+
+
+def _fields_at(loc: KeyPath) -> list[str]:
+    """The field names accepted at `loc` (the parent of an unknown key)."""
+    model: Any = Profile
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _model_of(annotation: Any) -> Any:
+    for arg in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def _nearest_mark(marks: dict[KeyPath, Mark], loc: KeyPath, file: Path) -> Mark:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in marks:
+            return marks[loc[:end]]
+    return Mark(file, 1, 1)
+
+
+def _describe(error: Any, marks: dict[KeyPath, Mark], file: Path) -> str:
+    # pydantic adds union-branch names ("function-after[...]", "int") to loc: drop them
+    loc: KeyPath = tuple(
+        p for p in error["loc"] if isinstance(p, int) or not re.search(r"[\[\]]|^(int|str|float|bool|literal)", p)
+    )
+    msg = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
+    named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): ", msg)  # cross-field rule naming its key
+    if named:
+        loc = tuple(named.group(1).split("."))
+        msg = msg[named.end():]
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    mark = _nearest_mark(marks, loc, file)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {guess[0]!r}?" if guess else f"accepted keys: {', '.join(known)}"
+        return f"{mark}: unknown key {key!r}; {hint}"
+    if kind == "missing":
+        return f"{mark}: required key {key!r} is missing"
+    if kind == "literal_error":
+        msg = msg.replace("Input should be", "accepted values are")
+    return f"{mark}: {key}: {msg} (got {error.get('input')!r})" if kind != "value_error" else (
+        f"{mark}: {key}: {msg}"
+    )
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read, merge and validate a profile, or raise UserError with one clear sentence."""
+    file = Path(path)
+    data, marks = _resolve(file, ())
+    if data.get("synapse") not in (1, None):
+        where = marks.get(("synapse",), Mark(file, 1, 1))
+        raise UserError(
+            f"{where}: profile format version {data.get('synapse')!r} is not supported; "
+            "this synapse reads 'synapse: 1'"
+        )
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _describe(errors[0], marks, file)
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        raise UserError(first + (more if len(errors) > 1 else "")) from None
+    except (RecursionError, TypeError, ValueError) as exc:
+        raise UserError(f"{file}: the profile cannot be validated ({exc})") from None
