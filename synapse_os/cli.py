@@ -92,11 +92,10 @@ def validate(profile: Path, as_json: bool) -> None:
 def render(profile: Path, output: Path, as_json: bool) -> None:
     """Render every artifact for PROFILE into OUTPUT, with manifest.json."""
     from synapse_os.profile import load_profile
-    from synapse_os.render import render_profile, write_tree
+    from synapse_os.render import render_to
 
     loaded = load_profile(profile)
-    tree = render_profile(loaded)
-    write_tree(tree, output)
+    tree = render_to(loaded, output)
     if as_json:
         emit_json({"output": str(output), "files": len(tree.files), "profile_hash": loaded.hash()})
     else:
@@ -162,6 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug, not bad input: keep the traceback behind --debug
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""Distribution backends: what differs between Arch and Debian (package names, bootstrap).
+
+Everything systemd-level is shared and rendered once; a backend only names packages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from synapse_os.profile.model import Profile
+
+
+@dataclass(frozen=True)
+class Distro:
+    name: str
+    base_packages: tuple[str, ...]
+    default_kernel: str
+    microcode: dict[str, str]  # cpu vendor -> package
+    zram_generator: str
+    python: tuple[str, ...]
+    bootloader: dict[str, tuple[str, ...]]  # loader -> packages
+    filesystem_tools: dict[str, str]
+
+    def packages(self, profile: Profile) -> list[str]:
+        """The full package list for a profile, sorted and without duplicates."""
+        pkgs = set(self.base_packages)
+        kernel = profile.kernel.package or self.default_kernel
+        if profile.kernel.source == "stock" or profile.kernel.package is None:
+            pkgs.add(kernel)
+        vendor = profile.hardware.cpu_vendor
+        pkgs.update(self.microcode.values() if vendor == "auto" else [self.microcode[vendor]])
+        if profile.memory.zram is not None and profile.memory.zram.enabled:
+            pkgs.add(self.zram_generator)
+        if profile.runtime is not None:
+            pkgs.update(self.python)
+        pkgs.update(self.bootloader[profile.boot.loader])
+        pkgs.add(self.filesystem_tools[profile.disk.root_fs])
+        pkgs.update(profile.packages.extra)
+        return sorted(pkgs)
+
+
+ARCH = Distro(
+    name="arch",
+    base_packages=("base", "linux-firmware", "sudo", "openssh", "iproute2", "procps-ng",
+                   "util-linux", "dosfstools"),
+    default_kernel="linux",
+    microcode={"intel": "intel-ucode", "amd": "amd-ucode"},
+    zram_generator="zram-generator",
+    python=("python", "python-pip"),
+    bootloader={"systemd-boot": (), "grub": ("grub", "efibootmgr")},
+    filesystem_tools={"xfs": "xfsprogs", "ext4": "e2fsprogs"},
+)
+
+DEBIAN = Distro(
+    name="debian",
+    base_packages=("systemd-sysv", "udev", "dbus", "sudo", "openssh-server", "iproute2",
+                   "procps", "util-linux", "dosfstools", "kmod", "ca-certificates"),
+    default_kernel="linux-image-amd64",
+    microcode={"intel": "intel-microcode", "amd": "amd64-microcode"},
+    zram_generator="systemd-zram-generator",
+    python=("python3", "python3-venv", "python3-pip"),
+    bootloader={"systemd-boot": ("systemd-boot",), "grub": ("grub-efi-amd64",)},
+    filesystem_tools={"xfs": "xfsprogs", "ext4": "e2fsprogs"},
+)
+
+BACKENDS = {"arch": ARCH, "debian": DEBIAN}
+
+
+def distro_for(profile: Profile) -> Distro:
+    return BACKENDS[profile.base]

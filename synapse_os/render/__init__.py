@@ -1,0 +1,329 @@
+"""Render a profile into a tree of files: pure (no I/O but reading templates), deterministic.
+
+The tree is built in memory by a list of small named steps, then written atomically by
+`write_tree` with a manifest.json holding the sha256 of every file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from synapse_os import __version__
+from synapse_os.distro import distro_for
+from synapse_os.errors import UserError
+from synapse_os.profile.model import Profile, parse_size
+from synapse_os.resources import data_dir
+from synapse_os.state import ENGINE_UNITS, SystemState, cmdline_string, desired_state
+
+MANIFEST = "manifest.json"
+SYNAPSE_BIN = "/opt/synapse/bin/synapse"
+ROOT_PARTLABEL = "synapse-root"
+
+
+@dataclass(frozen=True)
+class File:
+    content: bytes = b""
+    mode: int = 0o644
+    link: str | None = None  # a symlink (unit masks point at /dev/null)
+
+    def digest(self) -> str:
+        data = self.link.encode() if self.link is not None else self.content
+        return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Tree:
+    files: dict[str, File] = field(default_factory=dict)
+
+    def add(self, path: str, content: str | bytes, mode: int = 0o644) -> None:
+        if path in self.files:
+            raise ValueError(f"two render steps produced {path}")
+        data = content.encode() if isinstance(content, str) else content
+        self.files[path] = File(data, mode)
+
+    def link(self, path: str, target: str) -> None:
+        self.files[path] = File(link=target, mode=0o777)
+
+    def manifest(self, profile: Profile) -> dict[str, object]:
+        return {
+            "synapse_version": __version__,
+            "profile": profile.name,
+            "profile_hash": profile.hash(),
+            "base": profile.base,
+            "files": {
+                path: {"sha256": f.digest(), "mode": f"{f.mode:04o}",
+                       **({"link": f.link} if f.link is not None else {})}
+                for path, f in sorted(self.files.items())
+            },
+        }
+
+
+@cache
+def _env() -> jinja2.Environment:
+    loader = jinja2.FileSystemLoader(
+        [str(data_dir(d)) for d in ("overlays", "systemd", "install", "iso")]
+    )
+    return jinja2.Environment(
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def template(name: str, **context: object) -> str:
+    return _env().get_template(name).render(**context)
+
+
+@dataclass(frozen=True)
+class Context:
+    profile: Profile
+    state: SystemState
+
+    @property
+    def kernel_package(self) -> str:
+        return self.profile.kernel.package or distro_for(self.profile).default_kernel
+
+    @property
+    def custom_kernel(self) -> bool:
+        return self.profile.kernel.source == "custom"
+
+    @property
+    def microcode_images(self) -> list[str]:
+        vendor = self.profile.hardware.cpu_vendor
+        vendors = ["amd", "intel"] if vendor == "auto" else [vendor]
+        return [f"{v}-ucode.img" for v in vendors]
+
+    @property
+    def threads(self) -> int | None:
+        rt = self.profile.runtime
+        if rt is not None and isinstance(rt.threads, int):
+            return rt.threads
+        return self.profile.hardware.physical_cores
+
+    @property
+    def memory_high(self) -> str | None:
+        rt = self.profile.runtime
+        if rt is None or rt.memory_high is None:
+            return None
+        if rt.memory_high != "auto":
+            return str(parse_size(rt.memory_high))
+        ram = self.profile.hardware.ram
+        if ram == "auto":
+            raise UserError(
+                "runtime.memory_high: auto needs the machine's RAM; set hardware.ram "
+                "(synapse init fills it in) or give memory_high a size"
+            )
+        high = parse_size(ram) - parse_size(rt.memory_reserve)
+        if high <= 0:
+            raise UserError(
+                f"runtime.memory_reserve ({rt.memory_reserve}) is not smaller than "
+                f"hardware.ram ({ram}); lower the reserve"
+            )
+        return str(high)
+
+    def vars(self, **extra: object) -> dict[str, object]:
+        return {
+            "profile": self.profile,
+            "state": self.state,
+            "runtime": self.profile.runtime,
+            "kernel_package": self.kernel_package,
+            "custom_kernel": self.custom_kernel,
+            "threads": self.threads,
+            **extra,
+        }
+
+
+Step = Callable[[Context, Tree], None]
+
+
+def step_system(ctx: Context, tree: Tree) -> None:
+    s = ctx.state
+    tree.add("rootfs/etc/hostname", f"{s.hostname}\n")
+    if s.sysctl:
+        tree.add("rootfs/etc/sysctl.d/90-synapse.conf", template("sysctl.conf.j2", **ctx.vars()))
+    if s.sysfs:
+        tree.add("rootfs/etc/tmpfiles.d/synapse-sysfs.conf",
+                 template("tmpfiles-sysfs.conf.j2", **ctx.vars()))
+    if s.zram:
+        tree.add("rootfs/etc/systemd/zram-generator.conf",
+                 template("zram-generator.conf.j2", **ctx.vars()))
+    if s.journald:
+        tree.add("rootfs/etc/systemd/journald.conf.d/90-synapse.conf",
+                 template("journald.conf.j2", **ctx.vars()))
+    for unit in s.mask:
+        tree.link(f"rootfs/etc/systemd/system/{unit}", "/dev/null")
+    if any(ctx.profile.makepkg.model_dump().values()) and ctx.profile.base == "arch":
+        tree.add("rootfs/etc/makepkg.conf.d/synapse.conf",
+                 template("makepkg.conf.j2", **ctx.vars(m=ctx.profile.makepkg)))
+
+
+def step_boot(ctx: Context, tree: Tree) -> None:
+    words = list(ctx.state.cmdline)
+    cmdline = cmdline_string(words)
+    full = cmdline_string([f"root=PARTLABEL={ROOT_PARTLABEL}", "rw", *words])
+    tree.add("rootfs/etc/kernel/cmdline", f"{full}\n")
+    if ctx.profile.boot.loader == "grub":
+        tree.add("rootfs/etc/default/grub.d/90-synapse.cfg",
+                 template("grub.cfg.j2", **ctx.vars(cmdline=cmdline)))
+        return
+    tree.add("rootfs/boot/loader/loader.conf", template("loader.conf.j2", **ctx.vars()))
+    if ctx.profile.base != "arch":
+        return  # Debian's kernel-install writes entries from etc/kernel/cmdline
+    entry = {"microcode_images": ctx.microcode_images, "full_cmdline": full}
+    tree.add("rootfs/boot/loader/entries/synapse.conf",
+             template("loader-entry.conf.j2", **ctx.vars(**entry)))
+    if ctx.custom_kernel:  # the stock kernel stays installed as a fallback
+        fallback = ctx.vars(**entry) | {"kernel_package": distro_for(ctx.profile).default_kernel}
+        tree.add("rootfs/boot/loader/entries/synapse-fallback.conf",
+                 template("loader-entry.conf.j2", **fallback))
+
+
+def step_runtime(ctx: Context, tree: Tree) -> None:
+    rt = ctx.profile.runtime
+    if rt is None:
+        return
+    extra = {"synapse_bin": SYNAPSE_BIN, "memory_high": ctx.memory_high,
+             "gpu": ctx.profile.hardware.gpu != "none"}
+    tree.add("rootfs/etc/sysusers.d/synapse.conf", template("sysusers.conf.j2", **ctx.vars()))
+    tree.add("rootfs/etc/tmpfiles.d/synapse-runtime.conf",
+             template("tmpfiles-runtime.conf.j2", **ctx.vars()))
+    unit = ENGINE_UNITS[rt.engine]
+    if rt.engine == "ollama":
+        tree.add(f"rootfs/etc/systemd/system/{unit}.d/90-synapse.conf",
+                 template("ollama-synapse.conf.j2", **ctx.vars(**extra)))
+        return
+    if rt.engine == "llama-server" and "main" not in rt.models:
+        raise UserError("runtime.models: the llama-server engine needs a 'main' model")
+    tree.add(f"rootfs/etc/systemd/system/{unit}",
+             template(f"{unit}.j2", **ctx.vars(**extra)))
+    if rt.engine == "synapse-runtime":
+        from synapse_os.runtime.config import runtime_config_from_profile
+
+        config = runtime_config_from_profile(ctx.profile)
+        tree.add("rootfs/etc/synapse/runtime.yaml",
+                 "# Rendered by synapse; read by synapse-runtime.service.\n"
+                 + yaml.safe_dump(config, sort_keys=True, default_flow_style=False))
+
+
+def step_install(ctx: Context, tree: Tree) -> None:
+    distro = distro_for(ctx.profile)
+    header = f"# Packages for profile {ctx.profile.name} ({distro.name}), rendered by synapse.\n"
+    manifest_name = "packages.x86_64" if distro.name == "arch" else "packages.debian"
+    tree.add(f"install/{manifest_name}", header + "\n".join(distro.packages(ctx.profile)) + "\n")
+    if distro.name == "arch":
+        tree.add("install/pacman.conf", template("pacman.conf.j2", **ctx.vars()))
+    options = ",".join(ctx.profile.disk.mount_options) or "defaults"
+    tree.add("install/partition.sh",
+             template("partition.sh.j2", **ctx.vars(mount_options=options)), 0o755)
+    tree.add("install/install.sh", template("install.sh.j2", **ctx.vars()), 0o755)
+
+
+def step_kernel(ctx: Context, tree: Tree) -> None:
+    if not ctx.custom_kernel:
+        return
+    from synapse_os.kernel.fragment import kernel_fragment
+
+    tree.add("kernel/synapse.config", kernel_fragment(ctx.profile))
+    try:
+        from synapse_os.kernel.pkgbuild import pkgbuild_files
+    except ImportError:
+        return
+    for name, (content, mode) in sorted(pkgbuild_files(ctx.profile).items()):
+        tree.add(f"kernel/{name}", content, mode)
+
+
+def step_archinstall(ctx: Context, tree: Tree) -> None:
+    if ctx.profile.base != "arch":
+        return
+    from synapse_os.render.archinstall import archinstall_files
+
+    for name, content in archinstall_files(ctx).items():
+        tree.add(f"archinstall/{name}", content)
+
+
+STEPS: list[Step] = [
+    step_system,
+    step_boot,
+    step_runtime,
+    step_install,
+    step_kernel,
+    step_archinstall,
+]
+
+
+def render_profile(profile: Profile) -> Tree:
+    ctx = Context(profile, desired_state(profile))
+    tree = Tree()
+    for step in STEPS:
+        step(ctx, tree)
+    return tree
+
+
+def _is_render_dir(path: Path) -> bool:
+    return (path / MANIFEST).is_file() or (path.is_dir() and not any(path.iterdir()))
+
+
+def write_tree(tree: Tree, output: Path, manifest: dict[str, object] | None = None) -> None:
+    """Write the tree into `output` atomically: a sibling temp dir renamed into place.
+
+    An existing `output` is replaced only if it is empty or a previous render.
+    """
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: exists and is not a directory; choose another -o path")
+    if output.is_dir() and not _is_render_dir(output):
+        raise UserError(
+            f"{output}: is a non-empty directory that is not a synapse render (no {MANIFEST}); "
+            "choose an empty or new directory"
+        )
+    parent = output.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    except OSError as exc:
+        raise UserError(f"{output}: cannot create the output directory ({exc.strerror})") from None
+    try:
+        for rel, f in sorted(tree.files.items()):
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if f.link is not None:
+                os.symlink(f.link, dest)
+            else:
+                dest.write_bytes(f.content)
+                os.chmod(dest, f.mode)
+        if manifest is not None:
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)
+        if output.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=parent))
+            os.rename(output, old / "tree")
+            os.rename(tmp, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, output)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{output}: could not write the rendered tree ({exc})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def render_to(profile: Profile, output: Path) -> Tree:
+    tree = render_profile(profile)
+    write_tree(tree, output, tree.manifest(profile))
+    return tree

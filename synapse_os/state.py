@@ -1,0 +1,274 @@
+"""The desired system state a profile declares, and how each piece is checked live.
+
+This is the single source of truth between the profile and everything downstream:
+`render` writes files from `SystemState`, and `checks()` derives one live check per
+setting from the very same values, so `synapse verify` and the VM assertions cover a
+new setting without new code. A check is a POSIX shell probe that prints the live value
+(exit 100 = this machine cannot show it, reported as "unknown") plus how to compare it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from synapse_os.profile.model import Profile, parse_size
+
+Match = Literal["equal", "selected", "token", "one_of", "contains"]
+UNKNOWN_RC = 100
+
+RUNTIME_UNIT = "synapse-runtime.service"
+LLAMA_SERVER_UNIT = "synapse-llama-server.service"
+ENGINE_UNITS = {
+    "synapse-runtime": RUNTIME_UNIT,
+    "llama-server": LLAMA_SERVER_UNIT,
+    "ollama": "ollama.service",
+}
+THP_DIR = "/sys/kernel/mm/transparent_hugepage"
+CPUFREQ_GLOB = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One live assertion: run `probe` (sh), compare its output with `expected`."""
+
+    id: str
+    kind: str
+    source: str  # the profile key that declared it
+    expected: str
+    probe: str
+    match: Match = "equal"
+    after_reboot: bool = False  # only true once the machine has booted with it
+
+    def evaluate(self, returncode: int, output: str) -> tuple[str, str]:
+        """(status, actual) where status is pass | fail | unknown."""
+        actual = output.strip()
+        if returncode == UNKNOWN_RC:
+            return "unknown", actual or "not readable on this machine"
+        if returncode != 0:
+            return "fail", actual or f"probe exited {returncode}"
+        return ("pass" if matches(self.match, self.expected, actual) else "fail"), actual
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def matches(how: Match, expected: str, actual: str) -> bool:
+    if how == "equal":
+        return actual == expected
+    if how == "selected":  # sysfs choice files: "always [madvise] never"
+        return f"[{expected}]" in actual.split()
+    if how == "token":
+        return expected in actual.split()
+    if how == "one_of":
+        return actual in expected.split("|")
+    return expected in actual
+
+
+def _guarded(path: str, command: str) -> str:
+    """Probe that reports 'unknown' when `path` (a glob allowed) does not exist here."""
+    return f"ls -d {path} >/dev/null 2>&1 || exit {UNKNOWN_RC}; {command}"
+
+
+@dataclass(frozen=True)
+class ZramState:
+    size: str
+    algorithm: str
+    priority: int
+
+
+@dataclass(frozen=True)
+class SystemState:
+    sysctl: dict[str, str] = field(default_factory=dict)
+    sysfs: dict[str, str] = field(default_factory=dict)  # path (glob) -> value, via tmpfiles
+    cmdline: tuple[str, ...] = ()
+    mask: tuple[str, ...] = ()
+    disable: tuple[str, ...] = ()
+    enable: tuple[str, ...] = ()
+    active: tuple[str, ...] = ()
+    journald: dict[str, str] = field(default_factory=dict)
+    zram: ZramState | None = None
+    zswap_enabled: bool | None = None
+    hostname: str = "synapse"
+    sources: dict[str, str] = field(default_factory=dict)  # setting id -> profile key
+
+    @property
+    def is_stock(self) -> bool:
+        return not (self.sysctl or self.sysfs or self.cmdline or self.mask or self.disable
+                    or self.journald or self.zram)
+
+
+def sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def _size_for_journald(value: str) -> str:
+    return str(parse_size(value))
+
+
+def desired_state(profile: Profile) -> SystemState:
+    """Everything the profile asks of a running system, in rendering order."""
+    sources: dict[str, str] = {}
+    mem = profile.memory
+
+    sysctl: dict[str, str] = {}
+    for key, value, src in (
+        ("vm.swappiness", mem.swappiness, "memory.swappiness"),
+        ("vm.page-cluster", mem.page_cluster, "memory.page_cluster"),
+        ("vm.nr_hugepages", mem.hugepages, "memory.hugepages"),
+        ("vm.vfs_cache_pressure", mem.vfs_cache_pressure, "memory.vfs_cache_pressure"),
+        ("vm.dirty_ratio", mem.dirty_ratio, "memory.dirty_ratio"),
+        ("vm.dirty_background_ratio", mem.dirty_background_ratio, "memory.dirty_background_ratio"),
+    ):
+        if value is not None:
+            sysctl[key] = str(value)
+            sources[f"sysctl {key}"] = src
+    for key, value in sorted(profile.sysctl.items()):
+        sysctl[key] = str(value)
+        sources[f"sysctl {key}"] = f"sysctl.{key}"
+
+    sysfs: dict[str, str] = {}
+    if mem.thp is not None:
+        sysfs[f"{THP_DIR}/enabled"] = mem.thp
+        sources[f"sysfs {THP_DIR}/enabled"] = "memory.thp"
+    if mem.thp_defrag is not None:
+        sysfs[f"{THP_DIR}/defrag"] = mem.thp_defrag
+        sources[f"sysfs {THP_DIR}/defrag"] = "memory.thp_defrag"
+    if profile.cpu.governor is not None:
+        sysfs[f"{CPUFREQ_GLOB}/scaling_governor"] = profile.cpu.governor
+        sources[f"sysfs {CPUFREQ_GLOB}/scaling_governor"] = "cpu.governor"
+    if profile.cpu.energy_performance_preference is not None:
+        path = f"{CPUFREQ_GLOB}/energy_performance_preference"
+        sysfs[path] = profile.cpu.energy_performance_preference
+        sources[f"sysfs {path}"] = "cpu.energy_performance_preference"
+
+    cmdline: list[str] = []
+    for word in profile.boot.cmdline:
+        cmdline.append(word)
+        sources[f"cmdline {word}"] = "boot.cmdline"
+    for word, src in (
+        ("mitigations=off" if profile.boot.mitigations == "off" else None, "boot.mitigations"),
+        (f"transparent_hugepage={mem.thp}" if mem.thp else None, "memory.thp"),
+        (f"nohz_full={profile.kernel.nohz_full_cpus}" if profile.kernel.nohz_full_cpus
+         else None, "kernel.nohz_full_cpus"),
+        ("zswap.enabled=0" if mem.zswap is False else
+         "zswap.enabled=1" if mem.zswap else None, "memory.zswap"),
+    ):
+        if word:
+            cmdline.append(word)
+            sources[f"cmdline {word}"] = src
+
+    enable = list(profile.services.enable)
+    active: list[str] = []
+    if profile.runtime is not None:
+        unit = ENGINE_UNITS[profile.runtime.engine]
+        enable.append(unit)
+        active.append(unit)
+        sources[f"unit {unit}"] = "runtime.engine"
+    for unit in profile.services.mask:
+        sources[f"unit {unit}"] = "services.mask"
+    for unit in profile.services.disable:
+        sources[f"unit {unit}"] = "services.disable"
+    for unit in profile.services.enable:
+        sources[f"unit {unit}"] = "services.enable"
+
+    journald: dict[str, str] = {}
+    jd = profile.journald
+    for key, value, src in (
+        ("Storage", jd.storage, "journald.storage"),
+        ("SystemMaxUse", jd.system_max_use and _size_for_journald(jd.system_max_use),
+         "journald.system_max_use"),
+        ("RuntimeMaxUse", jd.runtime_max_use and _size_for_journald(jd.runtime_max_use),
+         "journald.runtime_max_use"),
+        ("MaxRetentionSec", jd.max_retention, "journald.max_retention"),
+    ):
+        if value is not None:
+            journald[key] = value
+            sources[f"journald {key}"] = src
+
+    zram = None
+    if mem.zram is not None and mem.zram.enabled:
+        zram = ZramState(mem.zram.size, mem.zram.algorithm, mem.zram.priority)
+        sources["zram"] = "memory.zram"
+
+    return SystemState(
+        sysctl=sysctl,
+        sysfs=sysfs,
+        cmdline=tuple(cmdline),
+        mask=tuple(profile.services.mask),
+        disable=tuple(profile.services.disable),
+        enable=tuple(enable),
+        active=tuple(active),
+        journald=journald,
+        zram=zram,
+        zswap_enabled=mem.zswap,
+        hostname=profile.hostname,
+        sources=sources,
+    )
+
+
+def checks(state: SystemState) -> list[Check]:
+    """One live check per declared setting (files are checked from the manifest elsewhere)."""
+    out: list[Check] = []
+    src = state.sources
+    for key, value in state.sysctl.items():
+        path = sysctl_path(key)
+        # the kernel prints some sysctls with tabs between fields: normalise whitespace
+        out.append(Check(f"sysctl {key}", "sysctl", src[f"sysctl {key}"], " ".join(value.split()),
+                         _guarded(path, f"tr -s '\\t ' '  ' < {path}")))
+    for path, value in state.sysfs.items():
+        choice = path.startswith(THP_DIR)
+        probe = (f"cat {path}" if choice else f"cat {path} | sort -u | tr '\\n' ' ' | sed 's/ $//'")
+        out.append(Check(f"sysfs {path}", "sysfs", src[f"sysfs {path}"], value,
+                         _guarded(path, probe), "selected" if choice else "equal"))
+    for word in state.cmdline:
+        out.append(Check(f"cmdline {word}", "cmdline", src[f"cmdline {word}"], word,
+                         "cat /proc/cmdline", "token", after_reboot=True))
+    if state.zswap_enabled is not None:
+        path = "/sys/module/zswap/parameters/enabled"
+        out.append(Check("zswap enabled", "sysfs", "memory.zswap",
+                         "Y" if state.zswap_enabled else "N", _guarded(path, f"cat {path}"),
+                         after_reboot=True))
+    for unit in state.mask:
+        out.append(Check(f"unit {unit} masked", "unit", src[f"unit {unit}"], "masked",
+                         f"systemctl is-enabled {shlex.quote(unit)} 2>/dev/null; true"))
+        out.append(Check(f"unit {unit} inactive", "unit", src[f"unit {unit}"],
+                         "inactive|failed|unknown",
+                         f"systemctl is-active {shlex.quote(unit)} 2>/dev/null; true", "one_of"))
+    for unit in state.disable:
+        out.append(Check(f"unit {unit} disabled", "unit", src[f"unit {unit}"],
+                         "disabled|masked|static|not-found|",
+                         f"systemctl is-enabled {shlex.quote(unit)} 2>/dev/null; true",
+                         "one_of"))
+    for unit in state.enable:
+        out.append(Check(f"unit {unit} enabled", "unit", src[f"unit {unit}"], "enabled",
+                         f"systemctl is-enabled {shlex.quote(unit)} 2>/dev/null; true"))
+    for unit in state.active:
+        out.append(Check(f"unit {unit} active", "unit", src[f"unit {unit}"], "active",
+                         f"systemctl is-active {shlex.quote(unit)} 2>/dev/null; true"))
+    for key, value in state.journald.items():
+        out.append(Check(
+            f"journald {key}", "journald", src[f"journald {key}"], value,
+            "systemd-analyze cat-config systemd/journald.conf 2>/dev/null"
+            f" | sed -n 's/^{key}=//p' | tail -n 1",
+        ))
+    if state.zram is not None:
+        z = state.zram
+        out.append(Check("zram0 swap active", "zram", src["zram"], "/dev/zram0",
+                         "swapon --noheadings --show=NAME", "token"))
+        out.append(Check("zram0 algorithm", "zram", src["zram"], z.algorithm,
+                         _guarded("/sys/block/zram0", "cat /sys/block/zram0/comp_algorithm"),
+                         "selected"))
+        out.append(Check("zram0 priority", "zram", src["zram"], str(z.priority),
+                         "swapon --noheadings --show=NAME,PRIO | awk '$1==\"/dev/zram0\"{print $2}'"))
+    out.append(Check("hostname", "file", "hostname", state.hostname, "cat /etc/hostname"))
+    return out
+
+
+def cmdline_string(words: tuple[str, ...] | list[str]) -> str:
+    for word in words:
+        if not re.match(r'^[^\s"]+$', word):
+            raise ValueError(f"kernel parameter {word!r} contains whitespace or quotes")
+    return " ".join(words)
