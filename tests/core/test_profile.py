@@ -1,0 +1,145 @@
+"""Profile loading and validation: shipped profiles load; the blueprint's mistakes are refused
+with one sentence that names file:line, the key and what is accepted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synapse_os.errors import UserError
+from synapse_os.profile import load_profile
+from synapse_os.profile.model import MITIGATIONS_ACK
+
+from tests.conftest import PROFILES
+
+SHIPPED = sorted(PROFILES.glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(UserError) as info:
+        load_profile(path)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("profile", SHIPPED, ids=lambda p: p.name)
+def test_shipped_profiles_validate(profile: Path) -> None:
+    loaded = load_profile(profile)
+    assert loaded.synapse == 1
+    assert loaded.name == profile.stem
+
+
+def test_stock_baseline_changes_nothing() -> None:
+    from synapse_os.state import desired_state
+
+    state = desired_state(load_profile(PROFILES / "stock-baseline.yaml"))
+    assert state.is_stock
+    assert state.cmdline == () and state.enable == ()
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "needle"),
+    [
+        ("memroy:\n  swappiness: 10\n", 3, "unknown key 'memroy'; did you mean 'memory'?"),
+        ("memory:\n  swapiness: 10\n", 4, "did you mean 'swappiness'?"),
+        ("memory:\n  swappiness: 300\n", 4, "memory.swappiness: Input should be less than or equal to 200"),
+        ("disk:\n  root_fs: xfs\n  mount_options: [noatime, commit=60]\n", 3,
+         "'commit=60' does not exist on XFS"),
+        ("boot:\n  cmdline: [auditing=0]\n", 4, "'auditing=0' is not a kernel parameter"),
+        ("boot:\n  cmdline: [logic=no]\n", 4, "'logic=no' is not a kernel parameter"),
+        ("boot:\n  mitigations: off\n", 3, "mitigations: off disables CPU vulnerability"),
+        ("hardware:\n  gpu: nvidia\nkernel:\n  source: custom\n  numa: false\n", 7,
+         "kernel.numa: setting it to false breaks GPU setups"),
+        ("kernel:\n  source: custom\n  tick: full\n", 3, "set kernel.nohz_full_cpus"),
+        ("memory:\n  zram:\n    size: ram / 0\n", 5, "zram size 'ram / 0' is not valid"),
+        ("memory:\n  zram:\n    size: ram - 100000\n", 5, "it must be positive"),
+        ("memory:\n  zram:\n    size: os.system(1)\n", 5, "is not valid"),
+        ("disk:\n  target: /dev/nvme0n1\n", 4, "is not a stable disk identity"),
+        ("memory:\n  thp: sometimes\n", 4, "accepted values are 'always', 'madvise' or 'never'"),
+        ("kernel:\n  hz: 300\n", 3, "need kernel.source: custom"),
+        ("services:\n  mask: [bluetooth]\n", 4, "is not a systemd unit name"),
+    ],
+)
+def test_bad_values_are_named_with_position(tmp_path: Path, body: str, line: int, needle: str) -> None:
+    path = write(tmp_path, "synapse: 1\nname: t\n" + body)
+    message = error_of(path)
+    assert message.startswith(f"{path}:{line}:"), message
+    assert needle in message, message
+    assert "\n" not in message
+
+
+def test_mitigations_off_with_acknowledgement_is_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, f"synapse: 1\nname: t\nboot:\n  mitigations: off\n"
+                           f"  mitigations_risk: {MITIGATIONS_ACK}\n")
+    profile = load_profile(path)
+    assert profile.boot.mitigations == "off"
+
+
+def test_yaml_syntax_error_has_position(tmp_path: Path) -> None:
+    path = write(tmp_path, "synapse: 1\nname: t\nmemory: [\n")
+    assert error_of(path).startswith(f"{path}:4:")
+
+
+def test_duplicate_key_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "synapse: 1\nname: t\nname: u\n")
+    assert "key 'name' appears twice" in error_of(path)
+
+
+def test_unsupported_version(tmp_path: Path) -> None:
+    assert "format version 2 is not supported" in error_of(write(tmp_path, "synapse: 2\nname: t\n"))
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    assert "no such profile file" in error_of(tmp_path / "absent.yaml")
+    assert "is a directory" in error_of(tmp_path)
+
+
+def test_extends_merges_and_null_resets(tmp_path: Path) -> None:
+    write(tmp_path, "synapse: 1\nname: parent\nmemory:\n  swappiness: 150\n  page_cluster: 0\n"
+                    "journald:\n  storage: volatile\n", "parent.yaml")
+    child = write(tmp_path, "extends: parent.yaml\nname: child\nmemory:\n  swappiness: 100\n"
+                            "journald: null\n", "child.yaml")
+    profile = load_profile(child)
+    assert profile.name == "child"
+    assert profile.memory.swappiness == 100
+    assert profile.memory.page_cluster == 0  # inherited
+    assert profile.journald.storage is None  # reset to the default
+
+
+def test_extends_error_points_into_the_right_file(tmp_path: Path) -> None:
+    parent = write(tmp_path, "synapse: 1\nname: parent\nmemory:\n  swappiness: 999\n", "parent.yaml")
+    child = write(tmp_path, "extends: parent.yaml\nname: child\n", "child.yaml")
+    assert error_of(child).startswith(f"{parent}:4:")
+
+
+def test_extends_cycle(tmp_path: Path) -> None:
+    write(tmp_path, "extends: b.yaml\nsynapse: 1\nname: a\n", "a.yaml")
+    b = write(tmp_path, "extends: a.yaml\nsynapse: 1\nname: b\n", "b.yaml")
+    assert "extends forms a cycle" in error_of(b)
+
+
+def test_profile_hash_is_stable_and_sensitive() -> None:
+    a = load_profile(PROFILES / "nvidia-gpu.yaml")
+    b = load_profile(PROFILES / "nvidia-gpu.yaml")
+    assert a.hash() == b.hash()
+    changed = a.model_copy(update={"hostname": "other"})
+    assert changed.hash() != a.hash()
+
+
+def test_cli_validate_exit_codes(tmp_path: Path) -> None:
+    bad = write(tmp_path, "synapse: 1\nname: t\nmemory:\n  swappiness: 201\n")
+    run = [sys.executable, "-m", "synapse_os.cli", "validate"]
+    ok = subprocess.run([*run, str(PROFILES / "stock-baseline.yaml")], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok:")
+    res = subprocess.run([*run, str(bad)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.startswith(f"error: {bad}:4:")
+    assert "Traceback" not in res.stderr
