@@ -69,6 +69,17 @@ class Tree:
         }
 
 
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Compiled templates cached like .pyc files; rendering stays correct without it."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    directory = Path(base) / "synapse" / f"jinja2-{__version__}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(directory)) if os.access(directory, os.W_OK) else None
+
+
 @cache
 def _env() -> jinja2.Environment:
     loader = jinja2.FileSystemLoader(
@@ -76,6 +87,7 @@ def _env() -> jinja2.Environment:
     )
     return jinja2.Environment(
         loader=loader,
+        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
