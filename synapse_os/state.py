@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -125,9 +126,9 @@ def desired_state(profile: Profile) -> SystemState:
         if value is not None:
             sysctl[key] = str(value)
             sources[f"sysctl {key}"] = src
-    for key, value in sorted(profile.sysctl.items()):
-        sysctl[key] = str(value)
-        sources[f"sysctl {key}"] = f"sysctl.{key}"
+    for extra_key, extra_value in sorted(profile.sysctl.items()):
+        sysctl[extra_key] = str(extra_value)
+        sources[f"sysctl {extra_key}"] = f"sysctl.{extra_key}"
 
     sysfs: dict[str, str] = {}
     if mem.thp is not None:
@@ -148,17 +149,18 @@ def desired_state(profile: Profile) -> SystemState:
     for word in profile.boot.cmdline:
         cmdline.append(word)
         sources[f"cmdline {word}"] = "boot.cmdline"
-    for word, src in (
+    owned: tuple[tuple[str | None, str], ...] = (
         ("mitigations=off" if profile.boot.mitigations == "off" else None, "boot.mitigations"),
         (f"transparent_hugepage={mem.thp}" if mem.thp else None, "memory.thp"),
         (f"nohz_full={profile.kernel.nohz_full_cpus}" if profile.kernel.nohz_full_cpus
          else None, "kernel.nohz_full_cpus"),
         ("zswap.enabled=0" if mem.zswap is False else
          "zswap.enabled=1" if mem.zswap else None, "memory.zswap"),
-    ):
-        if word:
-            cmdline.append(word)
-            sources[f"cmdline {word}"] = src
+    )
+    for owned_word, src in owned:
+        if owned_word:
+            cmdline.append(owned_word)
+            sources[f"cmdline {owned_word}"] = src
 
     enable = list(profile.services.enable)
     active: list[str] = []
@@ -176,17 +178,18 @@ def desired_state(profile: Profile) -> SystemState:
 
     journald: dict[str, str] = {}
     jd = profile.journald
-    for key, value, src in (
+    journald_values: tuple[tuple[str, str | None, str], ...] = (
         ("Storage", jd.storage, "journald.storage"),
         ("SystemMaxUse", jd.system_max_use and _size_for_journald(jd.system_max_use),
          "journald.system_max_use"),
         ("RuntimeMaxUse", jd.runtime_max_use and _size_for_journald(jd.runtime_max_use),
          "journald.runtime_max_use"),
         ("MaxRetentionSec", jd.max_retention, "journald.max_retention"),
-    ):
-        if value is not None:
-            journald[key] = value
-            sources[f"journald {key}"] = src
+    )
+    for jkey, jvalue, src in journald_values:
+        if jvalue is not None:
+            journald[jkey] = jvalue
+            sources[f"journald {jkey}"] = src
 
     zram = None
     if mem.zram is not None and mem.zram.enabled:
@@ -262,8 +265,29 @@ def checks(state: SystemState) -> list[Check]:
                          _guarded("/sys/block/zram0", "cat /sys/block/zram0/comp_algorithm"),
                          "selected"))
         out.append(Check("zram0 priority", "zram", src["zram"], str(z.priority),
-                         "swapon --noheadings --show=NAME,PRIO | awk '$1==\"/dev/zram0\"{print $2}'"))
+                         "swapon --noheadings --show=NAME,PRIO"
+                         " | awk '$1==\"/dev/zram0\"{print $2}'"))
     out.append(Check("hostname", "file", "hostname", state.hostname, "cat /etc/hostname"))
+    return out
+
+
+def file_checks(files: Mapping[str, tuple[int, str, str | None]],
+                root: str = "/") -> list[Check]:
+    """One check per file placed on the target: `files` maps a path relative to the root
+    ("etc/hostname") to (mode, sha256, symlink target or None), as in the render manifest.
+    Permission bits are not compared under boot/ (a FAT ESP has none)."""
+    out: list[Check] = []
+    for rel, (mode, sha256, link) in sorted(files.items()):
+        path = shlex.quote(root.rstrip("/") + "/" + rel)
+        with_mode = not rel.startswith("boot/")
+        expected = (f"-> {link}" if link is not None
+                    else f"{mode:o} {sha256}" if with_mode else sha256)
+        show_mode = f'"$(stat -c %a {path})" ' if with_mode else ""
+        probe = (f"if [ -L {path} ]; then printf -- '-> %s\\n' \"$(readlink {path})\"; "
+                 f"elif [ -f {path} ]; then printf '%s\\n' {show_mode}"
+                 f"\"$(sha256sum < {path} | cut -d' ' -f1)\" | tr '\\n' ' ' | sed 's/ $//'; "
+                 "else echo missing; exit 1; fi")
+        out.append(Check(f"file /{rel}", "file", "render", expected, probe))
     return out
 
 

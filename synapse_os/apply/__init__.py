@@ -1,0 +1,1 @@
+"""`synapse apply`, `verify`, `rollback`, `history`: tune an installed machine safely."""
