@@ -50,7 +50,7 @@ class Facts:
 
 
 def read_cpuinfo(text: str) -> tuple[str, str | None, list[str]]:
-    vendor, model, flags = "auto", None, []
+    vendor, model, flags = "auto", None, list[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key, value = key.strip(), value.strip()
@@ -74,12 +74,13 @@ def _disks() -> list[Disk]:
         for dev in context.list_devices(subsystem="block", DEVTYPE="disk"):
             if dev.sys_name.startswith(("loop", "ram", "zram", "sr", "dm-")):
                 continue
-            links = sorted(l for l in dev.device_links if l.startswith("/dev/disk/by-id/"))
+            links = [x for x in dev.device_links if x.startswith("/dev/disk/by-id/")]
             # prefer the vendor-model-serial name over wwn-/nvme-eui. aliases
-            links.sort(key=lambda l: ("wwn-" in l or "eui." in l, l))
+            links.sort(key=lambda x: ("wwn-" in x or "eui." in x, x))
             if not links:
                 continue
-            size = int(dev.attributes.asint("size")) * 512 if "size" in dev.attributes.available_attributes else 0
+            attrs = dev.attributes
+            size = attrs.asint("size") * 512 if "size" in attrs.available_attributes else 0
             rot = dev.attributes.get("queue/rotational", b"0") == b"1"
             model = dev.get("ID_MODEL", "") or ""
             disks[dev.device_node] = Disk(links[0], dev.device_node, size, rot, model)
@@ -111,7 +112,7 @@ def detect() -> Facts:
     try:
         vendor, model, flags = read_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        vendor, model, flags = "auto", None, []
+        vendor, model, flags = "auto", None, list[str]()
     return Facts(
         cpu_vendor=vendor,
         cpu_model=model,

@@ -192,9 +192,8 @@ def _nearest_mark(marks: dict[KeyPath, Mark], loc: KeyPath, file: Path) -> Mark:
 
 def _describe(error: Any, marks: dict[KeyPath, Mark], file: Path) -> str:
     # pydantic adds union-branch names ("function-after[...]", "int") to loc: drop them
-    loc: KeyPath = tuple(
-        p for p in error["loc"] if isinstance(p, int) or not re.search(r"[\[\]]|^(int|str|float|bool|literal)", p)
-    )
+    branch = re.compile(r"[\[\]]|^(int|str|float|bool|literal)")
+    loc: KeyPath = tuple(p for p in error["loc"] if isinstance(p, int) or not branch.search(p))
     msg = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
     named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): ", msg)  # cross-field rule naming its key
     if named:

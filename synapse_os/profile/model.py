@@ -99,7 +99,8 @@ class Disk(Strict):
     @field_validator("target")
     @classmethod
     def _target(cls, v: str | None) -> str | None:
-        if v is not None and (not v.startswith(BY_ID) or len(v) <= len(BY_ID) or "/" in v[len(BY_ID):]):
+        name = v[len(BY_ID):] if v is not None and v.startswith(BY_ID) else ""
+        if v is not None and (not name or "/" in name):
             raise ValueError(
                 f"{v!r} is not a stable disk identity; use a path under {BY_ID} "
                 "(see `ls -l /dev/disk/by-id/`)"
@@ -397,7 +398,8 @@ class Profile(Strict):
         if self.kernel.mitigations is False and self.boot.mitigations_risk != MITIGATIONS_ACK:
             raise ValueError(
                 "kernel.mitigations: false builds a kernel without CPU vulnerability "
-                f"protections; to accept that, set boot.mitigations_risk to exactly {MITIGATIONS_ACK!r}"
+                "protections; to accept that, set boot.mitigations_risk to exactly "
+                f"{MITIGATIONS_ACK!r}"
             )
         if self.kernel.numa is False and self.hardware.gpu != "none":
             raise ValueError(

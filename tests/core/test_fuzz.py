@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from synapse_os.errors import UserError
 from synapse_os.profile import load_profile
 from synapse_os.profile.model import Profile
-
 from tests.conftest import PROFILES
 
 KEYS = st.sampled_from(

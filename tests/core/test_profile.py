@@ -12,7 +12,6 @@ import pytest
 from synapse_os.errors import UserError
 from synapse_os.profile import load_profile
 from synapse_os.profile.model import MITIGATIONS_ACK
-
 from tests.conftest import PROFILES
 
 SHIPPED = sorted(PROFILES.glob("*.yaml"))
