@@ -1,0 +1,1 @@
+"""`synapse bench`: llama-bench runs with provenance, statistics against a baseline, reports."""

@@ -1,0 +1,221 @@
+"""`synapse bench`: run, compare, report, llama-bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+
+from synapse_os.cli import emit_json
+from synapse_os.errors import UserError
+
+if TYPE_CHECKING:
+    from synapse_os.bench.build import LlamaBench
+    from synapse_os.bench.compare import Result
+    from synapse_os.bench.records import Record
+
+
+def _threads(value: str | None) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        counts = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise UserError(f"--threads {value!r} is not a comma-separated list of counts; pass "
+                        "e.g. 1,2") from None
+    return counts
+
+
+def _pg(value: str) -> tuple[int, int] | None:
+    if value.lower() in ("off", "none", "0"):
+        return None
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UserError(f"--pg {value!r} is not PROMPT,GEN (e.g. 512,128) or 'off'")
+    return int(parts[0]), int(parts[1])
+
+
+def _console() -> Console:
+
+    return Console(stderr=True)
+
+
+@click.group()
+def group() -> None:
+    """Measure llama.cpp speed with provenance and compare it against a baseline."""
+
+
+@group.command("run")
+@click.option("--label", required=True, help="Name of the system measured, e.g. ubuntu-stock.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="NDJSON record file to write (one record per test).")
+@click.option("--model", type=click.Path(path_type=Path),
+              help="GGUF model (default: the small gemma3 270M model, sha256 checked).")
+@click.option("--llama-bench", "llama_bench", type=click.Path(path_type=Path),
+              help="llama-bench executable (default: $PATH, then the cached build).")
+@click.option("-p", "--n-prompt", default=512, show_default=True,
+              help="Prompt-processing test size (0: skip).")
+@click.option("-n", "--n-gen", default=128, show_default=True,
+              help="Generation test size (0: skip).")
+@click.option("--pg", default="512,128", show_default=True,
+              help="Combined prompt+generation test PROMPT,GEN, or 'off'.")
+@click.option("-r", "--repetitions", default=10, show_default=True)
+@click.option("--max-repetitions", default=30, show_default=True,
+              help="Upper bound on samples per test when noise (CV) asks for more.")
+@click.option("--threads", help="Comma-separated thread counts (default: physical and logical "
+              "core counts).")
+@click.option("--cv-threshold", default=0.03, show_default=True,
+              help="Add repetitions while the coefficient of variation is at or above this.")
+@click.option("--bandwidth-mib", type=int, help="Array size of the bandwidth probe "
+              "(default: 16x last-level cache, at least 256 MiB).")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+def run_cmd(label: str, output: Path, model: Path | None, llama_bench: Path | None,
+            n_prompt: int, n_gen: int, pg: str, repetitions: int, max_repetitions: int,
+            threads: str | None, cv_threshold: float, bandwidth_mib: int | None,
+            as_json: bool) -> None:
+    """Run llama-bench (pp, tg, pp+tg; thread sweep) and the bandwidth probe; write records."""
+    from synapse_os.bench import records, runner
+
+    if bandwidth_mib is not None and bandwidth_mib < 1:
+        raise UserError(f"--bandwidth-mib {bandwidth_mib} is below 1; pass a size in MiB")
+    settings = runner.RunSettings(
+        label=label, model=model, llama_bench=llama_bench, n_prompt=n_prompt, n_gen=n_gen,
+        pg=_pg(pg), repetitions=repetitions, max_repetitions=max_repetitions,
+        threads=_threads(threads), cv_threshold=cv_threshold,
+        bandwidth_bytes=bandwidth_mib * 1024 * 1024 if bandwidth_mib else None)
+    with _console().status("synapse bench run") as status:
+        results = runner.run(settings, progress=lambda msg: status.update(msg))
+    records.write(output, results)
+    if as_json:
+        emit_json(results)
+        return
+    first = results[0]["synapse"]
+    click.echo(f"{label}: {len(results)} tests written to {output}; read bandwidth "
+               f"{first['bandwidth']['read_gbps']:.2f} GB/s")
+    for rec in results:
+        s = rec["synapse"]
+        roof = f", roofline {s['roofline']['fraction']:.1%}" if s["roofline"] else ""
+        click.echo(f"  {s['test']:>16} @ {rec['n_threads']} threads: {s['median_ts']:9.2f} t/s "
+                   f"(median of {s['repetitions']}, CV {s['cv']:.1%}{roof})")
+
+
+def _load_pair(baseline: Path, candidate: Path, allow_model_mismatch: bool,
+               allow_build_mismatch: bool) -> tuple[list[Record], list[Record], Result]:
+    from synapse_os.bench import compare, records
+
+    base = records.load(baseline)
+    cand = records.load(candidate)
+    result = compare.compare(base, cand, allow_model_mismatch=allow_model_mismatch,
+                             allow_build_mismatch=allow_build_mismatch)
+    return base, cand, result
+
+
+_allow_model = click.option("--allow-model-mismatch", is_flag=True,
+                            help="Compare records of different models (sha256).")
+_allow_build = click.option("--allow-build-mismatch", is_flag=True,
+                            help="Compare records of different llama.cpp builds.")
+
+
+@group.command("compare")
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@_allow_model
+@_allow_build
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def compare_cmd(baseline: Path, candidate: Path, allow_model_mismatch: bool,
+                allow_build_mismatch: bool, as_json: bool) -> None:
+    """Per-test ratio CANDIDATE/BASELINE with 95% CI, Mann-Whitney p and a verdict."""
+    from rich.table import Table
+
+    from synapse_os.bench.compare import table_rows
+
+    _, _, result = _load_pair(baseline, candidate, allow_model_mismatch, allow_build_mismatch)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    rows = table_rows(result)
+    table = Table(title=f"{result.candidate_label} vs {result.baseline_label}")
+    for header in rows[0]:
+        table.add_column(header, justify="left" if header in ("test", "verdict") else "right")
+    for row in rows[1:]:
+        table.add_row(*row)
+    console = Console(width=160)
+    console.print(table)
+    console.print(f"geometric mean ratio: {result.geomean_ratio:.3f} "
+                  f"({result.geomean_ratio - 1:+.1%}); read bandwidth "
+                  f"{result.baseline_bandwidth:.2f} -> {result.candidate_bandwidth:.2f} GB/s")
+    for warning in result.warnings:
+        console.print(f"warning: {warning}")
+    if result.only_baseline or result.only_candidate:
+        console.print("not compared (in one file only): "
+                      + ", ".join(result.only_baseline + result.only_candidate))
+
+
+@group.command("report")
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Directory for RESULTS.md and the PNG plots (replaced as a whole).")
+@_allow_model
+@_allow_build
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def report_cmd(baseline: Path, candidate: Path, output: Path, allow_model_mismatch: bool,
+               allow_build_mismatch: bool, as_json: bool) -> None:
+    """Write RESULTS.md (tables, provenance diff) and PNG plots comparing two record files."""
+    from synapse_os.bench import report
+
+    base, cand, result = _load_pair(baseline, candidate, allow_model_mismatch,
+                                    allow_build_mismatch)
+    results_md = report.write(result, base, cand, output)
+    files = [str(results_md)] + [str(output / name) for name in report.PLOTS]
+    if as_json:
+        emit_json({"output": str(output), "files": files, **result.as_dict()})
+    else:
+        click.echo(f"report written to {output}: " + ", ".join(Path(f).name for f in files))
+
+
+@group.command("llama-bench")
+@click.option("--build", "do_build", is_flag=True,
+              help="Build llama-bench (GGML_NATIVE=ON) into the cache when it is absent.")
+@click.option("--source", type=click.Path(path_type=Path),
+              help="llama.cpp directory or llama-cpp-python sdist (default: the sdist of the "
+              "installed llama-cpp-python, fetched with pip).")
+@click.option("--method", type=click.Choice(["auto", "cmake", "pkgbuild"]), default="auto",
+              show_default=True, help="auto: the rendered PKGBUILD on Arch, CMake elsewhere.")
+@click.option("--force", is_flag=True, help="Rebuild even when a cached build exists.")
+@click.option("--llama-bench", "llama_bench", type=click.Path(path_type=Path),
+              help="Check this executable instead of searching.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def llama_bench_cmd(do_build: bool, source: Path | None, method: str, force: bool,
+                    llama_bench: Path | None, as_json: bool) -> None:
+    """Show which llama-bench `run` uses, or build one with --build."""
+    from synapse_os.bench import arch, build
+
+    if not do_build:
+        _show(build.locate(llama_bench), as_json, "found")
+        return
+    if source is None and not force:  # "when absent": an existing llama-bench is kept
+        try:
+            _show(build.locate(llama_bench), as_json, "found")
+            return
+        except UserError:
+            pass
+    with _console().status("preparing the llama.cpp source") as status:
+        src = build.resolve_source(source)
+        use_pkgbuild = method == "pkgbuild" or (method == "auto" and arch.is_arch()
+                                                 and src.sdist is not None)
+        status.update(f"building llama-bench from {src.origin} "
+                      f"({'makepkg' if use_pkgbuild else 'CMake'}, GGML_NATIVE=ON); "
+                      "this takes minutes")
+        built = (arch.build_with_makepkg(src, force=force) if use_pkgbuild
+                 else build.build(src, force=force))
+    _show(built, as_json, "built")
+
+
+def _show(found: LlamaBench, as_json: bool, verb: str) -> None:
+    if as_json:
+        emit_json(found.as_dict())
+    else:
+        click.echo(f"llama-bench {verb}: {found.path}")
