@@ -19,4 +19,8 @@ fi
 
 echo "setup: installing synapse with its runtime, bench, model and dev extras (llama-cpp-python builds from source: ~8 min on 2 cores the first time, cached after)"
 python3 -m pip install -q --disable-pip-version-check -e ".[runtime,bench,model,dev]"
+# archinstall's own example configuration, which the rendered archinstall config is checked
+# against (archinstall itself cannot import on Debian 12: its disk layer needs a newer libparted)
+python3 -m pip download -q --disable-pip-version-check --no-deps "archinstall==2.8.3" \
+  -d "${XDG_CACHE_HOME:-$HOME/.cache}/synapse/archinstall"
 echo "setup: done"
