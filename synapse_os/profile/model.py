@@ -168,6 +168,11 @@ class Kernel(Strict):
     package: str | None = Field(
         None, description="Kernel package; None = the distribution's default (arch: linux)."
     )
+    version: str | None = Field(
+        None, pattern=r"^\d+\.\d+(\.\d+)?$",
+        description="kernel.org version a custom kernel is built from (e.g. 6.12.10); "
+        "None = take it from `synapse kernel config --source`.",
+    )
     preempt: Literal["none", "voluntary", "full"] | None = None
     hz: Literal[100, 250, 300, 1000] | None = None
     tick: Literal["periodic", "idle", "full"] | None = None

@@ -1,0 +1,249 @@
+"""`synapse kernel ...` and `synapse hw ...` commands: parse arguments, call one function."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+
+from synapse_os.errors import UserError
+
+if TYPE_CHECKING:
+    from synapse_os.kernel.configfile import ConfigLine
+    from synapse_os.kernel.resolve import Resolution
+    from synapse_os.profile.model import Profile
+
+PathArg = click.Path(path_type=Path)
+
+
+def _load(profile_path: Path) -> Profile:
+    from synapse_os.profile import load_profile
+
+    return load_profile(profile_path)
+
+
+@click.group()
+def group() -> None:
+    """Kernel config: a tuned .config from the profile, resolved by the kernel's kconfig."""
+
+
+@group.command("fragment")
+@click.argument("profile", type=PathArg)
+def fragment_cmd(profile: Path) -> None:
+    """Print the Kconfig fragment PROFILE asks for."""
+    from synapse_os.kernel.fragment import kernel_fragment
+
+    click.echo(kernel_fragment(_load(profile)), nl=False)
+
+
+def _resolve_profile(
+    profile_path: Path, source: Path, base: Path | None, fragments: tuple[Path, ...],
+    hw: Path | None, arch: str, progress: bool,
+) -> tuple[Profile, Resolution]:
+    from synapse_os.kernel.configfile import ConfigLine, parse_fragment, read_config_file
+    from synapse_os.kernel.fragment import requested_entries
+    from synapse_os.kernel.hw import load_capture, lsmod_text
+    from synapse_os.kernel.resolve import resolve
+
+    profile = _load(profile_path)
+    if profile.kernel.source != "custom":
+        raise UserError(
+            f"{profile_path}: kernel.source is 'stock', so there is no kernel config to "
+            "resolve; set kernel.source: custom to build a tuned kernel"
+        )
+    requests = [ConfigLine(e.symbol, e.value, e.origin) for e in requested_entries(profile)]
+    for frag in fragments:
+        requests += parse_fragment(read_config_file_text(frag), str(frag))
+    base_text = read_config_file(base, "base config") if base is not None else None
+    capture_path = hw
+    if capture_path is None and profile.kernel.localmodconfig:
+        capture_path = (profile_path.parent / profile.kernel.localmodconfig)
+    lsmod = lsmod_text(load_capture(capture_path)) if capture_path is not None else None
+    console = Console(stderr=True)
+
+    def say(message: str) -> None:
+        console.print(f"[dim]… {message}[/]")
+
+    return profile, resolve(
+        _dedupe(requests), source, base_text=base_text,
+        base_label=str(base) if base else f"arch/{arch} defconfig",
+        strict_origins=frozenset(str(f) for f in fragments), lsmod_text=lsmod, arch=arch,
+        progress=say if progress else None,
+    )
+
+
+def read_config_file_text(path: Path) -> str:
+    """A user fragment's text, or a UserError (fragments may be empty, unlike base configs)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise UserError(
+            f"fragment {path} does not exist; pass a readable .config fragment"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"fragment {path} cannot be read as text ({exc})") from None
+
+
+def _dedupe(requests: Sequence[ConfigLine]) -> list[ConfigLine]:
+    """Last request for a symbol wins (as in kconfig), keeping its position."""
+    latest: dict[str, ConfigLine] = {}
+    for r in requests:
+        latest.pop(r.symbol, None)
+        latest[r.symbol] = r
+    return list(latest.values())
+
+
+@group.command("config")
+@click.argument("profile", type=PathArg)
+@click.option("--source", type=PathArg, required=True,
+              help="Unpacked Linux source tree (only read).")
+@click.option("--base", type=PathArg, help="Base config: a .config file or /proc/config.gz "
+              "(default: the arch defconfig).")
+@click.option("--fragment", "fragments", type=PathArg, multiple=True,
+              help="Extra fragment applied after the profile's; unknown symbols are errors.")
+@click.option("--hw", type=PathArg, help="`synapse hw capture` file: trim modules with "
+              "localmodconfig (default: kernel.localmodconfig).")
+@click.option("--arch", default="x86", show_default=True, help="Kernel ARCH.")
+@click.option("-o", "--output", type=PathArg, required=True,
+              help="Directory for .config, synapse.config, resolution.json/.txt "
+              "(replaced atomically).")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolution as JSON.")
+@click.option("--strict", is_flag=True, help="Exit 1 when any requested symbol is not applied.")
+def config_cmd(profile: Path, source: Path, base: Path | None, fragments: tuple[Path, ...],
+               hw: Path | None, arch: str, output: Path, as_json: bool, strict: bool) -> None:
+    """Resolve PROFILE's kernel options against the tree at --source and explain differences."""
+    from synapse_os.cli import emit_json
+    from synapse_os.kernel.fragment import kernel_fragment
+    from synapse_os.kernel.output import check_output_dir, write_dir_atomically
+    from synapse_os.kernel.report import plain_report, resolution_table, summary_line
+
+    check_output_dir(output)
+    loaded, resolution = _resolve_profile(profile, source, base, fragments, hw, arch,
+                                          progress=not as_json)
+    write_dir_atomically(output, {
+        ".config": resolution.config,
+        "synapse.config": kernel_fragment(loaded),
+        "resolution.json": resolution.to_json(),
+        "resolution.txt": plain_report(resolution),
+    })
+    if as_json:
+        emit_json(resolution.as_dict())
+    else:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+        console.print(resolution_table(resolution))
+        console.print(summary_line(resolution))
+        console.print(f"wrote {output}/.config and {output}/resolution.json")
+    if strict and resolution.differences:
+        sys.exit(1)
+
+
+@group.command("explain")
+@click.argument("symbol")
+@click.option("--source", type=PathArg, required=True,
+              help="Unpacked Linux source tree (only read).")
+@click.option("--config", "config", type=PathArg,
+              help="Evaluate against this .config (default: the arch defconfig).")
+@click.option("--arch", default="x86", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def explain_cmd(symbol: str, source: Path, config: Path | None, arch: str, as_json: bool) -> None:
+    """What the kernel's Kconfig says about SYMBOL: type, dependencies, selects, defaults."""
+    from dataclasses import asdict
+
+    from synapse_os.cli import emit_json
+    from synapse_os.kernel.configfile import read_config_file
+    from synapse_os.kernel.report import explain_text
+    from synapse_os.kernel.resolve import explain
+
+    if not re.match(r"^(CONFIG_)?[A-Za-z0-9_]+$", symbol):
+        raise UserError(f"{symbol!r} is not a kernel symbol; write it as CONFIG_NAME")
+    text = read_config_file(config, "config") if config is not None else None
+    version, info = explain(symbol, source, config_text=text, arch=arch)
+    if as_json:
+        emit_json({"kernel_version": version, **asdict(info)})
+    else:
+        click.echo(explain_text(version, info))
+    if not info.known:
+        sys.exit(1)
+
+
+@group.command("pkgbuild")
+@click.argument("profile", type=PathArg)
+@click.option("--resolved", type=PathArg,
+              help="Output directory of `synapse kernel config` (has .config, resolution.json).")
+@click.option("--source", type=PathArg, help="Resolve now against this tree instead of --resolved.")
+@click.option("--base", type=PathArg, help="Base config when resolving now.")
+@click.option("-o", "--output", type=PathArg, required=True, help="Directory for the recipes.")
+@click.option("--json", "as_json", is_flag=True)
+def pkgbuild_cmd(profile: Path, resolved: Path | None, source: Path | None, base: Path | None,
+                 output: Path, as_json: bool) -> None:
+    """Write the linux-synapse PKGBUILD (Arch) and build-deb.sh (Debian bindeb-pkg)."""
+    from synapse_os.cli import emit_json
+    from synapse_os.kernel.output import check_output_dir, write_dir_atomically
+    from synapse_os.kernel.pkgbuild import render_recipes
+    from synapse_os.kernel.resolve import load_resolution
+
+    check_output_dir(output)
+    if (resolved is None) == (source is None):
+        raise UserError(
+            "pass exactly one of --resolved DIR (from `synapse kernel config`) or --source DIR"
+        )
+    if resolved is not None:
+        report = resolved / "resolution.json"
+        if not report.is_file() or not (resolved / ".config").is_file():
+            raise UserError(
+                f"--resolved {resolved} has no resolution.json and .config; "
+                "pass the -o directory of `synapse kernel config`"
+            )
+        try:
+            resolution = load_resolution(report)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{report} is not a resolution report ({exc})") from None
+        loaded = _load(profile)
+    else:
+        assert source is not None
+        loaded, resolution = _resolve_profile(profile, source, base, (), None, "x86",
+                                              progress=not as_json)
+    recipe = render_recipes(loaded, resolution)
+    write_dir_atomically(output, recipe.files, recipe.executable)
+    if as_json:
+        emit_json({"output": str(output), "files": sorted(recipe.files),
+                   "kernel_version": resolution.kernel_version})
+    else:
+        click.echo(f"wrote {', '.join(sorted(recipe.files))} into {output}")
+        click.echo(f"Arch: cd {output} && makepkg -si    Debian: {output}/build-deb.sh")
+
+
+@click.group("hw")
+def hw_group() -> None:
+    """Hardware facts from the target machine."""
+
+
+@hw_group.command("capture")
+@click.option("-o", "--output", type=PathArg, required=True, help="File to write (JSON).")
+@click.option("--root", type=PathArg, default=Path("/"), show_default=True,
+              help="Root of the system to describe (its /proc and /sys).")
+def capture_cmd(output: Path, root: Path) -> None:
+    """Record loaded modules (lsmod) and PCI ids, for kernel.localmodconfig."""
+    import os
+    import tempfile
+
+    from synapse_os.kernel.hw import capture
+
+    data = capture(root)
+    if output.is_dir():
+        raise UserError(f"-o {output} is a directory; pass a file path")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, output)
+    click.echo(f"wrote {output}: {len(data['modules'])} modules, {len(data['pci'])} PCI devices")

@@ -1,0 +1,69 @@
+"""Human output for resolutions and symbol explanations (rich tables)."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.table import Table
+
+from synapse_os.kernel.kbuild import SymbolInfo
+from synapse_os.kernel.resolve import APPLIED, UNEXPLAINED, Resolution
+
+STYLE = {APPLIED: "green", UNEXPLAINED: "bold red"}
+
+
+def resolution_table(resolution: Resolution) -> Table:
+    table = Table(
+        title=f"Linux {resolution.kernel_version} ({resolution.arch}), base: {resolution.base}",
+        show_lines=False,
+    )
+    for column in ("symbol", "requested", "actual", "status", "reason / fix"):
+        table.add_column(column, overflow="fold")
+    for s in resolution.symbols:
+        why = s.reason + (f" -> fix: {s.fix}" if s.fix and s.fix not in s.reason else "")
+        table.add_row(
+            f"CONFIG_{s.symbol}", s.requested, s.actual if s.actual is not None else "-",
+            f"[{STYLE.get(s.status, 'yellow')}]{s.status}[/]", why,
+        )
+    return table
+
+
+def summary_line(resolution: Resolution) -> str:
+    diff = len(resolution.differences)
+    text = f"{len(resolution.symbols) - diff}/{len(resolution.symbols)} requested symbols applied"
+    if diff:
+        text += f", {diff} differ (each explained above)"
+    if resolution.unexplained:
+        text += f", {len(resolution.unexplained)} UNEXPLAINED"
+    return text
+
+
+def plain_report(resolution: Resolution) -> str:
+    """The table as plain text, for resolution.txt."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=200, no_color=True, color_system=None)
+    console.print(resolution_table(resolution))
+    console.print(summary_line(resolution))
+    return buffer.getvalue()
+
+
+def explain_text(version: str, info: SymbolInfo) -> str:
+    if not info.known:
+        return f"CONFIG_{info.name} is not a symbol in Linux {version}"
+    lines = [f"CONFIG_{info.name} in Linux {version}: {info.type}, value {info.value or '(unset)'}"]
+    lines.append(f"  depends on: {info.dep_expr}  [= {info.dep_value}]")
+    if info.rev_terms:
+        lines.append("  selected by: " + "; ".join(info.rev_terms))
+    for text, cond, value in info.prompts:
+        lines.append(f"  prompt: {text!r} visible if {cond} [= {value}]")
+    if not info.prompts:
+        lines.append("  no prompt: the value is derived (set what its defaults depend on)")
+    for value, cond, active in info.defaults:
+        lines.append(f"  default {value} if {cond} [= {active}]")
+    if info.choice is not None:
+        members = ", ".join(f"{m}={v}" for m, v in info.choice_members)
+        lines.append(f"  in choice {info.choice!r}: {members}")
+    if info.help:
+        lines += ["", info.help.rstrip()]
+    return "\n".join(lines)

@@ -1,0 +1,381 @@
+"""Resolve requested symbols with the kernel's kconfig and explain every difference.
+
+base config (file, /proc/config.gz, or the arch defconfig) -> optional localmodconfig ->
++ fragment -> `make olddefconfig` in a scratch O= dir; then each requested symbol is
+compared with the final .config and, where it differs, classified from what the kernel's
+own kconfig reports about it (kconfig-query): unknown (with known renames), unmet
+dependency (naming the failing terms), selected by another symbol, choice overridden,
+derived (no prompt: with the choice that sets it), or an invalid value.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synapse_os.errors import UserError
+from synapse_os.kernel.configfile import (
+    ConfigLine,
+    format_assignment,
+    normalize_value,
+    parse_config,
+    parse_line,
+)
+from synapse_os.kernel.kbuild import KconfigBuild, SymbolInfo, check_source, check_tools
+from synapse_os.kernel.renames import RenameTable, load_renames
+
+APPLIED = "applied"
+UNKNOWN = "unknown"
+UNMET = "unmet-dependency"
+SELECTED = "selected"
+CHOICE = "choice"
+DERIVED = "derived"
+INVALID = "invalid-value"
+UNEXPLAINED = "unexplained"
+TRISTATE_ORDER = {"n": 0, "m": 1, "y": 2}
+
+
+@dataclass(frozen=True)
+class SymbolResult:
+    """One requested symbol after resolution. Names are without the CONFIG_ prefix."""
+
+    symbol: str  # as requested
+    requested: str
+    origin: str  # profile key, fragment file:line, ...
+    status: str  # one of the constants above
+    actual: str | None  # value in the final .config ("n" when unset); None if unknown
+    applied_as: str | None  # the name used in this tree (differs after a rename)
+    base: str | None  # value in the base config (after olddefconfig), None if unknown
+    reason: str  # empty when applied as asked under the same name
+    fix: str | None = None  # what to request instead, when there is a known answer
+
+    @property
+    def ok(self) -> bool:
+        return self.status == APPLIED
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The outcome of one resolution: what the image/VM work asserts on a booted kernel."""
+
+    kernel_version: str
+    arch: str
+    source: str
+    base: str  # the base config's description
+    symbols: tuple[SymbolResult, ...]
+    config: str = field(repr=False)  # the final .config text
+
+    @property
+    def differences(self) -> list[SymbolResult]:
+        return [s for s in self.symbols if not s.ok]
+
+    @property
+    def unexplained(self) -> list[SymbolResult]:
+        return [s for s in self.symbols if s.status == UNEXPLAINED]
+
+    def get(self, symbol: str) -> SymbolResult:
+        name = symbol.removeprefix("CONFIG_")
+        for s in self.symbols:
+            if s.symbol == name:
+                return s
+        raise KeyError(symbol)
+
+    def expected_config(self) -> dict[str, str]:
+        """CONFIG_NAME -> value a kernel built from this .config must report (in
+        /proc/config.gz or /boot/config-*), for every requested symbol the tree knows."""
+        return {
+            f"CONFIG_{s.applied_as}": s.actual
+            for s in self.symbols
+            if s.applied_as is not None and s.actual is not None
+        }
+
+    def check_running_config(self, config_text: str) -> list[str]:
+        """Mismatches between expected_config() and a booted kernel's config text."""
+        running = parse_config(config_text)
+        problems = []
+        for name, expected in self.expected_config().items():
+            actual = running.get(name.removeprefix("CONFIG_"), "n")
+            if normalize_value(actual) != normalize_value(expected):
+                problems.append(f"{name}: expected {expected}, running kernel has {actual}")
+        return problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kernel_version": self.kernel_version,
+            "arch": self.arch,
+            "source": self.source,
+            "base": self.base,
+            "symbols": [asdict(s) for s in self.symbols],
+            "summary": {
+                "requested": len(self.symbols),
+                "applied": len(self.symbols) - len(self.differences),
+                "differences": len(self.differences),
+                "unexplained": len(self.unexplained),
+            },
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def load_resolution(report: Path) -> Resolution:
+    """Read back resolution.json (and the .config next to it) written by `kernel config`."""
+    data = json.loads(report.read_text())
+    config_path = report.parent / ".config"
+    return Resolution(
+        kernel_version=data["kernel_version"],
+        arch=data["arch"],
+        source=data["source"],
+        base=data["base"],
+        symbols=tuple(SymbolResult(**s) for s in data["symbols"]),
+        config=config_path.read_text() if config_path.exists() else "",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# classification
+
+def _tri_at_least(value: str, wanted: str) -> bool:
+    return TRISTATE_ORDER.get(value, 0) >= TRISTATE_ORDER.get(wanted, 0)
+
+
+def _valid_for_type(info: SymbolInfo, value: str) -> str | None:
+    """None if `value` can be given to a symbol of this type, else why not."""
+    kind = info.type
+    if kind == "bool" and value not in ("y", "n"):
+        return f"CONFIG_{info.name} is a bool; accepted values are y and n"
+    if kind == "tristate" and value not in ("y", "m", "n"):
+        return f"CONFIG_{info.name} is a tristate; accepted values are y, m and n"
+    if kind == "integer":
+        try:
+            int(value, 10)
+        except ValueError:
+            return f"CONFIG_{info.name} is an integer; {value!r} is not a whole number"
+    if kind == "hex":
+        try:
+            int(value, 16)
+        except ValueError:
+            return f"CONFIG_{info.name} is hex; {value!r} is not a hexadecimal number"
+    return None
+
+
+def _derived_fix(info: SymbolInfo, requested: str) -> str | None:
+    """The condition of the default that yields `requested`, e.g. HZ=300 -> CONFIG_HZ_300=y."""
+    for value, cond, _ in info.defaults:
+        if normalize_value(value) == normalize_value(requested) and cond != "y":
+            if cond.replace("_", "").isalnum():
+                return f"CONFIG_{cond}=y"
+            return f"make this true: {cond}"
+    return None
+
+
+def classify(
+    symbol: str, requested: str, actual: str, info: SymbolInfo,
+    requested_names: Sequence[str],
+) -> tuple[str, str, str | None]:
+    """(status, reason, fix) for a known symbol whose final value differs from the request."""
+    name = f"CONFIG_{info.name}"
+    invalid = _valid_for_type(info, requested)
+    if invalid:
+        return INVALID, invalid, None
+    tristate_like = info.type in ("bool", "tristate")
+    wants_more = tristate_like and not _tri_at_least(actual, requested)
+    wants_less = tristate_like and _tri_at_least(actual, requested) and actual != requested
+
+    if wants_more and info.dep_value == "n" and info.visible == "n":
+        missing = ", ".join(info.dep_missing) or info.dep_expr
+        return UNMET, f"{name} depends on {info.dep_expr}; not met: {missing}", None
+    if wants_more and info.dep_value == "m" and requested == "y":
+        return UNMET, f"{name} is limited to m by its dependency {info.dep_expr}", None
+    if wants_less and info.rev_value != "n" and info.rev_terms:
+        selectors = "; ".join(info.rev_terms)
+        first = info.rev_terms[0].split(" ", 1)[0]
+        return SELECTED, f"{name} is selected by {selectors}", f"disable CONFIG_{first} first"
+    if info.choice is not None and info.visible != "n":
+        chosen = [m for m, v in info.choice_members if v == "y" and m != info.name]
+        if wants_more and chosen:
+            other = chosen[0]
+            why = (
+                f"CONFIG_{other} was requested later in the same choice"
+                if other in requested_names
+                else f"the choice kept CONFIG_{other}"
+            )
+            return CHOICE, f"{name} is in the choice '{info.choice}' and {why}", None
+        if wants_less:
+            members = ", ".join(f"CONFIG_{m}" for m, _ in info.choice_members if m != info.name)
+            return (
+                CHOICE,
+                f"{name} is the selected value of the choice '{info.choice}'; a choice always "
+                f"has one value, so request another of: {members}",
+                None,
+            )
+    if not info.prompts or info.visible == "n":
+        fix = _derived_fix(info, requested)
+        if not info.prompts:
+            why = f"{name} has no prompt: its value is derived from other symbols"
+        else:
+            conds = " || ".join(c for _, c, _ in info.prompts)
+            why = f"{name} can only be set when its prompt is visible ({conds}), which it is not"
+        return DERIVED, why + (f"; set {fix} instead" if fix else ""), fix
+    if info.type in ("integer", "hex") and info.ranges:
+        low, high = info.ranges[0]
+        return INVALID, f"{name} accepts {low}..{high}; {requested} was rejected", None
+    return UNEXPLAINED, (
+        f"{name} came out {actual}; kconfig reports visible={info.visible}, "
+        f"depends on {info.dep_expr} [={info.dep_value}], selected [={info.rev_value}]"
+    ), None
+
+
+def _unknown_reason(symbol: str, version: str, renames: RenameTable) -> tuple[str, str | None]:
+    reason = f"CONFIG_{symbol} is not a symbol in Linux {version}"
+    fix = None
+    aliases = renames.aliases(symbol)
+    if aliases:
+        other, rename = aliases[0]
+        reason += f"; {rename.describe()}, and this tree has neither name"
+    if symbol in renames.notes:
+        reason += f"; {renames.notes[symbol]}"
+    return reason, fix
+
+
+def _actual(final: dict[str, str], info: SymbolInfo) -> str:
+    if info.name in final:
+        return final[info.name]
+    return "n" if info.type in ("bool", "tristate") else ""
+
+
+# ---------------------------------------------------------------------------------------
+# the pipeline
+
+Progress = Callable[[str], None]
+
+
+def merge_config(base_text: str, lines: Sequence[ConfigLine]) -> str:
+    """Base config with the requested assignments replacing the base's, appended last."""
+    requested = {line.symbol for line in lines}
+    kept = [
+        line for line in base_text.splitlines()
+        if (parsed := parse_line(line)) is None or parsed[0] not in requested
+    ]
+    kept += ["", "# Synapse fragment"]
+    kept += [format_assignment(line.symbol, line.value) for line in lines]
+    return "\n".join(kept) + "\n"
+
+
+def resolve(
+    requests: Sequence[ConfigLine],
+    source: Path,
+    *,
+    base_text: str | None = None,
+    base_label: str = "defconfig",
+    strict_origins: frozenset[str] = frozenset(),
+    lsmod_text: str | None = None,
+    arch: str = "x86",
+    progress: Progress | None = None,
+    workdir: Path | None = None,
+) -> Resolution:
+    """Resolve `requests` against the tree at `source`.
+
+    Requests whose origin starts with one of `strict_origins` (user fragment files) must
+    name symbols this tree knows (directly or through a rename): otherwise UserError.
+    """
+    say = progress or (lambda _msg: None)
+    version = check_source(source, arch)
+    check_tools()
+    renames = load_renames()
+    with tempfile.TemporaryDirectory(prefix="synapse-kconfig-", dir=workdir) as tmp:
+        build = KconfigBuild(source, Path(tmp), arch)
+        say(f"base config ({base_label}) through make olddefconfig")
+        if base_text is None:
+            build.defconfig()
+        else:
+            build.config_path.write_text(base_text)
+            build.olddefconfig()
+        if lsmod_text is not None:
+            say("trimming modules with make localmodconfig")
+            lsmod = Path(tmp) / "lsmod.txt"
+            lsmod.write_text(lsmod_text)
+            build.localmodconfig(lsmod)
+        normalized_base = build.config_path.read_text()
+        base_values = parse_config(normalized_base)
+
+        say("looking the requested symbols up in Kconfig")
+        candidates = [r.symbol for r in requests]
+        for r in requests:
+            candidates += [alias for alias, _ in renames.aliases(r.symbol)]
+        known = {n for n, i in build.query(candidates).items() if i.known}
+
+        applied_as: dict[int, str | None] = {}
+        for index, r in enumerate(requests):
+            if r.symbol in known:
+                applied_as[index] = r.symbol
+                continue
+            alias = next((a for a, _ in renames.aliases(r.symbol) if a in known), None)
+            applied_as[index] = alias
+            if alias is None and any(r.origin.startswith(o) for o in strict_origins):
+                raise UserError(
+                    f"{r.origin}: CONFIG_{r.symbol} is not a symbol in Linux {version}; "
+                    "remove it or use a name from this tree (see `synapse kernel explain`)"
+                )
+        effective = [
+            ConfigLine(name, r.value, r.origin)
+            for index, r in enumerate(requests)
+            if (name := applied_as[index]) is not None
+        ]
+        say("make olddefconfig with the fragment")
+        build.config_path.write_text(merge_config(normalized_base, effective))
+        build.olddefconfig()
+        final_text = build.config_path.read_text()
+        final = parse_config(final_text)
+        say("explaining differences with the kernel's kconfig")
+        infos = build.query(sorted({n for n in applied_as.values() if n}))
+
+    requested_names = [r.symbol for r in requests]
+    results = []
+    for index, r in enumerate(requests):
+        name = applied_as[index]
+        if name is None:
+            reason, fix = _unknown_reason(r.symbol, version, renames)
+            results.append(SymbolResult(r.symbol, r.value, r.origin, UNKNOWN, None, None,
+                                        None, reason, fix))
+            continue
+        info = infos[name]
+        actual = _actual(final, info)
+        base = base_values.get(name, "n" if info.type in ("bool", "tristate") else "")
+        renamed = ""
+        if name != r.symbol:
+            rename = next(rn for alias, rn in renames.aliases(r.symbol) if alias == name)
+            renamed = f"applied as CONFIG_{name}: {rename.describe()}"
+        if normalize_value(actual) == normalize_value(r.value):
+            results.append(SymbolResult(r.symbol, r.value, r.origin, APPLIED, actual, name,
+                                        base, renamed))
+            continue
+        status, reason, fix = classify(r.symbol, r.value, actual, info,
+                                       requested_names[index + 1:])
+        if renamed:
+            reason = f"{renamed}; {reason}"
+        results.append(SymbolResult(r.symbol, r.value, r.origin, status, actual, name, base,
+                                    reason, fix))
+    return Resolution(version, arch, str(source), base_label, tuple(results), final_text)
+
+
+def explain(symbol: str, source: Path, *, config_text: str | None = None,
+            arch: str = "x86") -> tuple[str, SymbolInfo]:
+    """(kernel version, what kconfig says about `symbol`) against a config (default:
+    the arch defconfig)."""
+    version = check_source(source, arch)
+    check_tools()
+    name = symbol.removeprefix("CONFIG_")
+    with tempfile.TemporaryDirectory(prefix="synapse-kconfig-") as tmp:
+        build = KconfigBuild(source, Path(tmp), arch)
+        if config_text is None:
+            build.defconfig()
+        else:
+            build.config_path.write_text(config_text)
+            build.olddefconfig()
+        info = build.query([name], help_text=True)[name]
+    return version, info
