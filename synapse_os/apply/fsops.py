@@ -110,6 +110,8 @@ def make_dirs(dirs: list[Path]) -> None:
 def remove_empty_dirs(dirs: list[Path]) -> None:
     """Remove directories a transaction created, innermost first, if still empty."""
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        if not d.is_dir() or d.is_symlink():
+            continue
         try:
             os.rmdir(d)
             fsync_dir(d.parent)
@@ -157,15 +159,16 @@ def write_atomic(path: Path, tmp: Path, content: bytes | None, mode: int,
 
 
 def remove_if_present(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    # check first: on a read-only filesystem unlink() of a missing name fails with EROFS
+    if os.path.lexists(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def remove_durably(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return
+    os.unlink(path)
     fsync_dir(path.parent)
 
 

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,9 +122,13 @@ def new_journal(root: Path, profile: str, profile_hash: str, live: bool) -> Jour
     tx_id = f"{max(numbers, default=0) + 1:04d}-{stamp}"
     journal = Journal(tx_id, root, profile, profile_hash, live, now())
     os.mkdir(journal.dir, 0o700)
-    os.mkdir(journal.backups, 0o700)
-    fsync_dir(base)
-    journal.save("created")
+    try:
+        os.mkdir(journal.backups, 0o700)
+        fsync_dir(base)
+        journal.save("created")
+    except OSError:
+        shutil.rmtree(journal.dir, ignore_errors=True)
+        raise
     return journal
 
 

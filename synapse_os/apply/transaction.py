@@ -105,7 +105,7 @@ def execute(plan: Plan) -> Outcome:
 def _failed(journal: Journal, exc: Exception) -> OperationError:
     what = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
     try:
-        undo(journal, final_state=FAILED, error=what)
+        undo(journal, final_state=FAILED, error=what, journal_optional=True)
     except (OSError, OperationError) as undo_exc:
         return OperationError(
             f"apply failed ({what}) and undoing it failed too ({undo_exc}); transaction "
@@ -246,10 +246,20 @@ def _undo_units(journal: Journal, entry: dict[str, Any]) -> None:
             os.symlink(before[len("link:"):], path)
 
 
-def undo(journal: Journal, final_state: str = ROLLED_BACK, error: str | None = None) -> None:
-    """Restore everything the transaction recorded, newest entry first; idempotent."""
+def undo(journal: Journal, final_state: str = ROLLED_BACK, error: str | None = None,
+         journal_optional: bool = False) -> None:
+    """Restore everything the transaction recorded, newest entry first; idempotent.
+
+    `journal_optional`: for an in-process failure (disk full): the journal already says
+    "in-progress", which recovery treats exactly like "rolling-back", so a journal write
+    that fails must not stop the files from being restored (restoring frees space).
+    """
     journal.state = ROLLING_BACK
-    journal.save("rolling back")
+    try:
+        journal.save("rolling back")
+    except OSError:
+        if not journal_optional:
+            raise
     restored: list[str] = []
     unit_ops: list[list[str]] = []
     for entry in reversed(journal.entries):
@@ -271,7 +281,11 @@ def undo(journal: Journal, final_state: str = ROLLED_BACK, error: str | None = N
     journal.state = final_state
     journal.error = error if error is not None else journal.error
     journal.rolled_back = now()
-    journal.save("rolled back")
+    try:
+        journal.save("rolled back")
+    except OSError:
+        if not journal_optional:
+            raise
 
 
 def recover(root: Path) -> list[Journal]:

@@ -1,0 +1,231 @@
+"""apply / rollback / history on real temp root trees (real systemctl --root, real files)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.apply.helpers import STATE, mount, synapse, tree_snapshot
+from tests.conftest import REPO
+
+
+def apply_ok(profile: Path, root: Path) -> dict[str, object]:
+    res = synapse("apply", profile, "--root", root, "--yes", "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_dry_run_shows_plan_and_changes_nothing(gpu_profile: Path, root: Path) -> None:
+    before = tree_snapshot(root, include_state=True)
+    res = synapse("apply", gpu_profile, "--root", root, "--dry-run")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "-debian\n+synapse-gpu\n" in out  # unified diff of /etc/hostname
+    assert "+++ b/etc/sysctl.d/90-synapse.conf" in out
+    assert "symlink -> ../sysctl.conf" in out  # the replaced symlink, described
+    assert "vm.swappiness: (unset) -> 150" in out
+    assert "enable synapse-runtime.service" in out and "mask cups.service" in out
+    assert "wanted: root=PARTLABEL=synapse-root rw nowatchdog" in out
+    assert "reboot needed:" in out and "kernel command line changed" in out
+    assert tree_snapshot(root, include_state=True) == before
+
+
+def test_dry_run_json(gpu_profile: Path, root: Path) -> None:
+    res = synapse("apply", gpu_profile, "--root", root, "--dry-run", "--json")
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    paths = {f["path"]: f["action"] for f in plan["files"]}
+    assert paths["/etc/hostname"] == "modify"
+    assert paths["/etc/systemd/zram-generator.conf"] == "create"
+    assert plan["reboot_needed"] is True and plan["live"] is False
+    assert plan["activations"] == []  # not the running system: files only
+    assert "+synapse-gpu" in plan["diffs"]["/etc/hostname"]
+
+
+def test_apply_then_idempotent(gpu_profile: Path, root: Path) -> None:
+    first = apply_ok(gpu_profile, root)
+    assert first["changed"] is True and first["transaction"]
+    assert (root / "etc/hostname").read_text() == "synapse-gpu\n"
+    assert os.readlink(root / "etc/systemd/system/cups.service") == "/dev/null"
+    link = root / "etc/systemd/system/multi-user.target.wants/synapse-runtime.service"
+    assert os.readlink(link) == "/etc/systemd/system/synapse-runtime.service"
+    lock = f"{STATE}/lock"  # holds the pid of the last apply
+    after_first = tree_snapshot(root, include_state=True)
+    del after_first[lock]
+    stats = {p: os.lstat(root / p).st_mtime_ns for p in after_first}
+
+    res = synapse("apply", gpu_profile, "--root", root, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert "nothing to do" in res.stdout
+    after_second = tree_snapshot(root, include_state=True)
+    del after_second[lock]
+    assert after_second == after_first  # not even a new journal
+    assert {p: os.lstat(root / p).st_mtime_ns for p in after_first} == stats
+    history = json.loads(synapse("history", "--root", root, "--json").stdout)
+    assert [h["state"] for h in history] == ["applied"]
+
+
+def test_rollback_restores_byte_for_byte(gpu_profile: Path, root: Path) -> None:
+    original = tree_snapshot(root)
+    apply_ok(gpu_profile, root)
+    assert tree_snapshot(root) != original
+    res = synapse("rollback", "--root", root, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert tree_snapshot(root) == original  # content, modes, owners, symlinks, absence
+    res = synapse("rollback", "--root", root, "--yes")
+    assert res.returncode == 0 and "nothing to roll back" in res.stdout
+
+
+def test_rollback_after_two_transactions(gpu_profile: Path, variant_profile: Path,
+                                         root: Path) -> None:
+    s0 = tree_snapshot(root)
+    apply_ok(gpu_profile, root)
+    s1 = tree_snapshot(root)
+    second = apply_ok(variant_profile, root)
+    s2 = tree_snapshot(root)
+    changed = {f["path"]: f["action"] for f in second["files"]}
+    # zram dropped from the profile: the file synapse created goes away again
+    assert changed["/etc/systemd/zram-generator.conf"] == "remove"
+    assert not (root / "etc/systemd/zram-generator.conf").exists()
+    assert {"op": "disable", "unit": "avahi-daemon.service", "current": "enabled"} \
+        in second["units"]
+    assert not (root / "etc/systemd/system/multi-user.target.wants/avahi-daemon.service"
+                ).is_symlink()
+    assert "vm.swappiness = 100" in (root / "etc/sysctl.d/90-synapse.conf").read_text()
+
+    assert synapse("rollback", "--root", root, "--yes").returncode == 0
+    assert tree_snapshot(root) == s1
+    assert synapse("rollback", "--root", root, "--yes").returncode == 0
+    assert tree_snapshot(root) == s0
+
+    # again, then one rollback to the first transaction undoes both
+    apply_ok(gpu_profile, root)
+    apply_ok(variant_profile, root)
+    assert tree_snapshot(root) == s2
+    history = json.loads(synapse("history", "--root", root, "--json").stdout)
+    third = history[2]["id"]
+    res = synapse("rollback", third.split("-")[0], "--root", root, "--yes", "--json")
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads(res.stdout)["rolled_back"]) == 2
+    assert tree_snapshot(root) == s0
+    states = [h["state"] for h in json.loads(synapse("history", "--root", root,
+                                                     "--json").stdout)]
+    assert states == ["rolled-back"] * 4
+
+
+def test_rollback_refuses_to_clobber_later_edits(gpu_profile: Path, root: Path) -> None:
+    original = tree_snapshot(root)
+    apply_ok(gpu_profile, root)
+    (root / "etc/hostname").write_text("edited-by-admin\n")
+    res = synapse("rollback", "--root", root, "--yes")
+    assert res.returncode == 2
+    assert "/etc/hostname changed after it was applied" in res.stderr and "--force" in res.stderr
+    assert (root / "etc/hostname").read_text() == "edited-by-admin\n"
+    res = synapse("rollback", "--root", root, "--yes", "--force")
+    assert res.returncode == 0, res.stderr
+    assert tree_snapshot(root) == original
+
+
+def test_history_lists_time_profile_hash_result(gpu_profile: Path, root: Path) -> None:
+    assert "no transactions" in synapse("history", "--root", root).stdout
+    apply_ok(gpu_profile, root)
+    res = synapse("history", "--root", root)
+    assert res.returncode == 0
+    profile_hash = json.loads(synapse("validate", gpu_profile, "--json").stdout)["hash"]
+    line = res.stdout.strip()
+    assert "nvidia-gpu" in line and profile_hash[:12] in line and "applied" in line
+    entry = json.loads(synapse("history", "--root", root, "--json").stdout)[0]
+    assert entry["profile_hash"] == profile_hash and entry["files"] == 15
+    assert entry["started"].endswith("Z") and entry["reboot_needed"] is True
+
+
+def test_lock_contention_refused(gpu_profile: Path, root: Path) -> None:
+    before = tree_snapshot(root)
+    lock_dir = root / STATE
+    lock_dir.mkdir(parents=True)
+    fd = os.open(lock_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242\n")
+        res = synapse("apply", gpu_profile, "--root", root, "--yes")
+        assert res.returncode == 1
+        assert "another synapse apply or rollback (pid 4242) holds" in res.stderr
+        assert synapse("rollback", "--root", root, "--yes").returncode == 1
+    finally:
+        os.close(fd)
+    assert tree_snapshot(root) == before
+    apply_ok(gpu_profile, root)  # free again once the holder is gone
+
+
+def test_read_only_target(gpu_profile: Path, root: Path, mounts: list[Path]) -> None:
+    before = tree_snapshot(root, include_state=True)
+    mount(mounts, "--bind", str(root), str(root))
+    mount(mounts, "-o", "remount,bind,ro", str(root))
+    res = synapse("apply", gpu_profile, "--root", root, "--yes")
+    assert res.returncode == 1
+    assert "Read-only file system" in res.stderr and "target must be writable" in res.stderr
+    assert tree_snapshot(root, include_state=True) == before
+
+
+def test_read_only_etc_undoes_partial_apply(gpu_profile: Path, root: Path,
+                                            mounts: list[Path]) -> None:
+    """The journal is writable but /etc is not: files under /boot land first, then the
+    first write under /etc fails; everything is undone and recorded as failed."""
+    before = tree_snapshot(root)
+    mount(mounts, "--bind", str(root / "etc"), str(root / "etc"))
+    mount(mounts, "-o", "remount,bind,ro", str(root / "etc"))
+    res = synapse("apply", gpu_profile, "--root", root, "--yes")
+    assert res.returncode == 1
+    assert "Read-only file system" in res.stderr
+    assert "every change was undone" in res.stderr
+    assert tree_snapshot(root) == before  # boot/ created and removed again
+    history = json.loads(synapse("history", "--root", root, "--json").stdout)
+    assert history[0]["state"] == "failed" and "Read-only" in history[0]["error"]
+
+
+def test_disk_full(gpu_profile: Path, tmp_path: Path, mounts: list[Path]) -> None:
+    """A 64 KiB tmpfs holds the original but not the whole new tree (a page per file)."""
+    from tests.apply.helpers import build_root
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mount(mounts, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small))
+    root = build_root(small / "root")
+    before = tree_snapshot(root)
+    res = synapse("apply", gpu_profile, "--root", root, "--yes")
+    assert res.returncode == 1
+    assert "No space left on device" in res.stderr, res.stderr
+    assert "every change was undone" in res.stderr
+    assert tree_snapshot(root) == before
+    assert not list(root.rglob("*.synapse-*.tmp"))
+
+
+def test_bad_input_exit_2(root: Path, tmp_path: Path) -> None:
+    res = synapse("apply", tmp_path / "missing.yaml", "--root", root, "--yes")
+    assert res.returncode == 2
+    res = synapse("apply", REPO / "profiles/nvidia-gpu.yaml", "--root", tmp_path / "nope",
+                  "--yes")
+    assert res.returncode == 2 and "no such directory" in res.stderr
+    res = synapse("rollback", "99", "--root", root, "--yes")
+    assert res.returncode == 2 and "transaction '99' not found" in res.stderr
+
+
+def test_live_root_refused_without_root_privileges(gpu_profile: Path) -> None:
+    # import as root (the interpreter lives under /root), then drop to nobody and run
+    script = (
+        "import os, sys\n"
+        "import synapse_os.apply.cli, synapse_os.apply.plan, synapse_os.apply.transaction\n"
+        "import synapse_os.profile, synapse_os.render\n"
+        "from synapse_os.cli import main\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "main(sys.argv[1:])\n"
+    )
+    for command in (["apply", str(gpu_profile), "--yes"], ["rollback", "--yes"]):
+        res = subprocess.run([sys.executable, "-c", script, *command], cwd=REPO,
+                             capture_output=True, text=True, check=False, timeout=120)
+        assert res.returncode == 2, res.stderr
+        assert "changing the running system (--root /) needs root" in res.stderr
