@@ -1,0 +1,194 @@
+"""The runtime config file (`runtime.yaml`) that `synapse runtime serve --config` reads.
+
+The profile's `runtime` section is the source of truth; `runtime_config_from_profile` turns
+it into the dict the renderer writes to `etc/synapse/runtime.yaml`. This module imports
+nothing heavy (no llama_cpp, no fastapi) so the renderer can use it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synapse_os.errors import UserError
+
+ROLES = ("main", "small", "draft")
+TIERS = ("trivial", "moderate", "high")
+Role = Literal["main", "small", "draft"]
+Tier = Literal["trivial", "moderate", "high"]
+DEFAULT_SEED = 42
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    path: str = Field(description="GGUF file.")
+    sha256: str | None = Field(
+        None, description="Checked before load; a mismatch refuses to load. None = record only."
+    )
+    context: int = Field(4096, ge=128, le=1_048_576, description="Context window (tokens).")
+    gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU; -1 = all.")
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[0-9a-f]{64}$", v):
+            raise ValueError("sha256 must be 64 lowercase hexadecimal characters")
+        return v
+
+
+class SpeculativeConfig(_Strict):
+    enabled: bool = False
+    draft_tokens: int = Field(4, ge=1, le=32, description="k tokens the draft proposes per step.")
+    auto_off: bool = Field(
+        True, description="Switch speculation off for a tier when it is measured slower."
+    )
+    probe_every: int = Field(
+        8, ge=2, le=1000,
+        description="Every Nth request of a tier runs without speculation to measure the baseline.",
+    )
+    min_samples: int = Field(2, ge=1, le=100, description="Samples of each kind before judging.")
+
+
+class ProvenanceConfig(_Strict):
+    path: str = "/var/lib/synapse/provenance.ndjson"
+    fsync_interval_s: float = Field(1.0, ge=0.0, le=3600.0, description="0 = fsync every line.")
+    max_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Rotate past this size.")
+    keep: int = Field(5, ge=1, le=1000, description="Rotated files kept (.1 is the newest).")
+
+
+class RouterConfig(_Strict):
+    default_max_tokens: dict[Tier, int | None] = Field(
+        default_factory=lambda: {"trivial": 128, "moderate": 512, "high": None},
+        description="max_tokens when the request gives none; None = the rest of the context.",
+    )
+    history_window: dict[Tier, int | None] = Field(
+        default_factory=lambda: {"trivial": 4, "moderate": 8, "high": None},
+        description="Session messages replayed per tier; None = the full history.",
+    )
+
+
+class RuntimeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=1, le=65535)
+    models: dict[Role, ModelConfig]
+    threads: Literal["auto"] | int = "auto"
+    batch: int = Field(512, ge=8, le=8192, description="Prompt evaluation batch size.")
+    speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
+    queue_size: int = Field(16, ge=1, le=10_000, description="Requests allowed to wait.")
+    deterministic: bool = Field(
+        False,
+        description="seed 42, temperature 0, one request at a time, no prompt-cache reuse.",
+    )
+    seed: int = DEFAULT_SEED
+    batch_invariant: bool = Field(
+        True,
+        description="Flash attention, q8_0 KV cache and no weight repacking, so a token's "
+        "logits do not depend on batching: speculative output then equals plain greedy output.",
+    )
+    provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    max_sessions: int = Field(1000, ge=1, description="Conversation histories kept in memory.")
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: Literal["auto"] | int) -> Literal["auto"] | int:
+        if isinstance(v, int) and not 1 <= v <= 1024:
+            raise ValueError("threads must be 'auto' or a whole number from 1 to 1024")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> RuntimeConfig:
+        if "main" not in self.models:
+            raise ValueError("models needs a 'main' model")
+        if self.speculative.enabled and "draft" not in self.models:
+            raise ValueError("speculative.enabled needs a 'draft' model")
+        return self
+
+    def resolved_threads(self) -> int:
+        if isinstance(self.threads, int):
+            return self.threads
+        import psutil
+
+        return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def runtime_config_from_profile(profile: Any) -> dict[str, Any]:
+    """The runtime.yaml content for a profile (pure: reads nothing but the profile).
+
+    `threads: auto` stays `auto` unless the profile's hardware section pins a number:
+    the service resolves it to physical cores on the machine it runs on.
+    """
+    rt = profile.runtime
+    if rt is None:
+        raise ValueError(f"profile {profile.name!r} has no runtime section")
+    if rt.engine != "synapse-runtime":
+        raise ValueError(
+            f"profile {profile.name!r} uses engine {rt.engine!r}; runtime.yaml is only for "
+            "the synapse-runtime engine"
+        )
+    threads: Literal["auto"] | int = rt.threads
+    if threads == "auto" and isinstance(profile.hardware.threads, int):
+        threads = profile.hardware.threads
+    config = RuntimeConfig(
+        host=rt.host,
+        port=rt.port,
+        models={
+            role: ModelConfig(
+                path=ref.path, sha256=ref.sha256, context=ref.context, gpu_layers=ref.gpu_layers
+            )
+            for role, ref in rt.models.items()
+        },
+        threads=threads,
+        speculative=SpeculativeConfig(
+            enabled=rt.speculative.enabled, draft_tokens=rt.speculative.draft_tokens
+        ),
+        queue_size=rt.queue_size,
+        provenance=ProvenanceConfig(path=rt.provenance),
+    )
+    return config.model_dump(mode="json")
+
+
+def _location(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "(top level)"
+
+
+def parse_runtime_config(data: Any, source: str) -> RuntimeConfig:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the runtime config must be a YAML mapping")
+    try:
+        return RuntimeConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"{source}: {_location(first)}: {first['msg']}") from None
+
+
+def load_runtime_config(path: Path) -> RuntimeConfig:
+    """Read and validate runtime.yaml; model paths are relative to the file's directory."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read runtime config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    config = parse_runtime_config(data, str(path))
+    base = path.resolve().parent
+    models = {
+        role: m.model_copy(update={"path": str((base / m.path).resolve())})
+        for role, m in config.models.items()
+    }
+    return config.model_copy(update={"models": models})
+
+
+def dump_runtime_config(config: RuntimeConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
