@@ -29,6 +29,8 @@ ENGINE_UNITS = {
 }
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 CPUFREQ_GLOB = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq"
+# Whether a unit is active can only be read where systemd is PID 1 (not in a chroot/container).
+SYSTEMD_UP = f"[ -d /run/systemd/system ] || exit {UNKNOWN_RC};"
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ def checks(state: SystemState) -> list[Check]:
                          f"systemctl is-enabled {shlex.quote(unit)} 2>/dev/null; true"))
         out.append(Check(f"unit {unit} inactive", "unit", src[f"unit {unit}"],
                          "inactive|failed|unknown",
-                         f"systemctl is-active {shlex.quote(unit)} 2>/dev/null; true", "one_of"))
+                         f"{SYSTEMD_UP} systemctl is-active {shlex.quote(unit)} 2>/dev/null; true", "one_of"))
     for unit in state.disable:
         out.append(Check(f"unit {unit} disabled", "unit", src[f"unit {unit}"],
                          "disabled|masked|static|not-found|",
@@ -250,7 +252,7 @@ def checks(state: SystemState) -> list[Check]:
                          f"systemctl is-enabled {shlex.quote(unit)} 2>/dev/null; true"))
     for unit in state.active:
         out.append(Check(f"unit {unit} active", "unit", src[f"unit {unit}"], "active",
-                         f"systemctl is-active {shlex.quote(unit)} 2>/dev/null; true"))
+                         f"{SYSTEMD_UP} systemctl is-active {shlex.quote(unit)} 2>/dev/null; true"))
     for key, value in state.journald.items():
         out.append(Check(
             f"journald {key}", "journald", src[f"journald {key}"], value,

@@ -85,8 +85,15 @@ def verify(profile: Profile, root: Path, settings_only: bool = False) -> Report:
     return Report(root, root.resolve() == Path("/"), [run_check(c) for c in check_list], notes)
 
 
+def _short(actual: str, width: int = 72) -> str:
+    """Table cell for a live value (JSON keeps it whole: /proc/cmdline can be long)."""
+    if not actual:
+        return "(nothing)"
+    return actual if len(actual) <= width else actual[: width - 3] + "..."
+
+
 def report_text(report: Report) -> str:
-    rows = [(r.status.upper(), r.check.id, r.check.expected, r.actual
+    rows = [(r.status.upper(), r.check.id, r.check.expected, _short(r.actual)
              + ("  (takes effect after a reboot)" if r.check.after_reboot
                 and r.status == "fail" else ""))
             for r in report.results]

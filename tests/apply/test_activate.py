@@ -1,0 +1,79 @@
+"""Which live activation follows which changed file (each only when its inputs changed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synapse_os.apply import activate
+from synapse_os.apply.plan import make_plan
+from synapse_os.profile import load_profile
+from synapse_os.state import SystemState
+from tests.conftest import PROFILES
+
+
+@pytest.fixture
+def with_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Take the branch for a machine where systemd is PID 1 (this CI box has none)."""
+    monkeypatch.setattr(activate, "systemd_running", lambda: True)
+
+
+def names(acts: list[activate.Activation]) -> list[str]:
+    return [" ".join(a.argv) for a in acts]
+
+
+def test_each_file_maps_to_its_activation(tmp_path: Path, with_systemd: None) -> None:
+    for rel in ("etc/sysusers.d/synapse.conf", "etc/tmpfiles.d/synapse-sysfs.conf",
+                "etc/systemd/zram-generator.conf"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    state = SystemState(active=("synapse-runtime.service",))
+    acts = activate.plan_activations(
+        ["etc/sysctl.d/90-synapse.conf", "etc/tmpfiles.d/synapse-sysfs.conf",
+         "etc/sysusers.d/synapse.conf", "etc/systemd/zram-generator.conf",
+         "etc/systemd/journald.conf.d/90-synapse.conf"],
+        ["synapse-runtime.service"], [], ["cups.service"], state, tmp_path)
+    assert names(acts) == [
+        "systemd-sysusers /etc/sysusers.d/synapse.conf",  # users before tmpfiles use them
+        "systemctl daemon-reload",
+        "systemd-tmpfiles --create /etc/tmpfiles.d/synapse-sysfs.conf",
+        "sysctl --system",
+        "systemctl restart systemd-journald",
+        "systemctl restart systemd-zram-setup@zram0.service",
+        "systemctl stop cups.service",
+        "systemctl start synapse-runtime.service",
+    ]
+
+
+def test_only_what_changed(tmp_path: Path, with_systemd: None) -> None:
+    acts = activate.plan_activations(["etc/sysctl.d/90-synapse.conf"], [], [], [],
+                                     SystemState(), tmp_path)
+    assert names(acts) == ["sysctl --system"]
+    assert activate.plan_activations(["etc/hostname"], [], [], [], SystemState(),
+                                     tmp_path) == []
+
+
+def test_without_systemd_only_offline_tools(tmp_path: Path) -> None:
+    assert not activate.systemd_running()  # this machine: no systemd as PID 1
+    acts = activate.plan_activations(
+        ["etc/sysctl.d/90-synapse.conf", "etc/systemd/system/x.service"], ["x.service"], [],
+        [], SystemState(active=("x.service",)), tmp_path)
+    assert names(acts) == ["sysctl --system"]
+
+
+def test_removed_zram_config_stops_the_device(tmp_path: Path, with_systemd: None) -> None:
+    acts = activate.plan_activations(["etc/systemd/zram-generator.conf"], [], [], [],
+                                     SystemState(), tmp_path)
+    assert "systemctl stop systemd-zram-setup@zram0.service" in names(acts)
+
+
+def test_reboot_reasons() -> None:
+    reasons = activate.reboot_reasons(["etc/kernel/cmdline", "boot/loader/loader.conf",
+                                       "etc/sysctl.d/90-synapse.conf"])
+    assert len(reasons) == 2 and any("command line" in r for r in reasons)
+
+
+def test_target_tree_gets_no_live_activation(root: Path) -> None:
+    plan = make_plan(load_profile(PROFILES / "nvidia-gpu.yaml"), root)
+    assert not plan.live and plan.activations == []
