@@ -241,7 +241,8 @@ def checks(state: SystemState) -> list[Check]:
                          f"systemctl is-enabled {shlex.quote(unit)} 2>/dev/null; true"))
         out.append(Check(f"unit {unit} inactive", "unit", src[f"unit {unit}"],
                          "inactive|failed|unknown",
-                         f"{SYSTEMD_UP} systemctl is-active {shlex.quote(unit)} 2>/dev/null; true", "one_of"))
+                         f"{SYSTEMD_UP} systemctl is-active {shlex.quote(unit)} 2>/dev/null; true",
+                         "one_of"))
     for unit in state.disable:
         out.append(Check(f"unit {unit} disabled", "unit", src[f"unit {unit}"],
                          "disabled|masked|static|not-found|",
