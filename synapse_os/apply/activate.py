@@ -50,14 +50,17 @@ def reboot_reasons(changed: Iterable[str]) -> list[str]:
 
 
 def plan_activations(changed: Iterable[str], enabled: Iterable[str], disabled: Iterable[str],
-                     masked: Iterable[str], state: SystemState, root: Path,
-                     ) -> list[Activation]:
-    """Commands for the running system, in dependency order (users before tmpfiles, ...)."""
+                     masked: Iterable[str], state: SystemState,
+                     removed: Iterable[str] = ()) -> list[Activation]:
+    """Commands for the running system, in dependency order (users before tmpfiles, ...).
+
+    `changed`: paths (relative to /) written or removed; `removed`: those absent after."""
     changed = sorted(set(changed))
+    gone = set(removed)
     enabled, disabled, masked = list(enabled), list(disabled), list(masked)
     out: list[Activation] = []
     for rel in changed:
-        if rel.startswith("etc/sysusers.d/") and (root / rel).exists():
+        if rel.startswith("etc/sysusers.d/") and rel not in gone:
             out.append(Activation("sysusers", ("systemd-sysusers", f"/{rel}"), rel))
     with_systemd = systemd_running()
     unit_files = [r for r in changed if r.startswith("etc/systemd/system/") or r == ZRAM_CONFIG]
@@ -65,7 +68,7 @@ def plan_activations(changed: Iterable[str], enabled: Iterable[str], disabled: I
         out.append(Activation("daemon-reload", ("systemctl", "daemon-reload"),
                               ", ".join(unit_files or enabled + disabled)))
     for rel in changed:
-        if rel.startswith("etc/tmpfiles.d/") and (root / rel).exists():
+        if rel.startswith("etc/tmpfiles.d/") and rel not in gone:
             out.append(Activation("tmpfiles", ("systemd-tmpfiles", "--create", f"/{rel}"), rel))
     sysctl_files = [r for r in changed if r.startswith("etc/sysctl.d/")]
     if sysctl_files:
@@ -76,7 +79,7 @@ def plan_activations(changed: Iterable[str], enabled: Iterable[str], disabled: I
             out.append(Activation("journald", ("systemctl", "restart", "systemd-journald"),
                                   ", ".join(journald)))
         if ZRAM_CONFIG in changed:
-            verb = "restart" if (root / ZRAM_CONFIG).exists() else "stop"
+            verb = "stop" if ZRAM_CONFIG in gone else "restart"
             out.append(Activation("zram", ("systemctl", verb, ZRAM_SETUP_UNIT), ZRAM_CONFIG))
         for unit in masked + disabled:
             out.append(Activation("stop", ("systemctl", "stop", unit), f"{unit} masked/disabled",

@@ -138,8 +138,15 @@ def load(root: Path, tx_dir: Path) -> Journal:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise OperationError(f"{path}: cannot read the transaction journal ({exc})") from None
-    if data.get("version") != JOURNAL_VERSION:
-        raise OperationError(f"{path}: journal version {data.get('version')} is not supported")
+    if not isinstance(data, dict) or data.get("version") != JOURNAL_VERSION:
+        raise OperationError(f"{path}: not a synapse journal of version {JOURNAL_VERSION}")
+    try:
+        return _from_dict(root, data)
+    except (KeyError, TypeError) as exc:
+        raise OperationError(f"{path}: damaged transaction journal (missing {exc})") from None
+
+
+def _from_dict(root: Path, data: dict[str, Any]) -> Journal:
     return Journal(
         id=data["id"], root=root, profile=data["profile"], profile_hash=data["profile_hash"],
         live=data["live"], started=data["started"], state=data["state"],

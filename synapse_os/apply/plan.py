@@ -217,7 +217,8 @@ def make_plan(profile: Profile, root: Path, tree: Tree | None = None) -> Plan:
                 "the running kernel was booted without: " + " ".join(missing))
         plan.activations = activate.plan_activations(
             changed, [u.unit for u in plan.units if u.op == "enable"],
-            [u.unit for u in plan.units if u.op == "disable"], plan.masked, state, root)
+            [u.unit for u in plan.units if u.op == "disable"], plan.masked, state,
+            [c.rel for c in plan.files if c.action == "remove"])
     return plan
 
 

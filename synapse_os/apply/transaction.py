@@ -261,18 +261,21 @@ def undo(journal: Journal, final_state: str = ROLLED_BACK, error: str | None = N
         if not journal_optional:
             raise
     restored: list[str] = []
+    absent: list[str] = []
     unit_ops: list[list[str]] = []
     for entry in reversed(journal.entries):
         if entry["kind"] == "file":
             if _undo_file(journal, entry):
                 restored.append(entry["path"])
+                if entry["original"]["kind"] == "absent":
+                    absent.append(entry["path"])
         elif entry["kind"] == "units":
             _undo_units(journal, entry)
             unit_ops.extend(entry["ops"])
         faults.checkpoint(f"undone {entry.get('path', 'units')}")
     if journal.live and (restored or unit_ops):
         enabled = [u for op, u in unit_ops if op == "enable"]
-        acts = activate.plan_activations(restored, [], enabled, [], SystemState(), journal.root)
+        acts = activate.plan_activations(restored, [], enabled, [], SystemState(), absent)
         records, errors = activate.run_activations(acts)
         journal.activations.extend(records)
         journal.warnings.extend(errors)
@@ -288,13 +291,23 @@ def undo(journal: Journal, final_state: str = ROLLED_BACK, error: str | None = N
             raise
 
 
+def _undo_or_explain(journal: Journal) -> None:
+    try:
+        undo(journal)
+    except OSError as exc:
+        raise OperationError(
+            f"rolling back transaction {journal.id} failed ({exc.strerror}: {exc.filename}); "
+            "its journal stays unfinished: run `synapse rollback` again once that is fixed"
+        ) from None
+
+
 def recover(root: Path) -> list[Journal]:
     """Roll back every unfinished transaction (a crash hit it); returns those recovered."""
     recovered = []
     for journal in all_journals(root):
         if journal.state in UNFINISHED:
             was = journal.state
-            undo(journal)
+            _undo_or_explain(journal)
             if was == IN_PROGRESS:
                 journal.warnings.append("interrupted while applying; rolled back")
                 journal.save("recovered")
@@ -331,5 +344,5 @@ def rollback(root: Path, tx: str | None, force: bool) -> tuple[list[Journal], li
                     "the backed-up original anyway"
                 )
     for journal in targets:
-        undo(journal)
+        _undo_or_explain(journal)
     return recovered, targets

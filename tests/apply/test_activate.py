@@ -23,17 +23,13 @@ def names(acts: list[activate.Activation]) -> list[str]:
     return [" ".join(a.argv) for a in acts]
 
 
-def test_each_file_maps_to_its_activation(tmp_path: Path, with_systemd: None) -> None:
-    for rel in ("etc/sysusers.d/synapse.conf", "etc/tmpfiles.d/synapse-sysfs.conf",
-                "etc/systemd/zram-generator.conf"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text("")
+def test_each_file_maps_to_its_activation(with_systemd: None) -> None:
     state = SystemState(active=("synapse-runtime.service",))
     acts = activate.plan_activations(
         ["etc/sysctl.d/90-synapse.conf", "etc/tmpfiles.d/synapse-sysfs.conf",
          "etc/sysusers.d/synapse.conf", "etc/systemd/zram-generator.conf",
          "etc/systemd/journald.conf.d/90-synapse.conf"],
-        ["synapse-runtime.service"], [], ["cups.service"], state, tmp_path)
+        ["synapse-runtime.service"], [], ["cups.service"], state)
     assert names(acts) == [
         "systemd-sysusers /etc/sysusers.d/synapse.conf",  # users before tmpfiles use them
         "systemctl daemon-reload",
@@ -46,25 +42,24 @@ def test_each_file_maps_to_its_activation(tmp_path: Path, with_systemd: None) ->
     ]
 
 
-def test_only_what_changed(tmp_path: Path, with_systemd: None) -> None:
+def test_only_what_changed(with_systemd: None) -> None:
     acts = activate.plan_activations(["etc/sysctl.d/90-synapse.conf"], [], [], [],
-                                     SystemState(), tmp_path)
+                                     SystemState())
     assert names(acts) == ["sysctl --system"]
-    assert activate.plan_activations(["etc/hostname"], [], [], [], SystemState(),
-                                     tmp_path) == []
+    assert activate.plan_activations(["etc/hostname"], [], [], [], SystemState()) == []
 
 
-def test_without_systemd_only_offline_tools(tmp_path: Path) -> None:
+def test_without_systemd_only_offline_tools() -> None:
     assert not activate.systemd_running()  # this machine: no systemd as PID 1
     acts = activate.plan_activations(
         ["etc/sysctl.d/90-synapse.conf", "etc/systemd/system/x.service"], ["x.service"], [],
-        [], SystemState(active=("x.service",)), tmp_path)
+        [], SystemState(active=("x.service",)))
     assert names(acts) == ["sysctl --system"]
 
 
-def test_removed_zram_config_stops_the_device(tmp_path: Path, with_systemd: None) -> None:
+def test_removed_zram_config_stops_the_device(with_systemd: None) -> None:
     acts = activate.plan_activations(["etc/systemd/zram-generator.conf"], [], [], [],
-                                     SystemState(), tmp_path)
+                                     SystemState(), removed=["etc/systemd/zram-generator.conf"])
     assert "systemctl stop systemd-zram-setup@zram0.service" in names(acts)
 
 
