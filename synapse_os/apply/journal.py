@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -116,7 +117,6 @@ def new_journal(root: Path, profile: str, profile_hash: str, live: bool) -> Jour
     """Create the directory of a fresh transaction, numbered after the existing ones."""
     base = transactions_dir(root)
     base.mkdir(parents=True, exist_ok=True)
-    os.chmod(state_dir(root), 0o755)
     numbers = [int(m.group(1)) for p in base.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     tx_id = f"{max(numbers, default=0) + 1:04d}-{stamp}"
@@ -156,15 +156,33 @@ def _from_dict(root: Path, data: dict[str, Any]) -> Journal:
     )
 
 
+def trusted(path: Path) -> None:
+    """Refuse journal paths another user could have planted: /var/lib/synapse is the
+    runtime user's StateDirectory, and rollback writes wherever a journal says."""
+    st = os.lstat(path)
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022 or stat.S_ISLNK(st.st_mode):
+        raise OperationError(
+            f"{path}: owned by uid {st.st_uid} or writable by others; refusing to trust "
+            "synapse transaction data there (it must belong to root)"
+        )
+
+
 def all_journals(root: Path) -> list[Journal]:
     """Every transaction under `root`, oldest first (a directory without journal is skipped:
     a crash hit before its first journal write, so it changed nothing)."""
     base = transactions_dir(root)
-    if not base.is_dir():
+    if not os.path.lexists(base):
         return []
+    trusted(base)
     dirs = sorted((p for p in base.iterdir() if re.match(r"^\d+-", p.name)),
                   key=lambda p: int(p.name.split("-")[0]))
-    return [load(root, d) for d in dirs if (d / "journal.json").is_file()]
+    out = []
+    for d in dirs:
+        if (d / "journal.json").is_file():
+            trusted(d)
+            trusted(d / "journal.json")
+            out.append(load(root, d))
+    return out
 
 
 def find(root: Path, tx: str) -> Journal:
@@ -183,13 +201,20 @@ def locked(root: Path) -> Iterator[None]:
     directory = state_dir(root)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        # O_NOFOLLOW: a planted symlink must not make root truncate another file
+        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OperationError(f"{directory / 'lock'}: is a symlink; refusing to use it") \
+                from None
         raise OperationError(
             f"{directory}: cannot create the synapse state directory ({exc.strerror}); "
             "the target must be writable"
         ) from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+            raise OperationError(f"{directory / 'lock'}: not a regular file owned by root")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -229,3 +229,44 @@ def test_live_root_refused_without_root_privileges(gpu_profile: Path) -> None:
                              capture_output=True, text=True, check=False, timeout=120)
         assert res.returncode == 2, res.stderr
         assert "changing the running system (--root /) needs root" in res.stderr
+
+
+def test_confirmation_prompt(gpu_profile: Path, root: Path) -> None:
+    before = tree_snapshot(root, include_state=True)
+    res = subprocess.run([sys.executable, "-m", "synapse_os.cli", "apply", str(gpu_profile),
+                          "--root", str(root)], input="n\n", cwd=REPO, capture_output=True,
+                         text=True, check=False, timeout=120)
+    assert res.returncode == 1 and "apply these changes?" in res.stderr
+    assert "aborted" in res.stderr
+    snapshot = tree_snapshot(root, include_state=True)
+    snapshot.pop(f"{STATE}/lock")
+    for rel in (STATE, "var/lib/synapse/transactions"):  # the lock's directory may remain
+        snapshot.pop(rel, None)
+    assert snapshot == before
+    res = subprocess.run([sys.executable, "-m", "synapse_os.cli", "apply", str(gpu_profile),
+                          "--root", str(root)], input="y\n", cwd=REPO, capture_output=True,
+                         text=True, check=False, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (root / "etc/hostname").read_text() == "synapse-gpu\n"
+
+
+def test_planted_journal_and_lock_symlink_refused(gpu_profile: Path, root: Path,
+                                                  tmp_path: Path) -> None:
+    """/var/lib/synapse belongs to the runtime user: what it plants there is not trusted."""
+    apply_ok(gpu_profile, root)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    lock = root / STATE / "lock"
+    lock.unlink()
+    lock.symlink_to(victim)
+    res = synapse("apply", gpu_profile, "--root", root, "--yes")
+    assert res.returncode == 1 and "is a symlink; refusing" in res.stderr
+    assert victim.read_text() == "precious\n"
+    lock.unlink()
+
+    transactions = root / STATE / "transactions"
+    os.chown(transactions, 65534, 65534)
+    res = synapse("rollback", "--root", root, "--yes")
+    assert res.returncode == 1 and "refusing to trust" in res.stderr
+    os.chown(transactions, 0, 0)
+    assert synapse("rollback", "--root", root, "--yes").returncode == 0
