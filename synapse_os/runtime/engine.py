@@ -70,6 +70,7 @@ class LoadedModel:
     users: int = 0
     retired: bool = False
     closed: bool = False
+    kv_q8: bool = True
 
     @property
     def n_ctx(self) -> int:
@@ -94,7 +95,21 @@ class LoadedModel:
         return str(self.llm._model.token_get_text(token))
 
     def context_bytes(self) -> int:
-        return int(self.llm._ctx.get_state_size())
+        """KV cache size: layers x context x (K + V width) x bytes per element."""
+        md: dict[str, str] = getattr(self, "metadata", {})
+        arch = md.get("general.architecture", "")
+        try:
+            layers = int(md[f"{arch}.block_count"])
+            kv_heads = int(md.get(f"{arch}.attention.head_count_kv")
+                           or md[f"{arch}.attention.head_count"])
+            embd = int(md[f"{arch}.embedding_length"])
+            heads = int(md[f"{arch}.attention.head_count"])
+            k_len = int(md.get(f"{arch}.attention.key_length", embd // heads))
+            v_len = int(md.get(f"{arch}.attention.value_length", embd // heads))
+        except (KeyError, ValueError, ZeroDivisionError):
+            return 0
+        per_element = 34 / 32 if self.kv_q8 else 2.0
+        return int(layers * self.n_ctx * kv_heads * (k_len + v_len) * per_element)
 
     # -- KV cache management -------------------------------------------------
     def truncate(self, n: int) -> None:
@@ -234,7 +249,7 @@ def load_model(role: str, cfg: ModelConfig, threads: int, batch: int, seed: int,
         weights_bytes=int(llm._model.size()),
         load_id=next(_ids),
     )
-    model = LoadedModel(info=info, llm=llm)
+    model = LoadedModel(info=info, llm=llm, kv_q8=batch_invariant)
     model.metadata = metadata  # type: ignore[attr-defined]
     return model
 
