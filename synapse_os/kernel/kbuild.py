@@ -34,6 +34,7 @@ BUILD_TOOLS: tuple[tuple[str, str], ...] = (
 PERL_HINT = "apt-get install perl (Arch: pacman -S perl)"
 MAKE_TIMEOUT_S = 900
 COPY_NAMES = re.compile(r"^(Kconfig|Makefile|Kbuild).*")
+CONF_COMMAND = re.compile(r"scripts/kconfig/conf\s+(?:-s\s+)?--\S+\s+([^\s;]+)")
 SKIP_SUFFIXES = (".o", ".cmd", ".d", ".a", ".so", ".ko")
 
 CAPTURE_SHELL = """#!/bin/sh
@@ -247,8 +248,9 @@ class KconfigBuild:
         env = dict(
             item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item
         )
-        kconfig = command.split()[-1] if command.split() else "Kconfig"
-        return env, kconfig
+        # the recipe runs `scripts/kconfig/conf [-s] --<mode> <Kconfig>`, maybe among others
+        m = CONF_COMMAND.search(command)
+        return env, m.group(1) if m else "Kconfig"
 
     def _build_query(self) -> Path:
         if self._query is None:
