@@ -1,0 +1,76 @@
+"""The image layer cache: tarballs keyed by a hash of everything that produced them.
+
+A layer (the bootstrapped base root, the runtime's dependency venv) is rebuilt only when
+one of its inputs changes, so a profile change that touches only the overlay reuses both
+and an image rebuild takes seconds. Writes are atomic (temp file + rename), so an
+interrupted build never leaves a half-written layer that a later build would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from synapse_os.errors import UserError
+
+LAYER_FORMAT = 1  # bump when the way layers are made changes
+
+
+def cache_root() -> Path:
+    """~/.cache/synapse/images, or $SYNAPSE_CACHE/images."""
+    base = os.environ.get("SYNAPSE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "synapse"
+    )
+    return Path(base) / "images"
+
+
+def layer_key(kind: str, inputs: dict[str, object]) -> str:
+    blob = json.dumps({"kind": kind, "format": LAYER_FORMAT, **inputs}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class LayerCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else cache_root()
+
+    def path(self, kind: str, key: str, suffix: str = ".tar") -> Path:
+        return self.root / kind / f"{key}{suffix}"
+
+    def get(self, kind: str, key: str, suffix: str = ".tar") -> Path | None:
+        p = self.path(kind, key, suffix)
+        return p if p.is_file() else None
+
+    @contextmanager
+    def put(self, kind: str, key: str, suffix: str = ".tar") -> Iterator[Path]:
+        """Yield a temp path to write the layer to; it becomes the layer only on success."""
+        final = self.path(kind, key, suffix)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"{final.parent}: cannot create the image cache ({exc.strerror}); "
+                "set SYNAPSE_CACHE to a writable directory"
+            ) from None
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=suffix, dir=final.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def sha256_of_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for p in sorted(paths, key=lambda x: x.name):
+        digest.update(p.name.encode() + b"\0")
+        with p.open("rb") as fh:
+            while block := fh.read(1024 * 1024):
+                digest.update(block)
+    return digest.hexdigest()

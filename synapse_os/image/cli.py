@@ -1,0 +1,61 @@
+"""CLI for images: `synapse image build` and `synapse build-iso`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from synapse_os.cli import emit_json
+
+
+@click.group()
+def group() -> None:
+    """Build bootable disk images from a profile."""
+
+
+@group.command("build")
+@click.argument("profile", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The disk image file to write (raw, GPT: ESP + root).")
+@click.option("--test", "test", is_flag=True,
+              help="Add the VM test driver's root shell (virtio port) and serial autologin. "
+                   "Never for machines you deploy.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+              help="Layer cache directory (default ~/.cache/synapse/images).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def build_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
+              as_json: bool) -> None:
+    """Build a bootable disk image of PROFILE into OUTPUT."""
+    from synapse_os.image.build import build_image
+    from synapse_os.image.cache import LayerCache
+    from synapse_os.image.progress import Progress
+    from synapse_os.profile import load_profile
+
+    loaded = load_profile(profile)
+    info = build_image(loaded, output, test=test, cache=LayerCache(cache_dir),
+                       progress=Progress(quiet=as_json))
+    if as_json:
+        emit_json(info.as_dict())
+    else:
+        total = sum(info.timings.values())
+        kind = ", test image" if test else ""
+        click.echo(f"built {output} ({info.size_bytes / 1024**3:.1f} GiB, profile {info.profile}, "
+                   f"kernel {info.kernel_version}{kind}) in {total:.0f} s")
+
+
+@click.command("build-iso")
+@click.argument("profile", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Directory for the archiso profile (profile/) and the ISO.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def build_iso_cmd(profile: Path, output: Path, as_json: bool) -> None:
+    """Render an archiso profile for PROFILE and build the installer ISO with mkarchiso."""
+    from synapse_os.image.iso import build_iso
+    from synapse_os.profile import load_profile
+
+    result = build_iso(load_profile(profile), output)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"built {result['iso']}")

@@ -1,0 +1,145 @@
+"""The synapse runtime inside an image: a venv at /opt/synapse with the real model.
+
+The venv is built from wheels pinned to the versions installed on the build host (the
+guest is Debian bookworm with CPython 3.11 like the host, so the host's wheels fit,
+including the llama-cpp-python wheel pip built and cached when synapse was installed).
+Two cached pieces keep rebuilds fast: the wheelhouse (keyed by the pinned requirement
+list) and the dependency venv layer (keyed by the base root and the wheelhouse); only
+synapse's own wheel is installed fresh on every build.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+
+import synapse_os
+from synapse_os.errors import OperationError, UserError
+from synapse_os.image.cache import LayerCache, layer_key, sha256_of_files
+from synapse_os.image.progress import Progress
+from synapse_os.proc import run
+
+VENV = "/opt/synapse"
+DIST = "synapse-os"
+EXTRAS = ("runtime",)
+
+
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned_requirements(dist: str = DIST, extras: tuple[str, ...] = EXTRAS) -> list[str]:
+    """name==version for every distribution `dist[extras]` needs, as installed here."""
+    env: dict[str, str] = dict(default_environment())
+    seen: dict[str, str] = {}
+    todo: list[tuple[str, tuple[str, ...]]] = [(dist, extras)]
+    while todo:
+        name, want = todo.pop()
+        try:
+            d = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise UserError(
+                f"the runtime dependency {name!r} is not installed on this build host; run: "
+                "pip install -e '.[runtime]'"
+            ) from None
+        key = _canon(d.metadata["Name"])
+        if key in seen and not want:
+            continue
+        seen[key] = d.version
+        for line in d.requires or []:
+            req = Requirement(line)
+            if req.marker is not None:
+                ok = any(req.marker.evaluate({**env, "extra": e}) for e in (*want, ""))
+                if not ok:
+                    continue
+            if _canon(req.name) not in seen or req.extras:
+                todo.append((req.name, tuple(sorted(req.extras))))
+    seen.pop(_canon(dist), None)
+    return sorted(f"{name}=={version}" for name, version in seen.items())
+
+
+def source_tree() -> Path:
+    root = Path(synapse_os.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        raise UserError(
+            "building an image with the synapse runtime needs synapse's source tree "
+            f"(no pyproject.toml next to {Path(synapse_os.__file__).parent}); "
+            "install synapse with pip install -e from a checkout"
+        )
+    return root
+
+
+def build_synapse_wheel(dest: Path) -> Path:
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest),
+         str(source_tree())], timeout=600)
+    wheels = sorted(dest.glob("synapse_os-*.whl"))
+    if not wheels:
+        raise OperationError(f"pip wheel wrote no synapse_os wheel into {dest}")
+    return wheels[-1]
+
+
+def wheelhouse(cache: LayerCache, progress: Progress) -> Path:
+    """A directory of wheels for every pinned runtime dependency (cached)."""
+    reqs = pinned_requirements()
+    key = layer_key("wheels", {"requirements": reqs, "python": sys.version_info[:2]})
+    final = cache.path("wheels", key, suffix="")
+    if (final / ".complete").is_file():
+        progress.note(f"runtime wheels: cached ({len(reqs)} packages)")
+        return final
+    with progress.step(f"collecting {len(reqs)} runtime wheels (pip wheel, pinned to this host)"):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        try:
+            run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp), *reqs],
+                timeout=3600)
+            (tmp / ".complete").write_text("\n".join(reqs) + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def install_venv(root: Path, base_key: str, cache: LayerCache, progress: Progress) -> None:
+    """Lay /opt/synapse into `root`: the cached dependency venv, then synapse's wheel."""
+    wheels_dir = wheelhouse(cache, progress)
+    wheels = sorted(wheels_dir.glob("*.whl"))
+    key = layer_key("venv", {"base": base_key, "wheels": sha256_of_files(wheels)})
+    layer = cache.get("venv", key)
+    if layer is None:
+        with progress.step("building the runtime venv (python3 -m venv + pip, in the image)"):
+            staging = root / "var/tmp/synapse-wheels"
+            staging.mkdir(parents=True)
+            for w in wheels:
+                shutil.copy2(w, staging / w.name)
+            chroot(root, ["python3", "-m", "venv", VENV])
+            chroot(root, [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--no-deps",
+                          "--no-compile", "--disable-pip-version-check",
+                          *[f"/var/tmp/synapse-wheels/{w.name}" for w in wheels]])
+            shutil.rmtree(staging)
+            with cache.put("venv", key) as tmp:
+                run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tmp),
+                     VENV.lstrip("/")])
+    else:
+        with progress.step("runtime venv: unpacking the cached layer"):
+            run(["tar", "-C", str(root), "--numeric-owner", "-xpf", str(layer)])
+    with progress.step("installing synapse into the image's venv"):
+        staging = root / "var/tmp/synapse-wheel"
+        staging.mkdir(parents=True)
+        wheel = build_synapse_wheel(staging)
+        chroot(root, [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--no-deps",
+                      "--disable-pip-version-check", f"/var/tmp/synapse-wheel/{wheel.name}"])
+        shutil.rmtree(staging)
+
+
+def chroot(root: Path, argv: list[str]) -> None:
+    run(["chroot", str(root), *argv], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                            "HOME": "/root", "LC_ALL": "C.UTF-8"},
+        timeout=1800)

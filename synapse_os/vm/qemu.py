@@ -1,0 +1,103 @@
+"""Finding QEMU and firmware, probing KVM, and building the QEMU command line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from synapse_os.errors import UserError
+
+QEMU = "qemu-system-x86_64"
+QEMU_PACKAGE = "qemu-system-x86"
+OVMF_CANDIDATES = (
+    "/usr/share/ovmf/OVMF.fd",
+    "/usr/share/qemu/OVMF.fd",
+    "/usr/share/edk2/x64/OVMF.fd",
+    "/usr/share/edk2-ovmf/x64/OVMF.fd",
+)
+SHELL_PORT = "org.synapse.shell"
+
+
+def require_qemu() -> str:
+    path = shutil.which(QEMU)
+    if path is None:
+        raise UserError(f"'{QEMU}' was not found on PATH; install it with: "
+                        f"apt-get install {QEMU_PACKAGE}")
+    return path
+
+
+def find_ovmf() -> str:
+    override = os.environ.get("SYNAPSE_OVMF")
+    for candidate in ((override,) if override else OVMF_CANDIDATES):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise UserError("UEFI firmware (OVMF.fd) was not found; install it with: apt-get install ovmf "
+                    "(or boot with --direct, which needs no firmware)")
+
+
+@cache
+def kvm_works() -> bool:
+    """True only if a KVM guest actually starts here (nested /dev/kvm can exist and fail)."""
+    if os.environ.get("SYNAPSE_NO_KVM"):
+        return False
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or shutil.which(QEMU) is None:
+        return False
+    try:
+        proc = subprocess.run(
+            [QEMU, "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "64", "-nodefaults",
+             "-display", "none", "-no-reboot", "-S", "-monitor", "stdio"],
+            input="quit\n", capture_output=True, text=True, timeout=20, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+@dataclass
+class QemuConfig:
+    image: Path
+    serial_log: Path | None  # None: serial on stdio (interactive)
+    shell_socket: Path | None  # the test shell's virtio port (None: no driver)
+    memory_mb: int = 2048
+    cpus: int = 2
+    kvm: bool = False
+    kernel: Path | None = None  # direct kernel boot; None = UEFI via OVMF
+    initrd: Path | None = None
+    append: str = ""
+    snapshot: bool = True  # writes go to a temp overlay; the image stays as built
+    extra: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        accel = ["-machine", "q35,accel=kvm", "-cpu", "host"] if self.kvm else [
+            # TCG: 'max' emulates AVX2/FMA/F16C (QEMU >= 7.2), which llama.cpp builds use
+            "-machine", "q35,accel=tcg", "-cpu", "max",
+        ]
+        argv = [
+            require_qemu(), *accel, "-m", str(self.memory_mb), "-smp", str(self.cpus),
+            "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
+            "-drive", f"file={self.image},format=raw,if=virtio,cache=unsafe"
+            + (",snapshot=on" if self.snapshot else ""),
+            "-object", "rng-random,filename=/dev/urandom,id=rng0",
+            "-device", "virtio-rng-pci,rng=rng0",
+        ]
+        if self.serial_log is not None:
+            argv += ["-chardev", f"file,id=serial0,path={self.serial_log}",
+                     "-serial", "chardev:serial0"]
+        else:
+            argv += ["-serial", "mon:stdio"]
+        if self.shell_socket is not None:
+            argv += ["-device", "virtio-serial-pci",
+                     "-chardev", f"socket,id=shell,path={self.shell_socket},server=on,wait=on",
+                     "-device", f"virtserialport,chardev=shell,name={SHELL_PORT}"]
+        if self.kernel is not None:
+            argv += ["-kernel", str(self.kernel)]
+            if self.initrd is not None:
+                argv += ["-initrd", str(self.initrd)]
+            argv += ["-append", self.append]
+        else:
+            argv += ["-bios", find_ovmf()]
+        return argv + self.extra
