@@ -107,6 +107,8 @@ def test_kill_rollback_at_every_step(gpu_profile: Path, tmp_path: Path,
         res = synapse("rollback", "--root", work, "--yes", env={AFTER_STEP_ENV: str(step)})
         if res.returncode == 0:
             assert tree_snapshot(work) == original
+            # journal "rolling back", one per entry (15 files + units), journal "rolled back"
+            assert step == 19
             break
         assert res.returncode == -signal.SIGKILL, res.stderr
         assert_whole_files(tree_snapshot(work), original, full)
