@@ -328,7 +328,7 @@ class Runtime(Strict):
     threads: Literal["auto"] | int = "auto"
     speculative: Speculative = Field(default_factory=Speculative)
     queue_size: int = Field(16, ge=1, le=10_000)
-    provenance: str = "/var/lib/synapse/provenance.ndjson"
+    provenance: str = "/var/lib/synapse/runtime/provenance.ndjson"
     nice: int | None = Field(None, ge=-20, le=19)
     cpu_scheduling_policy: Literal["other", "batch", "idle", "fifo", "rr"] | None = None
     memory_high: Literal["auto"] | Size | None = Field(

@@ -57,7 +57,7 @@ class SpeculativeConfig(_Strict):
 
 
 class ProvenanceConfig(_Strict):
-    path: str = "/var/lib/synapse/provenance.ndjson"
+    path: str = "/var/lib/synapse/runtime/provenance.ndjson"
     fsync_interval_s: float = Field(1.0, ge=0.0, le=3600.0, description="0 = fsync every line.")
     max_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Rotate past this size.")
     keep: int = Field(5, ge=1, le=1000, description="Rotated files kept (.1 is the newest).")
