@@ -98,7 +98,7 @@ def swap(role: str, path: Path, sha256: str | None, url: str, as_json: bool) -> 
         raise UserError(f"{path} does not exist or is not a file")
     try:
         resp = httpx.post(f"{url.rstrip('/')}/admin/swap", timeout=600,
-                          json={"role": role, "path": str(path.resolve()), "sha256": sha256})
+                          json={"role": role, "path": str(path.absolute()), "sha256": sha256})
     except httpx.HTTPError as exc:
         raise OperationError(f"cannot reach the runtime at {url}: {exc}") from None
     body = resp.json()

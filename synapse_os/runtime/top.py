@@ -107,7 +107,7 @@ def render(url: str, history: deque[Scrape], cores: list[float],
         if value != 1:
             continue
         role = lab["role"]
-        models.add_row(role, ROLE_TIERS.get(role, "?"), lab["path"].rsplit("/", 1)[-1],
+        models.add_row(role, ROLE_TIERS.get(role, "?"), lab["path"].rsplit("/", 1)[-1][:40],
                        lab["quantization"], _mib(memory.get((role, "weights"), 0)),
                        _mib(memory.get((role, "context"), 0)),
                        _mib(vram[role]) if vram and role in vram else "-")
@@ -140,7 +140,11 @@ def render(url: str, history: deque[Scrape], cores: list[float],
     z = zram_usage()
     system.add_row("zram", "none" if z is None else
                    f"{_mib(z[0])} stored in {_mib(z[1])} (size {_mib(z[2])})")
-    return Panel(Group(models, traffic, system), title=f"synapse top — {url}")
+    below = Table.grid(expand=True, padding=(0, 1))
+    below.add_column(ratio=1)
+    below.add_column(ratio=1)
+    below.add_row(traffic, system)
+    return Panel(Group(models, below), title=f"synapse top — {url}")
 
 
 def gpu_memory_by_role() -> dict[str, int] | None:
@@ -169,7 +173,8 @@ def run_top(url: str, interval: float, once: bool) -> None:
         history.append(scrape(url))
         console.print(render(url, history, psutil.cpu_percent(percpu=True), gpu_memory_by_role()))
         return
-    with Live(console=console, screen=False, auto_refresh=False) as live:
+    with Live(console=console, screen=False, auto_refresh=False,
+              vertical_overflow="visible") as live:
         try:
             while True:
                 history.append(scrape(url))
