@@ -165,11 +165,11 @@ def explain_cmd(symbol: str, source: Path, config: Path | None, arch: str, as_js
     if not re.match(r"^(CONFIG_)?[A-Za-z0-9_]+$", symbol):
         raise UserError(f"{symbol!r} is not a kernel symbol; write it as CONFIG_NAME")
     text = read_config_file(config, "config") if config is not None else None
-    version, info = explain(symbol, source, config_text=text, arch=arch)
+    version, info, note = explain(symbol, source, config_text=text, arch=arch)
     if as_json:
-        emit_json({"kernel_version": version, **asdict(info)})
+        emit_json({"kernel_version": version, "note": note, **asdict(info)})
     else:
-        click.echo(explain_text(version, info))
+        click.echo(explain_text(version, info, note))
     if not info.known:
         sys.exit(1)
 

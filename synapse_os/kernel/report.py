@@ -48,10 +48,12 @@ def plain_report(resolution: Resolution) -> str:
     return buffer.getvalue()
 
 
-def explain_text(version: str, info: SymbolInfo) -> str:
+def explain_text(version: str, info: SymbolInfo, note: str = "") -> str:
     if not info.known:
-        return f"CONFIG_{info.name} is not a symbol in Linux {version}"
-    lines = [f"CONFIG_{info.name} in Linux {version}: {info.type}, value {info.value or '(unset)'}"]
+        return note
+    lines = [note] if note else []
+    lines.append(f"CONFIG_{info.name} in Linux {version}: {info.type}, "
+                 f"value {info.value or '(unset)'}")
     lines.append(f"  depends on: {info.dep_expr}  [= {info.dep_value}]")
     if info.rev_terms:
         lines.append("  selected by: " + "; ".join(info.rev_terms))

@@ -230,16 +230,14 @@ def classify(
     ), None
 
 
-def _unknown_reason(symbol: str, version: str, renames: RenameTable) -> tuple[str, str | None]:
+def unknown_reason(symbol: str, version: str, renames: RenameTable) -> str:
     reason = f"CONFIG_{symbol} is not a symbol in Linux {version}"
-    fix = None
     aliases = renames.aliases(symbol)
     if aliases:
-        other, rename = aliases[0]
-        reason += f"; {rename.describe()}, and this tree has neither name"
+        reason += f"; {aliases[0][1].describe()}, and this tree has neither name"
     if symbol in renames.notes:
         reason += f"; {renames.notes[symbol]}"
-    return reason, fix
+    return reason
 
 
 def _actual(final: dict[str, str], info: SymbolInfo) -> str:
@@ -339,9 +337,8 @@ def resolve(
     for index, r in enumerate(requests):
         name = applied_as[index]
         if name is None:
-            reason, fix = _unknown_reason(r.symbol, version, renames)
             results.append(SymbolResult(r.symbol, r.value, r.origin, UNKNOWN, None, None,
-                                        None, reason, fix))
+                                        None, unknown_reason(r.symbol, version, renames)))
             continue
         info = infos[name]
         actual = _actual(final, info)
@@ -364,12 +361,15 @@ def resolve(
 
 
 def explain(symbol: str, source: Path, *, config_text: str | None = None,
-            arch: str = "x86") -> tuple[str, SymbolInfo]:
-    """(kernel version, what kconfig says about `symbol`) against a config (default:
-    the arch defconfig)."""
+            arch: str = "x86") -> tuple[str, SymbolInfo, str]:
+    """(kernel version, what kconfig says about `symbol`, a note) against a config
+    (default: the arch defconfig). A name this tree knows under a rename is answered for
+    the tree's name, with the rename in the note."""
     version = check_source(source, arch)
     check_tools()
     name = symbol.removeprefix("CONFIG_")
+    renames = load_renames()
+    aliases = renames.aliases(name)
     with tempfile.TemporaryDirectory(prefix="synapse-kconfig-") as tmp:
         build = KconfigBuild(source, Path(tmp), arch)
         if config_text is None:
@@ -377,5 +377,10 @@ def explain(symbol: str, source: Path, *, config_text: str | None = None,
         else:
             build.config_path.write_text(config_text)
             build.olddefconfig()
-        info = build.query([name], help_text=True)[name]
-    return version, info
+        infos = build.query([name, *(a for a, _ in aliases)], help_text=True)
+    if infos[name].known:
+        return version, infos[name], ""
+    for alias, rename in aliases:
+        if infos[alias].known:
+            return version, infos[alias], f"this tree calls it CONFIG_{alias}: {rename.describe()}"
+    return version, infos[name], unknown_reason(name, version, renames)

@@ -211,3 +211,8 @@ def test_explain_shows_dependencies_and_help(kernel_tree: Path) -> None:
     unknown = synapse("kernel", "explain", "SCHED_EEVDF", "--source", kernel_tree, "--json")
     assert unknown.returncode == 1
     assert json.loads(unknown.stdout)["known"] is False
+    assert "EEVDF replaced CFS" in json.loads(unknown.stdout)["note"]
+    renamed = synapse("kernel", "explain", "CONFIG_SPECULATION_MITIGATIONS", "--source",
+                      kernel_tree)
+    assert renamed.returncode == 0, renamed.stderr
+    assert renamed.stdout.startswith("this tree calls it CONFIG_CPU_MITIGATIONS")
