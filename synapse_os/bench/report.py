@@ -177,6 +177,7 @@ def plots(result: Result, directory: Path) -> None:
         ax.annotate(t.stats.verdict, (x[i], t.stats.ci_high), textcoords="offset points",
                     xytext=(0, 6), ha="center", fontsize=8)
     ax.set_xticks(x, names)
+    ax.margins(y=0.18)  # room for the verdict labels above the whiskers
     ax.set_ylabel(f"{result.candidate_label} / {result.baseline_label}")
     ax.set_title(f"Median ratio with bootstrap 95% CI (geomean {result.geomean_ratio:.3f})")
     ax.legend(loc="lower right", fontsize=8)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,25 +54,24 @@ def test_generation_is_reported_against_the_bandwidth_roofline(real_run: Path) -
             assert roofline is None
 
 
-def test_llama_cpp_compare_script_reads_the_records(real_run: Path, llama_bench: Path) -> None:
-    """llama.cpp's own compare-llama-bench.py loads the file (its JSONL reader, its checks)."""
-    source = build.resolve_source(None)  # the vendored tree the binary came from
+def test_llama_cpp_compare_script_reads_the_records(real_run: Path, llama_bench: Path,
+                                                    tmp_path: Path) -> None:
+    """llama.cpp's own scripts/compare-llama-bench.py reads the file and tabulates every test."""
+    source = build.resolve_source(None)  # the vendored tree the binary was built from
     script = source.tree / "scripts" / "compare-llama-bench.py"
-    spec = importlib.util.spec_from_file_location("compare_llama_bench", script)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    argv = sys.argv
-    try:
-        sys.argv = ["compare-llama-bench.py"]
-        spec.loader.exec_module(module)
-    finally:
-        sys.argv = argv
-    data = module.LlamaBenchDataJSONL(str(real_run))
-    rows = data.cursor.execute("SELECT n_prompt, n_gen, n_threads, avg_ts FROM llama_bench")
-    loaded = sorted(rows.fetchall())
-    expected = sorted((r["n_prompt"], r["n_gen"], r["n_threads"], r["avg_ts"])
-                      for r in read_ndjson(real_run))
-    assert loaded == expected
+    records = read_ndjson(real_run)
+    commit = records[0]["build_commit"]
+    proc = subprocess.run([sys.executable, script, "-i", real_run, "--tool", "llama-bench",
+                           "-b", commit, "-c", commit], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[2].isdigit():
+            rows[(cells[3], int(cells[2]))] = float(cells[4])
+    assert rows == {(r["synapse"]["test"], r["n_threads"]): round(r["avg_ts"], 2)
+                    for r in records}
 
 
 def _scaled(records: list[dict[str, Any]], factor: float, label: str) -> list[dict[str, Any]]:
