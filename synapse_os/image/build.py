@@ -10,6 +10,7 @@ removed on every exit path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -100,9 +101,9 @@ def build_image(
     base_key = debian.base_key(profile)
     base_tar = debian.bootstrap_base(profile, cache, progress)
 
-    work_parent = cache.root / "tmp"
-    work_parent.mkdir(parents=True, exist_ok=True)
-    disk.check_space(work_parent, base_tar.stat().st_size * 2 + 512 * disk.MIB, "the image root")
+    needed = base_tar.stat().st_size * 2 + 1024 * disk.MIB
+    work_parent = work_dir_parent(cache, needed)
+    disk.check_space(work_parent, needed, "the image root")
     work = Path(tempfile.mkdtemp(prefix="build.", dir=work_parent))
     try:
         root = work / "root"
@@ -131,9 +132,40 @@ def build_image(
             _write_disk(profile, root, esp, output)
         info.size_bytes = output.stat().st_size
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        with progress.step("removing the working root"):
+            shutil.rmtree(work, ignore_errors=True)
     info.timings = dict(progress.timings)
     return info
+
+
+def work_dir_parent(cache: LayerCache, needed: int) -> Path:
+    """Where the image root is assembled: RAM (/dev/shm) when there is plenty of it.
+
+    Unpacking a root takes seconds anywhere, but deleting 20,000 files again can take
+    minutes on a disk mounted with `discard`; on tmpfs both are instant.
+    """
+    override = os.environ.get("SYNAPSE_WORKDIR")
+    if override:
+        path = Path(override)
+    else:
+        shm = Path("/dev/shm")
+        path = cache.root / "tmp"
+        if shm.is_dir() and os.access(shm, os.W_OK) and _mem_available() > needed * 3:
+            with contextlib.suppress(OSError):
+                if shutil.disk_usage(shm).free > needed * 2:
+                    path = shm
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _mem_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _prepare_esp(

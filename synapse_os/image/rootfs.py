@@ -103,39 +103,31 @@ def create_users(root: Path) -> None:
 
 
 def install_models(root: Path, profile: Profile) -> list[str]:
-    """Copy the real small model to every runtime.models path (hard links share one copy)."""
+    """Copy the real small model to every runtime.models path (hard links share one copy).
+
+    Models stay root's and world-readable, as tmpfiles.d makes their directory: the
+    service only reads them.
+    """
     rt = profile.runtime
     if rt is None or not rt.models:
         return []
     source, _sha = default_model()
     placed: dict[str, Path] = {}
-    owner = _ids(root, rt.user)
     for ref in rt.models.values():
-        dest = root / ref.path.lstrip("/")
         if ref.path in placed:
             continue
+        dest = root / ref.path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        first = next(iter(placed.values()), None)
-        if dest.exists():
+        if dest.exists() or dest.is_symlink():
             dest.unlink()
+        first = next(iter(placed.values()), None)
         if first is not None:
             os.link(first, dest)
         else:
             shutil.copyfile(source, dest)
-        os.chmod(dest, 0o640)
-        if owner is not None:
-            os.chown(dest, *owner)
-            os.chown(dest.parent, *owner)
+        os.chmod(dest, 0o644)
         placed[ref.path] = dest
     return sorted(placed)
-
-
-def _ids(root: Path, user: str) -> tuple[int, int] | None:
-    for line in (root / "etc/passwd").read_text().splitlines():
-        parts = line.split(":")
-        if parts[0] == user:
-            return int(parts[2]), int(parts[3])
-    return None
 
 
 def write_fstab(root: Path, profile: Profile) -> None:

@@ -1,0 +1,1 @@
+"""Boot images in QEMU and prove every profile setting is live: `synapse vm test|run`."""
