@@ -46,8 +46,8 @@ def serve(config_path: Path, host: str | None, port: int | None, provenance: Pat
 
 
 @group.command()
-@click.option("--golden", type=click.Path(path_type=Path), default=Path("bench/golden-prompts.yaml"),
-              show_default=True)
+@click.option("--golden", type=click.Path(path_type=Path), show_default=True,
+              default=Path("bench/golden-prompts.yaml"))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.option("--url", default=DEFAULT_URL, show_default=True)
 @click.option("--max-tokens", type=int, default=32, show_default=True)
@@ -114,8 +114,8 @@ def swap(role: str, path: Path, sha256: str | None, url: str, as_json: bool) -> 
 
 @group.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
-@click.option("--golden", type=click.Path(path_type=Path), default=Path("bench/golden-prompts.yaml"),
-              show_default=True)
+@click.option("--golden", type=click.Path(path_type=Path), show_default=True,
+              default=Path("bench/golden-prompts.yaml"))
 @click.option("--expect", type=click.Path(path_type=Path), default=None,
               help="Token-hash file from an earlier --record; compare against it.")
 @click.option("--record", type=click.Path(path_type=Path), default=None,

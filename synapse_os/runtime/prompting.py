@@ -36,7 +36,8 @@ def format_chat(model: LoadedModel, messages: Sequence[dict[str, Any]]) -> ChatP
             bos_token=model.token_text(bos_id) if bos_id >= 0 else "",
         )
         result = formatter(messages=list(messages))  # type: ignore[arg-type]
-        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        stop = (result.stop if isinstance(result.stop, list)
+                else [result.stop] if result.stop else [])
         return ChatPrompt(result.prompt, tuple(stop), add_bos=not result.added_special)
     if metadata.get("general.architecture", "").startswith("gemma"):
         parts = []

@@ -88,7 +88,8 @@ def git_revision() -> str:
 
 
 class ProvenanceWriter:
-    """Thread-safe NDJSON appender. `path.1` is the newest rotated file, `path.<keep>` the oldest."""
+    """Thread-safe NDJSON appender; `path.1` is the newest rotated file, `path.<keep>` the oldest.
+    """
 
     def __init__(self, path: Path, fsync_interval_s: float = 1.0,
                  max_bytes: int = 64 * 1024 * 1024, keep: int = 5) -> None:

@@ -129,7 +129,8 @@ class App:
                            f"one of {', '.join(sorted(svc.models))}, or a file name "
                            "listed by /v1/models", "model_not_found", "model")
 
-    def _job(self, endpoint: str, req: _Common, prompt_for: Callable[[Any], tuple[str, tuple[str, ...], bool]],
+    def _job(self, endpoint: str, req: _Common,
+             prompt_for: Callable[[Any], tuple[str, tuple[str, ...], bool]],
              decide: Callable[[], Decision], session_id: str | None) -> Job:
         svc = self.service
         ext = req.synapse or Extension()
@@ -184,7 +185,8 @@ class App:
             raise
         try:
             svc.start(job)
-            await anyio.to_thread.run_sync(svc.run, job, emit)
+            # always the same thread: llama.cpp's CPU thread team stays warm and bound to it
+            await asyncio.get_running_loop().run_in_executor(svc.executor, svc.run, job, emit)
         finally:
             self.gen_lock.release()
             record = svc.finish(job)

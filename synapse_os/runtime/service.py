@@ -15,11 +15,13 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from synapse_os import __version__
 from synapse_os.errors import OperationError, UserError
-from synapse_os.runtime.config import ModelConfig, RuntimeConfig, Tier
+from synapse_os.runtime.config import ModelConfig, Role, RuntimeConfig, Tier
 from synapse_os.runtime.engine import LoadedModel, check_same_vocabulary, load_model
 from synapse_os.runtime.generation import GenerationState, Sampling, generate
 from synapse_os.runtime.metrics import Metrics
@@ -31,7 +33,6 @@ from synapse_os.runtime.provenance import (
 )
 from synapse_os.runtime.router import Decision
 from synapse_os.runtime.textstream import TextStream
-from synapse_os import __version__
 
 log = logging.getLogger("synapse.runtime")
 TIER_ROLE: dict[str, str] = {"trivial": "small", "moderate": "main", "high": "main"}
@@ -145,6 +146,7 @@ class Service:
         self.provenance = ProvenanceWriter(
             Path(provenance_path or prov.path), prov.fsync_interval_s, prov.max_bytes, prov.keep
         )
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self.waiting = 0
         self.running = 0
         self.recent_latency: deque[float] = deque(maxlen=20)
@@ -209,7 +211,7 @@ class Service:
             log.info("unloading retired %s model %s", model.info.role, model.info.path)
             model.close()
 
-    def swap(self, role: str, path: str, sha256: str | None) -> dict[str, Any]:
+    def swap(self, role: Role, path: str, sha256: str | None) -> dict[str, Any]:
         """Load and verify a new model beside the old one, then switch atomically."""
         if role not in ("main", "small", "draft"):
             raise UserError(f"role {role!r} is not one of main, small, draft")
@@ -435,6 +437,7 @@ class Service:
         return self.config.router.default_max_tokens.get(tier)
 
     def close(self) -> None:
+        self.executor.shutdown(wait=True)
         self.provenance.close()
         with self._models_lock:
             models = list(self.models.values())

@@ -155,8 +155,8 @@ def gpu_memory_by_role() -> dict[str, int] | None:
         return None
     from synapse_os.proc import run
 
-    result = run(["nvidia-smi", "--query-compute-apps=used_memory", "--format=csv,noheader,nounits"],
-                 check=False, timeout=5)
+    result = run(["nvidia-smi", "--query-compute-apps=used_memory",
+                  "--format=csv,noheader,nounits"], check=False, timeout=5)
     if result.returncode != 0:
         return None
     total = sum(int(x) for x in result.stdout.split() if x.isdigit()) * 2**20
