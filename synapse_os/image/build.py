@@ -24,6 +24,7 @@ from synapse_os.image import arch, debian, disk, rootfs
 from synapse_os.image.cache import LayerCache
 from synapse_os.image.progress import Progress
 from synapse_os.image.runtime import install_venv
+from synapse_os.proc import require_tool
 from synapse_os.profile.model import Profile, parse_size
 from synapse_os.render import Tree, render_profile
 from synapse_os.state import desired_state
@@ -31,6 +32,10 @@ from synapse_os.state import desired_state
 # Extra kernel words every image boots with: the serial console is how a VM is watched.
 CONSOLE_WORDS = ("console=tty0", "console=ttyS0,115200")
 ENTRY = "synapse.conf"
+BUILD_TOOLS = (
+    ("mmdebstrap", "mmdebstrap"), ("sfdisk", "fdisk"), ("mkfs.fat", "dosfstools"),
+    ("mcopy", "mtools"), ("mkfs.ext4", "e2fsprogs"), ("tar", "tar"), ("chroot", "coreutils"),
+)
 
 
 @dataclass
@@ -96,6 +101,8 @@ def build_image(
             "this host (mkfs.xfs has no directory import here); set disk.root_fs: ext4"
         )
 
+    for tool, package in BUILD_TOOLS:
+        require_tool(tool, f"apt-get install {package}")
     tree = render_profile(profile)
     state = desired_state(profile)
     base_key = debian.base_key(profile)

@@ -1,0 +1,103 @@
+"""What the image build caches on, and how it refuses bad input (before any slow work)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synapse_os.image import debian
+from synapse_os.image.runtime import pinned_requirements
+from synapse_os.profile import load_profile
+from tests.conftest import PROFILES, REPO
+
+DEBIAN_CPU = PROFILES / "cpu-avx2-debian.yaml"
+
+
+def synapse(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "synapse_os.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def write_child(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "child.yaml"
+    p.write_text(f"extends: {DEBIAN_CPU}\n{body}")
+    return p
+
+
+def test_debian_variant_keeps_every_setting_of_the_cpu_profile() -> None:
+    deb = load_profile(DEBIAN_CPU)
+    arch = load_profile(PROFILES / "cpu-avx2.yaml")
+    assert deb.base == "debian" and arch.base == "arch"
+    assert deb.kernel.source == "stock" and deb.kernel.package is None  # kernel: null
+    for section in ("memory", "services", "journald", "sysctl", "cpu"):
+        assert getattr(deb, section) == getattr(arch, section), section
+    assert deb.boot.cmdline == arch.boot.cmdline and deb.boot.mitigations == "off"
+    assert deb.runtime is not None and arch.runtime is not None
+    assert deb.runtime.models == arch.runtime.models
+
+
+def test_image_packages_add_what_boot_and_the_runtime_need() -> None:
+    tuned = debian.image_packages(load_profile(DEBIAN_CPU))
+    stock = debian.image_packages(load_profile(PROFILES / "stock-baseline-debian.yaml"))
+    for pkg in ("linux-image-amd64", "initramfs-tools", "systemd-boot-efi", "systemd-sysv"):
+        assert pkg in tuned and pkg in stock
+    assert "systemd-zram-generator" in tuned and "systemd-zram-generator" not in stock
+    assert "libgomp1" in tuned and "libgomp1" not in stock  # llama.cpp links it
+    assert tuned == sorted(set(tuned))
+
+
+def test_overlay_only_change_reuses_the_cached_base(tmp_path: Path) -> None:
+    base = debian.base_key(load_profile(DEBIAN_CPU))
+    overlay_only = write_child(tmp_path, "memory:\n  swappiness: 100\nsysctl:\n  vm.dirty_ratio: 5\n")
+    assert debian.base_key(load_profile(overlay_only)) == base
+    more_packages = write_child(tmp_path, "packages:\n  extra: [htop, tmux]\n")
+    assert debian.base_key(load_profile(more_packages)) != base
+
+
+def test_mirror_is_part_of_the_base_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = load_profile(DEBIAN_CPU)
+    before = debian.base_key(profile)
+    monkeypatch.setenv("SYNAPSE_DEBIAN_MIRROR", "http://example.invalid/debian")
+    assert debian.base_key(profile) != before
+
+
+def test_runtime_wheels_are_pinned_to_this_host() -> None:
+    pins = pinned_requirements()
+    names = {p.split("==")[0] for p in pins}
+    assert {"llama-cpp-python", "fastapi", "uvicorn", "pydantic", "click"} <= names
+    assert "synapse-os" not in names
+    from importlib.metadata import version
+
+    assert f"llama-cpp-python=={version('llama-cpp-python')}" in pins
+
+
+def test_arch_base_needs_an_arch_host() -> None:
+    res = synapse("image", "build", str(PROFILES / "cpu-avx2.yaml"), "-o", "/tmp/never.img")
+    assert res.returncode == 2, res.stderr
+    assert "Arch Linux build host" in res.stderr
+    assert not Path("/tmp/never.img").exists()
+
+
+def test_output_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    res = synapse("image", "build", str(DEBIAN_CPU), "-o", str(tmp_path))
+    assert res.returncode == 2 and "is a directory" in res.stderr
+
+
+def test_xfs_root_is_refused_with_the_key(tmp_path: Path) -> None:
+    child = write_child(tmp_path, "disk:\n  root_fs: xfs\n")
+    res = synapse("image", "build", str(child), "-o", str(tmp_path / "x.img"))
+    assert res.returncode == 2 and "disk.root_fs: xfs" in res.stderr
+
+
+def test_missing_mmdebstrap_names_the_package(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    env = {**os.environ, "PATH": str(bin_dir), "SYNAPSE_CACHE": str(tmp_path / "cache")}
+    res = synapse("image", "build", str(DEBIAN_CPU), "-o", str(tmp_path / "x.img"), env=env)
+    assert res.returncode == 2, res.stderr
+    assert "mmdebstrap" in res.stderr and "apt-get install mmdebstrap" in res.stderr
+    assert not (tmp_path / "x.img").exists()
