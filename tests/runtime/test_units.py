@@ -166,3 +166,20 @@ def test_results_summary_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="lacks ttft_ms"):
         load_records(path)
     assert percentile([], 50) is None
+
+
+def test_speculation_switches_itself_off_for_a_slower_tier() -> None:
+    from synapse_os.runtime.service import SpecController
+
+    ctl = SpecController(enabled=True, auto_off=True, probe_every=3, min_samples=2)
+    modes = [ctl.choose("high") for _ in range(6)]
+    assert modes == [True, True, False, True, True, False]  # every 3rd request probes
+    for _ in range(2):
+        ctl.record("high", True, 40, 2.0)   # 20 tok/s with speculation
+        ctl.record("high", False, 40, 1.0)  # 40 tok/s without
+        ctl.record("trivial", True, 40, 1.0)
+        ctl.record("trivial", False, 40, 2.0)
+    assert ctl.state("high") is False and ctl.state("trivial") is True
+    assert [ctl.choose("high") for _ in range(3)] == [False, False, True]  # probes the other mode
+    off = SpecController(enabled=False, auto_off=True, probe_every=3, min_samples=2)
+    assert not any(off.choose("high") for _ in range(5))
