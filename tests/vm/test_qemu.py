@@ -1,0 +1,183 @@
+"""QEMU command lines, KVM detection and bad input that never needs a booted guest."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from synapse_os.image import rootfs
+from synapse_os.vm import qemu
+from tests.conftest import REPO, need_tool
+from tests.image.tiny import make_tiny_image
+
+
+def synapse(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "synapse_os.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def qemu_pids_for(marker: str) -> list[int]:
+    out = []
+    for proc_dir in Path("/proc").iterdir():
+        if proc_dir.name.isdigit():
+            try:
+                cmd = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "qemu-system" in cmd and marker in cmd and alive(int(proc_dir.name)):
+                out.append(int(proc_dir.name))
+    return out
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    need_tool("sfdisk", "apt-get install fdisk")
+    need_tool("mcopy", "apt-get install mtools")
+    return make_tiny_image(tmp_path / "tiny.img")
+
+
+def test_tcg_and_kvm_command_lines(tmp_path: Path) -> None:
+    need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")
+    cfg = qemu.QemuConfig(image=tmp_path / "a.img", serial_log=tmp_path / "s.log",
+                          shell_socket=tmp_path / "sh.sock", kernel=tmp_path / "k",
+                          initrd=tmp_path / "i", append="root=x")
+    argv = cfg.argv()
+    assert argv[argv.index("-machine") + 1] == "q35,accel=tcg"
+    assert argv[argv.index("-cpu") + 1] == "max"  # AVX2 for llama.cpp under TCG
+    assert f"virtserialport,chardev=shell,name={rootfs.TEST_PORT}" in argv
+    assert "snapshot=on" in argv[argv.index("-drive") + 1]
+    assert argv[argv.index("-append") + 1] == "root=x"
+    cfg.kvm, cfg.kernel = True, None
+    argv = cfg.argv()
+    assert argv[argv.index("-machine") + 1] == "q35,accel=kvm" and "-bios" in argv
+
+
+def test_kvm_is_used_only_when_a_guest_actually_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")
+    qemu.kvm_works.cache_clear()
+    direct = subprocess.run(
+        ["qemu-system-x86_64", "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "64",
+         "-nodefaults", "-display", "none", "-S", "-monitor", "stdio"],
+        input="quit\n", capture_output=True, text=True, timeout=30, check=False)
+    assert qemu.kvm_works() is (direct.returncode == 0)
+    qemu.kvm_works.cache_clear()
+    monkeypatch.setenv("SYNAPSE_NO_KVM", "1")
+    assert qemu.kvm_works() is False
+    qemu.kvm_works.cache_clear()
+
+
+def test_missing_image_is_bad_input(tmp_path: Path) -> None:
+    res = synapse("vm", "test", str(tmp_path / "none.img"), "--profile",
+                  str(REPO / "profiles/cpu-avx2-debian.yaml"))
+    assert res.returncode == 2 and "no such image file" in res.stderr
+
+
+def test_not_a_disk_image_is_bad_input(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(os.urandom(1 << 20))
+    res = synapse("vm", "test", str(junk), "--profile",
+                  str(REPO / "profiles/cpu-avx2-debian.yaml"))
+    assert res.returncode == 2 and "not a bootable disk image" in res.stderr
+
+
+def test_missing_qemu_names_the_package(tiny: Path, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sfdisk", "mtype", "mcopy"):  # what reading the image needs, no QEMU
+        os.symlink(need_tool(tool, "apt-get install fdisk mtools"), bin_dir / tool)
+    env = {**os.environ, "PATH": str(bin_dir)}
+    res = synapse("vm", "test", str(tiny), "--profile",
+                  str(REPO / "profiles/stock-baseline-debian.yaml"), env=env)
+    assert res.returncode == 2, res.stderr
+    assert "apt-get install qemu-system-x86" in res.stderr
+
+
+def test_unbootable_kernel_is_an_infrastructure_failure(tiny: Path) -> None:
+    need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")
+    res = synapse("vm", "test", str(tiny), "--profile",
+                  str(REPO / "profiles/stock-baseline-debian.yaml"), "--boot-timeout", "60")
+    assert res.returncode == 1, res.stderr
+    assert "infrastructure failure, not an assertion failure" in res.stderr
+    assert "QEMU exited" in res.stderr
+    assert not qemu_pids_for(str(tiny))
+
+
+@pytest.mark.slow
+def test_firmware_that_finds_no_loader_times_out_with_the_console_tail(tiny: Path,
+                                                                        tmp_path: Path) -> None:
+    need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")
+    junit = tmp_path / "junit.xml"
+    res = synapse("vm", "test", str(tiny), "--uefi", "--profile",
+                  str(REPO / "profiles/stock-baseline-debian.yaml"), "--boot-timeout", "45",
+                  "--junit", str(junit))
+    assert res.returncode == 1
+    assert "did not boot to its test shell within 45 s" in res.stderr
+    assert "last serial console lines" in res.stderr
+    assert "errors=\"1\"" in junit.read_text()
+    assert not qemu_pids_for(str(tiny))
+
+
+def test_qemu_dies_with_the_driver_even_when_it_is_killed(tiny: Path) -> None:
+    """SIGKILL leaves no chance to clean up: PR_SET_PDEATHSIG must take QEMU down."""
+    need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from synapse_os.vm.machine import Machine
+        m = Machine(Path({str(tiny)!r}), uefi=True)
+        m.start()
+        print(m.pid, flush=True)
+        time.sleep(600)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout is not None
+    qemu_pid = int(child.stdout.readline())
+    assert alive(qemu_pid)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while alive(qemu_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(qemu_pid)
+
+
+def test_sigterm_cleans_up_qemu_and_its_temp_dir(tiny: Path) -> None:
+    need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from synapse_os.vm.machine import Machine, install_signal_handlers
+        install_signal_handlers()
+        with Machine(Path({str(tiny)!r}), uefi=True) as m:
+            m.start()
+            print(m.pid, m.workdir, flush=True)
+            time.sleep(600)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout is not None
+    pid_text, workdir = child.stdout.readline().split()
+    child.send_signal(signal.SIGTERM)
+    child.wait(timeout=20)
+    assert not alive(int(pid_text))
+    assert not Path(workdir).exists()
