@@ -81,6 +81,7 @@ def test_cmd(image: Path, profile_path: Path, junit: Path | None, uefi: bool,
 def run_cmd(image: Path, uefi: bool, memory_mb: int, cpus: int, persist: bool) -> None:
     """Boot IMAGE with its serial console on this terminal (Ctrl-a x quits)."""
     from synapse_os.image import disk
+    from synapse_os.vm.machine import _die_with_parent
     from synapse_os.vm.qemu import QemuConfig, kvm_works
 
     _check_image(image)
@@ -96,7 +97,14 @@ def run_cmd(image: Path, uefi: bool, memory_mb: int, cpus: int, persist: bool) -
             config.append = str(meta["cmdline"])
         click.echo(f"booting {image} ({'kvm' if config.kvm else 'tcg'}); Ctrl-a x quits",
                    err=True)
-        code = subprocess.call(config.argv())
+        # QEMU owns the terminal; it dies with us (PDEATHSIG) and Ctrl-C goes to the guest
+        proc = subprocess.Popen(config.argv(), preexec_fn=_die_with_parent)
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                continue
     if code != 0:
         sys.exit(code)
 

@@ -64,6 +64,7 @@ class CommandFailed(OperationError):
 
 
 def _die_with_parent() -> None:
+    """preexec_fn: the kernel kills the child when this process dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 

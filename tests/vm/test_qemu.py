@@ -181,3 +181,22 @@ def test_sigterm_cleans_up_qemu_and_its_temp_dir(tiny: Path) -> None:
     child.wait(timeout=20)
     assert not alive(int(pid_text))
     assert not Path(workdir).exists()
+
+
+def test_vm_run_puts_the_serial_console_on_the_terminal(tiny: Path) -> None:
+    """`synapse vm run` streams the guest's serial console (here: firmware output)."""
+    need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")
+    proc = subprocess.Popen([sys.executable, "-m", "synapse_os.cli", "vm", "run", str(tiny),
+                             "--uefi"], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(20)
+    finally:
+        proc.kill()
+        out, err = proc.communicate(timeout=30)
+    assert b"booting" in err and b"Ctrl-a x" in err
+    assert out.strip(), "nothing arrived from the serial console"
+    deadline = time.monotonic() + 10
+    while qemu_pids_for(str(tiny)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not qemu_pids_for(str(tiny))
