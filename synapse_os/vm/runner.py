@@ -13,7 +13,7 @@ import yaml
 
 from synapse_os.image.progress import Progress
 from synapse_os.profile.model import Profile
-from synapse_os.state import Check
+from synapse_os.state import ENGINE_UNITS, Check
 from synapse_os.vm.assertions import vm_assertions
 from synapse_os.vm.machine import CommandFailed, InfraError, Machine
 from synapse_os.vm.report import Outcome, VerifyAgreement, VmReport
@@ -94,6 +94,9 @@ def wait_for_service(machine: Machine, profile: Profile, timeout: float) -> str 
     if rt is None:
         return None
     health = next(c for c in vm_assertions(profile) if c.id == "service /health")
+    unit = ENGINE_UNITS[rt.engine]
+    if machine.execute(f"systemctl cat {unit} >/dev/null 2>&1")[0] != 0:
+        return f"the image has no {unit}"
     try:
         machine.wait_for_open_port(rt.port, timeout)
         machine.wait_until_succeeds(f"[ \"$({health.probe} 2>/dev/null)\" = ok ]", timeout,
