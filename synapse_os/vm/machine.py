@@ -257,6 +257,9 @@ class Machine:
                 if self._eof:
                     self._cond.release()
                     try:
+                        if self.proc is not None:  # the socket closes just before QEMU exits
+                            with contextlib.suppress(subprocess.TimeoutExpired):
+                                self.proc.wait(timeout=5)
                         self._check_alive(f"while waiting: {what}")
                     finally:
                         self._cond.acquire()
