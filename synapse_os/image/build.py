@@ -120,7 +120,7 @@ def build_image(
         with progress.step("unpacking the base root"):
             rootfs.unpack(base_tar, root)
         if profile.runtime is not None:
-            install_venv(root, base_key, cache, progress)
+            install_venv(root, base_key, cache, progress, profile.hardware.isa)
         with progress.step("laying the rendered overlay, users, units and fstab"):
             rootfs.system_basics(root, profile)
             boot_files = rootfs.lay_overlay(tree, root)

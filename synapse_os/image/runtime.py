@@ -85,10 +85,40 @@ def build_synapse_wheel(dest: Path) -> Path:
     return wheels[-1]
 
 
-def wheelhouse(cache: LayerCache, progress: Progress) -> Path:
+# A portable llama.cpp build for x86-64 AVX2 machines (and QEMU's TCG `-cpu max`, which
+# emulates AVX2/FMA/F16C but not AVX-512). GGML_NATIVE=OFF makes the flags below count.
+PORTABLE_AVX2 = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON "
+                 "-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF")
+
+
+def host_cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def llama_cmake_args(isa: str, host_flags: set[str]) -> str | None:
+    """CMAKE_ARGS for the image's llama-cpp-python, or None to reuse the host's wheel.
+
+    pip builds llama-cpp-python with -march=native: on a host with AVX-512 that wheel
+    would die with SIGILL on an AVX2 target (and in a TCG guest), so such hosts build a
+    portable AVX2 wheel for images whose profile does not declare isa: avx512.
+    """
+    if "avx512f" in host_flags and isa != "avx512":
+        return PORTABLE_AVX2
+    return None
+
+
+def wheelhouse(cache: LayerCache, progress: Progress, isa: str = "native") -> Path:
     """A directory of wheels for every pinned runtime dependency (cached)."""
     reqs = pinned_requirements()
-    key = layer_key("wheels", {"requirements": reqs, "python": sys.version_info[:2]})
+    cmake_args = llama_cmake_args(isa, host_cpu_flags())
+    key = layer_key("wheels", {"requirements": reqs, "python": sys.version_info[:2],
+                               "llama_cmake_args": cmake_args})
     final = cache.path("wheels", key, suffix="")
     if (final / ".complete").is_file():
         progress.note(f"runtime wheels: cached ({len(reqs)} packages)")
@@ -97,8 +127,16 @@ def wheelhouse(cache: LayerCache, progress: Progress) -> Path:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
         try:
-            run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp), *reqs],
-                timeout=3600)
+            pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp)]
+            llama = [r for r in reqs if r.startswith("llama-cpp-python==")]
+            if cmake_args is not None and llama:
+                progress.note(f"building a portable AVX2 {llama[0]} (this host has AVX-512)")
+                run([*pip, "--no-cache-dir", "--no-binary", "llama-cpp-python", *llama],
+                    env={"CMAKE_ARGS": cmake_args}, timeout=3 * 3600)
+                reqs_rest = [r for r in reqs if r not in llama]
+            else:
+                reqs_rest = reqs
+            run([*pip, *reqs_rest], timeout=3600)
             (tmp / ".complete").write_text("\n".join(reqs) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
@@ -107,9 +145,10 @@ def wheelhouse(cache: LayerCache, progress: Progress) -> Path:
     return final
 
 
-def install_venv(root: Path, base_key: str, cache: LayerCache, progress: Progress) -> None:
+def install_venv(root: Path, base_key: str, cache: LayerCache, progress: Progress,
+                 isa: str = "native") -> None:
     """Lay /opt/synapse into `root`: the cached dependency venv, then synapse's wheel."""
-    wheels_dir = wheelhouse(cache, progress)
+    wheels_dir = wheelhouse(cache, progress, isa)
     wheels = sorted(wheels_dir.glob("*.whl"))
     key = layer_key("venv", {"base": base_key, "wheels": sha256_of_files(wheels),
                              "bytecode": True})

@@ -101,3 +101,14 @@ def test_missing_mmdebstrap_names_the_package(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     assert "mmdebstrap" in res.stderr and "apt-get install mmdebstrap" in res.stderr
     assert not (tmp_path / "x.img").exists()
+
+
+def test_hosts_with_avx512_build_a_portable_llama_wheel_for_avx2_images() -> None:
+    from synapse_os.image.runtime import PORTABLE_AVX2, llama_cmake_args
+
+    zen = {"avx", "avx2", "fma", "f16c"}
+    assert llama_cmake_args("avx2", zen) is None  # the host's -march=native wheel fits
+    assert llama_cmake_args("avx2", zen | {"avx512f"}) == PORTABLE_AVX2
+    assert llama_cmake_args("native", zen | {"avx512f"}) == PORTABLE_AVX2
+    assert llama_cmake_args("avx512", zen | {"avx512f"}) is None
+    assert "-DGGML_NATIVE=OFF" in PORTABLE_AVX2 and "-DGGML_AVX512=OFF" in PORTABLE_AVX2
