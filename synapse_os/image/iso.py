@@ -16,9 +16,10 @@ from pathlib import Path
 
 from synapse_os import __version__
 from synapse_os.errors import UserError
+from synapse_os.outdir import File, write_dir
 from synapse_os.proc import run
 from synapse_os.profile.model import Profile
-from synapse_os.render import File, render_profile, template
+from synapse_os.render import render_profile, template
 
 PROFILE_DIR = "profile"
 MARKER = ".synapse-archiso"
@@ -87,31 +88,6 @@ def iso_files(profile: Profile) -> dict[str, File]:
     return files
 
 
-def write_profile_dir(files: dict[str, File], dest: Path) -> None:
-    """Write atomically; replace `dest` only if it is a previous synapse archiso profile."""
-    if dest.exists() and not (dest / MARKER).is_file():
-        raise UserError(f"{dest}: exists and is not a synapse archiso profile; "
-                        "choose another -o directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        for rel, f in sorted(files.items()):
-            path = tmp / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if f.link is not None:
-                os.symlink(f.link, path)
-            else:
-                path.write_bytes(f.content)
-                os.chmod(path, f.mode)
-        (tmp / MARKER).write_text(f"synapse {__version__}\n")
-        os.chmod(tmp, 0o755)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.rename(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def build_iso(profile: Profile, output: Path) -> dict[str, str]:
     files = iso_files(profile)
     output = Path(output)
@@ -122,7 +98,8 @@ def build_iso(profile: Profile, output: Path) -> dict[str, str]:
     except OSError as exc:
         raise UserError(f"{output}: cannot create the output directory ({exc.strerror})") from None
     profile_dir = output / PROFILE_DIR
-    write_profile_dir(files, profile_dir)
+    marker = File(f"synapse {__version__}\n".encode())
+    write_dir(profile_dir, files | {MARKER: marker}, marker=MARKER)
     mkarchiso = shutil.which("mkarchiso")
     if mkarchiso is None:
         raise UserError(

@@ -120,10 +120,11 @@ def config_cmd(profile: Path, source: Path, base: Path | None, fragments: tuple[
     """Resolve PROFILE's kernel options against the tree at --source and explain differences."""
     from synapse_os.cli import emit_json
     from synapse_os.kernel.fragment import kernel_fragment
-    from synapse_os.kernel.output import check_output_dir, write_dir_atomically
+    from synapse_os.kernel.output import write_dir_atomically
     from synapse_os.kernel.report import plain_report, resolution_table, summary_line
+    from synapse_os.outdir import check_output_dir
 
-    check_output_dir(output)
+    check_output_dir(output, "resolution.json")
     loaded, resolution = _resolve_profile(profile, source, base, fragments, hw, arch,
                                           progress=not as_json)
     write_dir_atomically(output, {
@@ -131,7 +132,7 @@ def config_cmd(profile: Path, source: Path, base: Path | None, fragments: tuple[
         "synapse.config": kernel_fragment(loaded),
         "resolution.json": resolution.to_json(),
         "resolution.txt": plain_report(resolution),
-    })
+    }, marker="resolution.json")
     if as_json:
         emit_json(resolution.as_dict())
     else:
@@ -186,11 +187,12 @@ def pkgbuild_cmd(profile: Path, resolved: Path | None, source: Path | None, base
                  output: Path, as_json: bool) -> None:
     """Write the linux-synapse PKGBUILD (Arch) and build-deb.sh (Debian bindeb-pkg)."""
     from synapse_os.cli import emit_json
-    from synapse_os.kernel.output import check_output_dir, write_dir_atomically
+    from synapse_os.kernel.output import write_dir_atomically
     from synapse_os.kernel.pkgbuild import render_recipes
     from synapse_os.kernel.resolve import load_resolution
+    from synapse_os.outdir import check_output_dir
 
-    check_output_dir(output)
+    check_output_dir(output, "PKGBUILD")
     if (resolved is None) == (source is None):
         raise UserError(
             "pass exactly one of --resolved DIR (from `synapse kernel config`) or --source DIR"
@@ -212,7 +214,7 @@ def pkgbuild_cmd(profile: Path, resolved: Path | None, source: Path | None, base
         loaded, resolution = _resolve_profile(profile, source, base, (), None, "x86",
                                               progress=not as_json)
     recipe = render_recipes(loaded, resolution)
-    write_dir_atomically(output, recipe.files, recipe.executable)
+    write_dir_atomically(output, recipe.files, "PKGBUILD", recipe.executable)
     if as_json:
         emit_json({"output": str(output), "files": sorted(recipe.files),
                    "kernel_version": resolution.kernel_version})

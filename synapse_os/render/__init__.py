@@ -6,11 +6,8 @@ The tree is built in memory by a list of small named steps, then written atomica
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,6 +19,7 @@ import yaml
 from synapse_os import __version__
 from synapse_os.distro import distro_for
 from synapse_os.errors import UserError
+from synapse_os.outdir import File, write_dir
 from synapse_os.profile.model import Profile, parse_size
 from synapse_os.resources import data_dir
 from synapse_os.state import ENGINE_UNITS, SystemState, cmdline_string, desired_state
@@ -29,17 +27,6 @@ from synapse_os.state import ENGINE_UNITS, SystemState, cmdline_string, desired_
 MANIFEST = "manifest.json"
 SYNAPSE_BIN = "/opt/synapse/bin/synapse"
 ROOT_PARTLABEL = "synapse-root"
-
-
-@dataclass(frozen=True)
-class File:
-    content: bytes = b""
-    mode: int = 0o644
-    link: str | None = None  # a symlink (unit masks point at /dev/null)
-
-    def digest(self) -> str:
-        data = self.link.encode() if self.link is not None else self.content
-        return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -285,54 +272,10 @@ def render_profile(profile: Profile) -> Tree:
     return tree
 
 
-def _is_render_dir(path: Path) -> bool:
-    return (path / MANIFEST).is_file() or (path.is_dir() and not any(path.iterdir()))
-
-
-def write_tree(tree: Tree, output: Path, manifest: dict[str, object] | None = None) -> None:
-    """Write the tree into `output` atomically: a sibling temp dir renamed into place.
-
-    An existing `output` is replaced only if it is empty or a previous render.
-    """
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output}: exists and is not a directory; choose another -o path")
-    if output.is_dir() and not _is_render_dir(output):
-        raise UserError(
-            f"{output}: is a non-empty directory that is not a synapse render (no {MANIFEST}); "
-            "choose an empty or new directory"
-        )
-    parent = output.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
-    except OSError as exc:
-        raise UserError(f"{output}: cannot create the output directory ({exc.strerror})") from None
-    try:
-        for rel, f in sorted(tree.files.items()):
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if f.link is not None:
-                os.symlink(f.link, dest)
-            else:
-                dest.write_bytes(f.content)
-                os.chmod(dest, f.mode)
-        if manifest is not None:
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=parent))
-            os.rename(output, old / "tree")
-            os.rename(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, output)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{output}: could not write the rendered tree ({exc})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def write_tree(tree: Tree, output: Path, manifest: dict[str, object]) -> None:
+    """Write the tree and its manifest into `output` atomically (see synapse_os.outdir)."""
+    blob = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    write_dir(output, tree.files | {MANIFEST: File(blob)}, marker=MANIFEST)
 
 
 def render_to(profile: Profile, output: Path) -> Tree:

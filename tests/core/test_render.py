@@ -105,7 +105,7 @@ def test_output_replaces_previous_render_but_refuses_foreign_dirs(tmp_path: Path
     foreign = tmp_path / "home"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
-    with pytest.raises(UserError, match="not a synapse render"):
+    with pytest.raises(UserError, match="synapse did not write"):
         render_to(profile, foreign)
     assert (foreign / "precious.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "out"]  # no temp dirs left

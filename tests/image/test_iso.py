@@ -96,7 +96,7 @@ def test_rebuild_replaces_the_profile_but_never_a_foreign_directory(tmp_path: Pa
     (foreign / "profile").mkdir(parents=True)
     (foreign / "profile" / "mine").write_text("keep")
     res = build_iso(PROFILES / "cpu-avx2.yaml", foreign)
-    assert res.returncode == 2 and "not a synapse archiso profile" in res.stderr
+    assert res.returncode == 2 and "synapse did not write (no .synapse-archiso)" in res.stderr
     assert (foreign / "profile" / "mine").read_text() == "keep"
 
 

@@ -73,12 +73,12 @@ def test_unknown_symbol_in_user_fragment(kernel_tree: Path, tmp_path: Path) -> N
     fragment.write_text("CONFIG_NUMA=y\n# a comment\nCONFIG_SCHED_EEVDF=y\n")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep").write_text("previous run\n")
+    (out / "resolution.json").write_text("{}\n")  # a previous run's output
     r = synapse("kernel", "config", AVX2, "--source", kernel_tree, "--fragment", fragment,
                 "-o", out)
     assert_user_error(r, f"{fragment}:3", "CONFIG_SCHED_EEVDF is not a symbol in Linux 6.1")
     # the previous output is untouched and no temporary directory is left next to it
-    assert [p.name for p in out.iterdir()] == ["keep"]
+    assert [p.name for p in out.iterdir()] == ["resolution.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["extra.config", "out"]
 
 
@@ -112,3 +112,12 @@ def test_output_path_that_is_a_file(tmp_path: Path, kernel_tree: Path) -> None:
     r = synapse("kernel", "config", AVX2, "--source", kernel_tree, "-o", target)
     assert_user_error(r, "is not a directory")
     assert target.read_text() == "x"
+
+
+def test_a_directory_synapse_did_not_write_is_never_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    r = synapse("kernel", "pkgbuild", AVX2, "--resolved", tmp_path, "-o", out)
+    assert_user_error(r, "synapse did not write (no PKGBUILD)")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
