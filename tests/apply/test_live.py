@@ -23,8 +23,7 @@ mount -t tmpfs tmpfs "$OVL"
 mkdir -p "$OVL/upper" "$OVL/work" "$OVL/merged"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$OVL/upper,workdir=$OVL/work" "$OVL/merged"
 for d in proc sys dev; do mount --rbind "/$d" "$OVL/merged/$d"; done
-mount -t tmpfs tmpfs "$OVL/merged/tmp"
-cp "$PROFILE" "$OVL/merged/tmp/live.yaml"
+cp "$PROFILE" "$OVL/merged/tmp/live.yaml"  # lands in the overlay's tmpfs upper layer
 exec chroot "$OVL/merged" /bin/sh -c '
   cd "$REPO"
   echo "== apply"; "$PY" -m synapse_os.cli apply /tmp/live.yaml --yes
