@@ -13,7 +13,14 @@ import json
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from synapse_os.profile.zram_expr import ZramExpressionError, check_zram_expression
 
@@ -61,6 +68,15 @@ def parse_size(value: str) -> int:
 Size = Annotated[str, Field(description="A size: number with K/M/G/T suffix, e.g. 512M")]
 
 
+def _threads(v: Literal["auto"] | int) -> Literal["auto"] | int:
+    if isinstance(v, int) and not 1 <= v <= 1024:
+        raise ValueError("threads must be 'auto' or a whole number from 1 to 1024")
+    return v
+
+
+Threads = Annotated[Literal["auto"] | int, AfterValidator(_threads)]
+
+
 class Hardware(Strict):
     cpu_vendor: Literal["intel", "amd", "auto"] = Field(
         "auto", description="Chooses the microcode package; auto reads /proc/cpuinfo at init."
@@ -68,19 +84,10 @@ class Hardware(Strict):
     cpu_model: str | None = Field(None, description="Informational CPU model name.")
     physical_cores: int | None = Field(None, ge=1, le=1024)
     logical_cpus: int | None = Field(None, ge=1, le=4096)
-    threads: Literal["auto"] | int = Field(
-        "auto", description="Inference threads; auto = physical cores."
-    )
+    threads: Threads = Field("auto", description="Inference threads; auto = physical cores.")
     isa: Literal["native", "avx2", "avx512"] = "native"
     ram: Literal["auto"] | Size = Field("auto", description="Installed RAM; auto = detected.")
     gpu: Literal["none", "nvidia", "amd"] = "none"
-
-    @field_validator("threads")
-    @classmethod
-    def _threads(cls, v: Literal["auto"] | int) -> Literal["auto"] | int:
-        if isinstance(v, int) and not 1 <= v <= 1024:
-            raise ValueError("threads must be 'auto' or a whole number from 1 to 1024")
-        return v
 
     @field_validator("ram")
     @classmethod
@@ -328,7 +335,7 @@ class Runtime(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=1, le=65535)
     models: dict[Literal["main", "small", "draft"], ModelRef] = Field(default_factory=dict)
-    threads: Literal["auto"] | int = "auto"
+    threads: Threads = "auto"
     speculative: Speculative = Field(default_factory=Speculative)
     queue_size: int = Field(16, ge=1, le=10_000)
     provenance: str = "/var/lib/synapse/runtime/provenance.ndjson"
@@ -348,8 +355,6 @@ class Runtime(Strict):
             raise ValueError("the synapse-runtime engine needs a 'main' model")
         if self.speculative.enabled and "draft" not in self.models:
             raise ValueError("speculative.enabled needs a 'draft' model")
-        if isinstance(self.threads, int) and not 1 <= self.threads <= 1024:
-            raise ValueError("threads must be 'auto' or a whole number from 1 to 1024")
         if self.memory_high not in (None, "auto"):
             _size_str(self.memory_high)
         _size_str(self.memory_reserve)

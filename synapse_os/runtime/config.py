@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synapse_os.errors import UserError
 from synapse_os.profile.model import ModelRef as ModelConfig
+from synapse_os.profile.model import Threads
 
 ROLES = ("main", "small", "draft")
 TIERS = ("trivial", "moderate", "high")
@@ -68,7 +69,7 @@ class RuntimeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=1, le=65535)
     models: dict[Role, ModelConfig]
-    threads: Literal["auto"] | int = "auto"
+    threads: Threads = "auto"
     batch: int = Field(512, ge=8, le=8192, description="Prompt evaluation batch size.")
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     queue_size: int = Field(16, ge=1, le=10_000, description="Requests allowed to wait.")
@@ -85,13 +86,6 @@ class RuntimeConfig(_Strict):
     provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     max_sessions: int = Field(1000, ge=1, description="Conversation histories kept in memory.")
-
-    @field_validator("threads")
-    @classmethod
-    def _threads(cls, v: Literal["auto"] | int) -> Literal["auto"] | int:
-        if isinstance(v, int) and not 1 <= v <= 1024:
-            raise ValueError("threads must be 'auto' or a whole number from 1 to 1024")
-        return v
 
     @model_validator(mode="after")
     def _check(self) -> RuntimeConfig:
