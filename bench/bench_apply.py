@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import synapse_cmd, time_runs, verdict
 
 TARGET_S = 1.0
 REPO = Path(__file__).resolve().parent.parent
@@ -44,27 +43,18 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--profile", default=str(REPO / "profiles/cpu-avx2.yaml"))
     args = parser.parse_args()
-    synapse = shutil.which("synapse")
-    cmd = [synapse] if synapse else [sys.executable, "-m", "synapse_os.cli"]
-    times = []
+    cmd = synapse_cmd()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "root"
         build_root(root)
         # an earlier transaction (the GPU profile), so the dry run has history to read
         subprocess.run([*cmd, "apply", str(REPO / "profiles/nvidia-gpu.yaml"), "--root",
                         str(root), "--yes"], check=True, stdout=subprocess.DEVNULL)
-        for i in range(args.runs):
-            start = time.perf_counter()
-            out = subprocess.run([*cmd, "apply", args.profile, "--root", str(root),
-                                  "--dry-run"], check=True, stdout=subprocess.PIPE, text=True)
-            times.append(time.perf_counter() - start)
-            print(f"run {i + 1:2d}: {times[-1]:.3f} s")
-        changed = out.stdout.split("\n", 2)[1]
-    median = statistics.median(times)
-    print(f"synapse apply --dry-run {Path(args.profile).name} ({changed.strip()}): "
-          f"median {median:.3f} s, min {min(times):.3f} s over {args.runs} runs "
-          f"(target < {TARGET_S} s)")
-    return 0 if median < TARGET_S else 1
+        times, out = time_runs(
+            lambda i: [*cmd, "apply", args.profile, "--root", str(root), "--dry-run"], args.runs)
+    changed = out.stdout.split("\n", 2)[1].strip()
+    return verdict(f"synapse apply --dry-run {Path(args.profile).name} ({changed})", times,
+                   TARGET_S)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import synapse_cmd, time_runs, verdict
 
 TARGET_S = 30.0
 REPO = Path(__file__).resolve().parent.parent
@@ -51,28 +51,13 @@ def main() -> int:
     parser.add_argument("--profile", default=str(REPO / "profiles/cpu-avx2.yaml"))
     args = parser.parse_args()
     source = args.source or prepared_tree()
-    synapse = shutil.which("synapse")
-    cmd = [synapse] if synapse else [sys.executable, "-m", "synapse_os.cli"]
-    times = []
+    cmd = synapse_cmd()
     with tempfile.TemporaryDirectory() as tmp:
-        for run in range(args.runs):
-            out = Path(tmp) / f"out{run}"
-            start = time.perf_counter()
-            result = subprocess.run(
-                [*cmd, "kernel", "config", args.profile, "--source", str(source),
-                 "-o", str(out), "--json"],
-                capture_output=True, text=True, cwd=REPO,
-            )
-            elapsed = time.perf_counter() - start
-            if result.returncode != 0:
-                sys.stderr.write(result.stderr)
-                return 2
-            times.append(elapsed)
-            print(f"run {run + 1}: {elapsed:.2f} s")
-    median = statistics.median(times)
-    print(f"kernel config resolution ({os.cpu_count()} CPUs, {source}): "
-          f"median {median:.2f} s, min {min(times):.2f} s, target < {TARGET_S:.0f} s")
-    return 0 if median < TARGET_S else 1
+        times, _ = time_runs(lambda i: [*cmd, "kernel", "config", args.profile, "--source",
+                                        str(source), "-o", f"{tmp}/out{i}", "--json"],
+                             args.runs, cwd=REPO)
+    return verdict(f"kernel config resolution ({os.cpu_count()} CPUs, {source})", times,
+                   TARGET_S)
 
 
 if __name__ == "__main__":
