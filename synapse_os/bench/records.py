@@ -17,6 +17,7 @@ from typing import Any
 
 from synapse_os.bench.llamabench import REQUIRED_FIELDS, record_name
 from synapse_os.errors import UserError
+from synapse_os.userfile import read_user_text
 
 SCHEMA = 1
 SYNAPSE_FIELDS = ("schema", "label", "time", "real", "model", "llama_bench", "bandwidth",
@@ -117,14 +118,7 @@ def _check(data: Any, where: str) -> None:
 
 def load(path: Path) -> list[Record]:
     """Read and check a record file; every problem is one sentence naming file:line."""
-    if not path.exists():
-        raise UserError(f"record file {path} does not exist; pass an NDJSON file written by "
-                        "`synapse bench run`")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"record file {path} cannot be read ({exc}); pass an NDJSON file "
-                        "written by `synapse bench run`") from None
+    text = read_user_text(path, "record file", "an NDJSON file written by `synapse bench run`")
     records: list[Record] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

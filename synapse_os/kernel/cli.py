@@ -80,14 +80,9 @@ def _resolve_profile(
 
 def read_config_file_text(path: Path) -> str:
     """A user fragment's text, or a UserError (fragments may be empty, unlike base configs)."""
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise UserError(
-            f"fragment {path} does not exist; pass a readable .config fragment"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"fragment {path} cannot be read as text ({exc})") from None
+    from synapse_os.userfile import read_user_text
+
+    return read_user_text(path, "fragment", "a readable .config fragment")
 
 
 def _dedupe(requests: Sequence[ConfigLine]) -> list[ConfigLine]:

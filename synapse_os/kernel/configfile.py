@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synapse_os.errors import UserError
+from synapse_os.userfile import read_user_bytes
 
 SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
 UNSET = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set\s*$")
@@ -80,14 +81,7 @@ def normalize_value(value: str) -> str:
 
 def read_config_file(path: Path, what: str = "kernel config") -> str:
     """Text of a .config (plain or gzip, e.g. /proc/config.gz), or a UserError."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} does not exist; pass a readable .config file") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} {path} is a directory; pass a .config file") from None
-    except OSError as exc:
-        raise UserError(f"{what} {path} cannot be read ({exc.strerror})") from None
+    data = read_user_bytes(path, what, "a readable .config file")
     if data.startswith(GZIP_MAGIC):
         try:
             data = gzip.decompress(data)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from synapse_os.errors import OperationError, UserError
+from synapse_os.userfile import read_user_text
 
 FORMAT = "synapse-hw-capture/1"
 PCI_FIELDS = ("vendor", "device", "subsystem_vendor", "subsystem_device", "class")
@@ -58,12 +59,11 @@ def capture(root: Path = Path("/")) -> dict[str, Any]:
 
 
 def load_capture(path: Path) -> dict[str, Any]:
+    text = read_user_text(path, "hardware capture",
+                          "a file written by `synapse hw capture -o FILE` on the target")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"hardware capture {path} does not exist; create it with "
-                        "`synapse hw capture -o FILE` on the target") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise UserError(f"hardware capture {path} cannot be read as JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"hardware capture {path} is not a {FORMAT} file from `synapse hw capture`")
