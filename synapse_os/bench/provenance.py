@@ -14,7 +14,8 @@ from typing import Any
 
 import psutil
 
-from synapse_os import __version__, proc
+from synapse_os import __version__
+from synapse_os.revision import git_revision
 
 SYS_CPU = Path("/sys/devices/system/cpu")
 THP = Path("/sys/kernel/mm/transparent_hugepage")
@@ -99,19 +100,6 @@ def _os_release() -> str | None:
         if line.startswith("PRETTY_NAME="):
             return line.split("=", 1)[1].strip('"')
     return None
-
-
-def git_revision() -> dict[str, Any]:
-    """The synapse checkout's commit and whether it had local changes (None outside a checkout)."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return {"commit": None, "dirty": None}
-    head = proc.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=False)
-    if head.returncode != 0:
-        return {"commit": None, "dirty": None}
-    status = proc.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                      check=False)
-    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def collect() -> dict[str, Any]:

@@ -17,7 +17,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from synapse_os import __version__
 from synapse_os.proc import run
 
 SCHEMA = 1
@@ -71,20 +70,6 @@ def environment() -> dict[str, Any]:
         "llama_cpp_python": llama_version,
         "hostname": platform.node(),
     }
-
-
-@lru_cache(maxsize=1)
-def git_revision() -> str:
-    """The synapse checkout's commit (+ '-dirty'), or 'release-<version>' outside a checkout."""
-    repo = Path(__file__).resolve().parents[2]
-    if shutil.which("git") and (repo / ".git").exists():
-        head = run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=False, timeout=10)
-        if head.returncode == 0:
-            dirty = run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                        check=False, timeout=30)
-            suffix = "-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else ""
-            return head.stdout.strip() + suffix
-    return f"release-{__version__}"
 
 
 class ProvenanceWriter:

@@ -21,6 +21,7 @@ from typing import Any
 
 from synapse_os import __version__
 from synapse_os.errors import OperationError, UserError
+from synapse_os.revision import revision_label
 from synapse_os.runtime.config import ModelConfig, Role, RuntimeConfig, Tier
 from synapse_os.runtime.engine import LoadedModel, check_same_vocabulary, load_model
 from synapse_os.runtime.generation import GenerationState, Sampling, generate
@@ -29,7 +30,6 @@ from synapse_os.runtime.provenance import (
     SCHEMA,
     ProvenanceWriter,
     environment,
-    git_revision,
 )
 from synapse_os.runtime.router import Decision
 from synapse_os.runtime.textstream import TextStream
@@ -410,7 +410,7 @@ class Service:
             "deterministic": self.config.deterministic,
             "prompt_cache_reuse": job.reuse_cache,
             "environment": environment(),
-            "git_revision": git_revision(),
+            "git_revision": revision_label(),
             "synapse_version": __version__,
             "threads": self.threads,
             "speculative": {
