@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from synapse_os.proc import run
+from synapse_os.profile.hardware import read_cpuinfo
 
 SCHEMA = 1
 # Every record has these keys (values may be null where not applicable, e.g. expected_tier).
@@ -32,12 +33,10 @@ REQUIRED_FIELDS = (
 
 def _cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        model = read_cpuinfo(Path("/proc/cpuinfo").read_text())[1]
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        model = None
+    return model or platform.processor() or "unknown"
 
 
 def _gpu() -> str:
