@@ -76,8 +76,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def validate(profile: Path, as_json: bool) -> None:
     """Check PROFILE; print "ok" or one clear error (exit 2)."""
     from synapse_os.profile import load_profile
+    from synapse_os.render import render_profile
 
     loaded = load_profile(profile)
+    render_profile(loaded)  # everything validate accepts must render
     if as_json:
         emit_json({"ok": True, "profile": str(profile), "hash": loaded.hash()})
     else:

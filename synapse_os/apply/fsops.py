@@ -83,6 +83,17 @@ def snapshot(path: Path) -> FileState:
     )
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written: a short write (disk nearly full) raises
+    instead of leaving a truncated file that looks complete."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -202,8 +213,12 @@ def restore(path: Path, tmp: Path, original: FileState, backup: Path | None) -> 
         os.lchown(tmp, original.uid, original.gid)
     else:
         assert backup is not None
+        st = os.lstat(backup)
+        if not stat.S_ISREG(st.st_mode):
+            raise OperationError(f"{backup}: the backup is not a regular file; refusing to "
+                                 "restore from it")
         try:
-            os.link(backup, tmp)
+            os.link(backup, tmp, follow_symlinks=False)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise

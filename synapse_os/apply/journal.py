@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from synapse_os.apply import faults
-from synapse_os.apply.fsops import fsync_dir
+from synapse_os.apply.fsops import fsync_dir, write_all
+from synapse_os.apply.untrusted import check_journal, check_state_path
 from synapse_os.errors import OperationError, UserError
 
 STATE_DIR = Path("var/lib/synapse")
@@ -102,9 +103,9 @@ class Journal:
         path = self.dir / "journal.json"
         tmp = self.dir / "journal.json.tmp"
         data = (json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n").encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
-            os.write(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -116,7 +117,9 @@ class Journal:
 def new_journal(root: Path, profile: str, profile_hash: str, live: bool) -> Journal:
     """Create the directory of a fresh transaction, numbered after the existing ones."""
     base = transactions_dir(root)
+    check_state_path(root, base)
     base.mkdir(parents=True, exist_ok=True)
+    check_state_path(root, base)
     numbers = [int(m.group(1)) for p in base.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     tx_id = f"{max(numbers, default=0) + 1:04d}-{stamp}"
@@ -140,10 +143,8 @@ def load(root: Path, tx_dir: Path) -> Journal:
         raise OperationError(f"{path}: cannot read the transaction journal ({exc})") from None
     if not isinstance(data, dict) or data.get("version") != JOURNAL_VERSION:
         raise OperationError(f"{path}: not a synapse journal of version {JOURNAL_VERSION}")
-    try:
-        return _from_dict(root, data)
-    except (KeyError, TypeError) as exc:
-        raise OperationError(f"{path}: damaged transaction journal (missing {exc})") from None
+    check_journal(root, tx_dir, data)
+    return _from_dict(root, data)
 
 
 def _from_dict(root: Path, data: dict[str, Any]) -> Journal:
@@ -173,6 +174,7 @@ def all_journals(root: Path) -> list[Journal]:
     base = transactions_dir(root)
     if not os.path.lexists(base):
         return []
+    check_state_path(root, base)
     trusted(base)
     dirs = sorted((p for p in base.iterdir() if re.match(r"^\d+-", p.name)),
                   key=lambda p: int(p.name.split("-")[0]))
@@ -181,6 +183,8 @@ def all_journals(root: Path) -> list[Journal]:
         if (d / "journal.json").is_file():
             trusted(d)
             trusted(d / "journal.json")
+            if os.path.lexists(d / "backups"):
+                trusted(d / "backups")
             out.append(load(root, d))
     return out
 
@@ -199,6 +203,7 @@ def find(root: Path, tx: str) -> Journal:
 def locked(root: Path) -> Iterator[None]:
     """Hold <root>/var/lib/synapse/lock; refuse (not wait) when another apply holds it."""
     directory = state_dir(root)
+    check_state_path(root, directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         # O_NOFOLLOW: a planted symlink must not make root truncate another file

@@ -46,6 +46,7 @@ from synapse_os.apply.journal import (
     now,
 )
 from synapse_os.apply.plan import UNIT_DIR, FileChange, Plan
+from synapse_os.apply.untrusted import confined
 from synapse_os.errors import OperationError, UserError
 from synapse_os.state import SystemState
 
@@ -98,7 +99,11 @@ def execute(plan: Plan) -> Outcome:
     journal.warnings = outcome.warnings + outcome.errors
     journal.state = APPLIED
     journal.finished = now()
-    journal.save("applied")
+    try:
+        journal.save("applied")
+    except OSError as exc:  # a journal that cannot be completely written undoes the apply
+        journal.state = IN_PROGRESS
+        raise _failed(journal, exc) from None
     return outcome
 
 
@@ -123,7 +128,7 @@ def _tmp_for(path: Path, journal: Journal) -> Path:
 
 def _apply_file(journal: Journal, n: int, change: FileChange) -> None:
     root = journal.root
-    path = root / change.rel
+    path = confined(root, change.rel, "the planned file")
     current = snapshot(path)
     if current != change.current:
         raise OperationError(f"{path} changed while the plan was made; run apply again")
@@ -209,8 +214,8 @@ def modified_since(journal: Journal) -> list[str]:
 def _undo_file(journal: Journal, entry: dict[str, Any]) -> bool:
     """Put one file back; True when something had to change."""
     root = journal.root
-    path = root / entry["path"]
-    remove_if_present(root / entry["tmp"])
+    path = confined(root, entry["path"], f"transaction {journal.id}")
+    remove_if_present(confined(root, entry["tmp"], f"transaction {journal.id}"))
     original = FileState.from_dict(entry["original"])
     changed = False
     if snapshot(path) != original:

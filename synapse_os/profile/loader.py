@@ -7,7 +7,9 @@ accepted. Nothing else may escape from `load_profile` for any input (fuzzed in t
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from synapse_os.profile.model import Profile
 
 MAX_EXTENDS_DEPTH = 8
 MAX_FILE_BYTES = 1024 * 1024
+MAX_NODES = 20_000  # a profile has a few hundred values; bounds any YAML expansion
+PROFILE_SUFFIXES = (".yaml", ".yml")
 KeyPath = tuple[str | int, ...]
 
 
@@ -46,7 +50,16 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _construct(node: yaml.Node, file: Path, path: KeyPath, marks: dict[KeyPath, Mark]) -> Any:
+def _construct(node: yaml.Node, file: Path, path: KeyPath, marks: dict[KeyPath, Mark],
+               seen: set[int]) -> Any:
+    # yaml.compose shares one node between an anchor and its aliases: refusing a node met
+    # twice refuses aliases, and with them exponential expansion ("billion laughs").
+    if id(node) in seen:
+        raise UserError(f"{_mark(file, node)}: YAML anchors and aliases (&name, *name) are not "
+                        "accepted in a profile; write the value out")
+    seen.add(id(node))
+    if len(seen) > MAX_NODES:
+        raise UserError(f"{file}: has more than {MAX_NODES} values; a profile is much smaller")
     marks[path] = Mark(file, node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -58,14 +71,14 @@ def _construct(node: yaml.Node, file: Path, path: KeyPath, marks: dict[KeyPath, 
             key = str(key_node.value)
             if key in out:
                 raise UserError(f"{_mark(file, key_node)}: key {key!r} appears twice")
-            out[key] = _construct(value_node, file, (*path, key), marks)
+            out[key] = _construct(value_node, file, (*path, key), marks, seen)
             if not isinstance(value_node, yaml.ScalarNode):  # a block: point at its key
                 marks[(*path, key)] = Mark(
                     file, key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 )
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, file, (*path, i), marks) for i, v in enumerate(node.value)]
+        return [_construct(v, file, (*path, i), marks, seen) for i, v in enumerate(node.value)]
     loader = _Loader("")
     try:
         return loader.construct_object(node, deep=True)
@@ -77,38 +90,59 @@ def _mark(file: Path, node: yaml.Node) -> str:
     return str(Mark(file, node.start_mark.line + 1, node.start_mark.column + 1))
 
 
-def _read_yaml(file: Path) -> tuple[dict[str, Any], dict[KeyPath, Mark]]:
+def _read_text(file: Path) -> str:
+    """The file's text; only a regular file of at most MAX_FILE_BYTES (never a FIFO, a
+    device such as /dev/zero, or a directory), read without blocking on it."""
     try:
-        if file.stat().st_size > MAX_FILE_BYTES:
-            raise UserError(f"{file}: profile is larger than 1 MiB; is this the right file?")
-        text = file.read_text(encoding="utf-8")
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise UserError(f"{file}: no such profile file") from None
-    except IsADirectoryError:
-        raise UserError(f"{file}: is a directory, expected a profile YAML file") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{file}: is not UTF-8 text; a profile is a YAML file") from None
     except OSError as exc:
         raise UserError(f"{file}: cannot be read ({exc.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{file}: is a directory, expected a profile YAML file")
+        raise UserError(f"{file}: is not a regular file; a profile is a YAML file")
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise UserError(f"{file}: cannot be read ({exc.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise UserError(f"{file}: profile is larger than 1 MiB; is this the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{file}: is not UTF-8 text; a profile is a YAML file") from None
+
+
+def _read_yaml(file: Path, quote: bool = True) -> tuple[dict[str, Any], dict[KeyPath, Mark]]:
+    """Parse a profile file. `quote=False` (a file reached through `extends:`, which may be
+    any file a profile names): errors say where, never what the file contains."""
+    text = _read_text(file)
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         where = exc.problem_mark or exc.context_mark
         pos = f"{file}:{where.line + 1}:{where.column + 1}" if where else str(file)
-        raise UserError(f"{pos}: YAML syntax error: {exc.problem or exc.context}") from None
+        detail = f": {exc.problem or exc.context}" if quote else ""
+        raise UserError(f"{pos}: YAML syntax error{detail}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{file}: YAML error: {exc}") from None
+        raise UserError(f"{file}: YAML error" + (f": {exc}" if quote else "")) from None
     except (ValueError, RecursionError) as exc:
         raise UserError(f"{file}: cannot be parsed as YAML ({type(exc).__name__})") from None
     if node is None:
         raise UserError(f"{file}: is empty; a profile starts with 'synapse: 1'")
     marks: dict[KeyPath, Mark] = {}
     try:
-        data = _construct(node, file, (), marks)
+        data = _construct(node, file, (), marks, set())
     except yaml.YAMLError as exc:
-        raise UserError(f"{file}: YAML error: {exc}") from None
+        raise UserError(f"{file}: YAML error" + (f": {exc}" if quote else "")) from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise UserError(f"{file}: a value cannot be read ({exc})") from None
+        detail = f" ({exc})" if quote else ""
+        raise UserError(f"{file}: a value cannot be read{detail}") from None
     if not isinstance(data, dict):
         raise UserError(
             f"{marks[()]}: the profile must be a mapping of keys (synapse:, name:, ...), "
@@ -144,12 +178,18 @@ def _merge(
 
 
 def _resolve(file: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[KeyPath, Mark]]:
-    data, marks = _read_yaml(file)
+    data, marks = _read_yaml(file, quote=not chain)
+    if chain and "synapse" not in data and "extends" not in data:
+        raise UserError(f"{file}: is not a synapse profile (no 'synapse: 1'); extends must "
+                        "name another profile")
     extends = data.pop("extends", None)
     if extends is None:
         return data, marks
     if not isinstance(extends, str) or not extends.strip():
         raise UserError(f"{marks[('extends',)]}: extends must be a path to another profile")
+    if not extends.endswith(PROFILE_SUFFIXES):
+        raise UserError(f"{marks[('extends',)]}: extends must name a profile file ending in "
+                        ".yaml or .yml")
     parent_file = (file.parent / extends).resolve()
     if parent_file in chain or parent_file == file.resolve():
         raise UserError(f"{marks[('extends',)]}: extends forms a cycle through {parent_file}")
@@ -195,7 +235,8 @@ def _describe(error: Any, marks: dict[KeyPath, Mark], file: Path) -> str:
     branch = re.compile(r"[\[\]]|^(int|str|float|bool|literal)")
     loc: KeyPath = tuple(p for p in error["loc"] if isinstance(p, int) or not branch.search(p))
     msg = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
-    named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): ", msg)  # cross-field rule naming its key
+    # a cross-field rule naming its key
+    named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+|security_risk): ", msg)
     if named:
         loc = tuple(named.group(1).split("."))
         msg = msg[named.end():]

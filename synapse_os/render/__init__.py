@@ -7,7 +7,6 @@ The tree is built in memory by a list of small named steps, then written atomica
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -21,6 +20,7 @@ from synapse_os.distro import distro_for
 from synapse_os.errors import UserError
 from synapse_os.outdir import File, write_dir
 from synapse_os.profile.model import Profile, parse_size
+from synapse_os.render.escape import FILTERS
 from synapse_os.resources import data_dir
 from synapse_os.state import ENGINE_UNITS, SystemState, cmdline_string, desired_state
 
@@ -56,31 +56,22 @@ class Tree:
         }
 
 
-def _bytecode_cache() -> jinja2.BytecodeCache | None:
-    """Compiled templates cached like .pyc files; rendering stays correct without it."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    directory = Path(base) / "synapse" / f"jinja2-{__version__}"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return jinja2.FileSystemBytecodeCache(str(directory)) if os.access(directory, os.W_OK) else None
-
-
 @cache
 def _env() -> jinja2.Environment:
+    # No bytecode cache: a cache directory another user can write would be unpickled as root.
     loader = jinja2.FileSystemLoader(
         [str(data_dir(d)) for d in ("overlays", "systemd", "install", "iso")]
     )
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=loader,
-        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.filters.update(FILTERS)
+    return env
 
 
 def template(name: str, **context: object) -> str:
@@ -134,6 +125,14 @@ class Context:
             )
         return str(high)
 
+    @property
+    def listen(self) -> str | None:
+        """host:port for engines configured by address (OLLAMA_HOST); IPv6 in brackets."""
+        rt = self.profile.runtime
+        if rt is None:
+            return None
+        return f"[{rt.host}]:{rt.port}" if ":" in rt.host else f"{rt.host}:{rt.port}"
+
     def vars(self, **extra: object) -> dict[str, object]:
         return {
             "profile": self.profile,
@@ -142,6 +141,7 @@ class Context:
             "kernel_package": self.kernel_package,
             "custom_kernel": self.custom_kernel,
             "threads": self.threads,
+            "listen": self.listen,
             **extra,
         }
 
@@ -275,7 +275,7 @@ def render_profile(profile: Profile) -> Tree:
 def write_tree(tree: Tree, output: Path, manifest: dict[str, object]) -> None:
     """Write the tree and its manifest into `output` atomically (see synapse_os.outdir)."""
     blob = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    write_dir(output, tree.files | {MANIFEST: File(blob)}, marker=MANIFEST)
+    write_dir(output, tree.files | {MANIFEST: File(blob)}, marker=MANIFEST, listed=True)
 
 
 def render_to(profile: Profile, output: Path) -> Tree:

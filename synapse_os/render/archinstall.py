@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from synapse_os.distro import distro_for
 from synapse_os.profile.model import parse_size
+from synapse_os.render.escape import shell_word
 
 if TYPE_CHECKING:
     from synapse_os.render import Context
@@ -48,9 +49,9 @@ def user_configuration(ctx: Context) -> dict[str, Any]:
     distro = distro_for(p)
     kernel = ctx.kernel_package if not ctx.custom_kernel else distro.default_kernel
     packages = [pkg for pkg in distro.packages(p) if pkg not in {"base", kernel}]
-    commands = [f"systemctl enable {u}" for u in ctx.state.enable]
-    commands += [f"systemctl disable {u} || true" for u in ctx.state.disable]
-    commands += [f"systemctl mask {u}" for u in ctx.state.mask]
+    commands = [f"systemctl enable {shell_word(u)}" for u in ctx.state.enable]
+    commands += [f"systemctl disable {shell_word(u)} || true" for u in ctx.state.disable]
+    commands += [f"systemctl mask {shell_word(u)}" for u in ctx.state.mask]
     return {
         "config_version": ARCHINSTALL_VERSION,
         "additional-repositories": [],

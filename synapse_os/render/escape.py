@@ -1,0 +1,95 @@
+"""Escaping at the edge: one filter per output language, each escapes or refuses.
+
+The profile model already types every value narrowly; these filters are the second wall
+and the only way a template may print a value (a test checks that every `{{ … }}` in a
+template goes through one of them). A value a filter cannot express safely raises
+`UnsafeValue`, which render turns into an error naming the value: nothing is written.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable
+
+from synapse_os.errors import UserError
+
+
+class UnsafeValue(UserError):
+    """A value that cannot be written safely in the target language."""
+
+
+# Control characters (including TAB and newlines) and Unicode line separators.
+CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _one_line(value: object, language: str) -> str:
+    text = str(value)
+    if CONTROL.search(text):
+        raise UnsafeValue(f"{text!r} cannot be written into {language}: it holds a newline or "
+                          "another control character")
+    return text
+
+
+def shell_word(value: object) -> str:
+    """One bash word (single-quoted when needed); newlines refused so no heredoc can end."""
+    return shlex.quote(_one_line(value, "a shell script"))
+
+
+def shell_words(values: Iterable[object]) -> str:
+    """Words for a bash array: `(a 'b c')`'s inside."""
+    return " ".join(shell_word(v) for v in values)
+
+
+# systemd unit files: '%' starts a specifier; '\' and quotes are parsed in Exec lines;
+# '$' expands variables in Exec lines. Plain settings take the rest of the line verbatim.
+UNIT_SAFE = re.compile(r"[A-Za-z0-9_.,:/+@=\[\]-]*")
+
+
+def unit_value(value: object) -> str:
+    """A value for a `Key=value` line (a word in ExecStart= included)."""
+    text = _one_line(value, "a systemd unit")
+    if not UNIT_SAFE.fullmatch(text):
+        raise UnsafeValue(f"{text!r} cannot be written into a systemd unit: only letters, "
+                          "digits and _ . , : / + @ = [ ] - are accepted there")
+    return text
+
+
+def unit_text(value: object) -> str:
+    """Free text in a unit (Description=): specifiers escaped as %%."""
+    return _one_line(value, "a systemd unit").replace("%", "%%")
+
+
+# tmpfiles.d / sysusers.d: whitespace separates fields, '%' starts a specifier,
+# '"' and '\' are parsed; a field must be non-empty.
+FIELD_SAFE = re.compile(r"[A-Za-z0-9_.,:/+@=*?\[\]-]+")
+
+
+def conf_field(value: object) -> str:
+    text = _one_line(value, "a tmpfiles.d/sysusers.d line")
+    if not FIELD_SAFE.fullmatch(text):
+        raise UnsafeValue(f"{text!r} cannot be one field of a tmpfiles.d/sysusers.d line: only "
+                          "letters, digits and _ . , : / + @ = - * ? [ ] are accepted")
+    return text
+
+
+def conf_value(value: object) -> str:
+    """The value of a `key = value` line (sysctl.d, journald.conf, zram-generator.conf,
+    loader entries): one line; the consumer takes it verbatim up to the newline."""
+    return _one_line(value, "a configuration line")
+
+
+def comment(value: object) -> str:
+    """Text inside a '#' comment line."""
+    return _one_line(value, "a comment")
+
+
+FILTERS = {
+    "sh": shell_word,
+    "sh_words": shell_words,
+    "unit": unit_value,
+    "unit_text": unit_text,
+    "field": conf_field,
+    "value": conf_value,
+    "comment": comment,
+}
