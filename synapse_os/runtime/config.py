@@ -22,6 +22,7 @@ TIERS = ("trivial", "moderate", "high")
 Role = Literal["main", "small", "draft"]
 Tier = Literal["trivial", "moderate", "high"]
 DEFAULT_SEED = 42
+DEFAULT_PARALLEL = 4
 PYPI_PREFIX = "pypi:"
 
 
@@ -73,6 +74,11 @@ class RuntimeConfig(_Strict):
     batch: int = Field(512, ge=8, le=8192, description="Prompt evaluation batch size.")
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     queue_size: int = Field(16, ge=1, le=10_000, description="Requests allowed to wait.")
+    parallel: int = Field(
+        DEFAULT_PARALLEL, ge=1, le=256,
+        description="Requests decoded together (continuous batching), each with its own "
+        "context of the model's `context` tokens; 1 = one request at a time.",
+    )
     deterministic: bool = Field(
         False,
         description="seed 42, temperature 0, one request at a time, no prompt-cache reuse.",
@@ -134,6 +140,7 @@ def runtime_config_from_profile(profile: Any) -> dict[str, Any]:
             enabled=rt.speculative.enabled, draft_tokens=rt.speculative.draft_tokens
         ),
         queue_size=rt.queue_size,
+        parallel=getattr(rt, "parallel", DEFAULT_PARALLEL),
         provenance=ProvenanceConfig(path=rt.provenance),
     )
     return config.model_dump(mode="json")

@@ -71,6 +71,7 @@ class LoadedModel:
     retired: bool = False
     closed: bool = False
     kv_q8: bool = True
+    batcher: Any = None  # batching.Batcher: a multi-sequence context on the same weights
 
     @property
     def n_ctx(self) -> int:
@@ -118,8 +119,11 @@ class LoadedModel:
             self.llm._ctx.kv_cache_seq_rm(0, n, -1)
             del self.tokens[n:]
 
-    def decode(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
-        """Append tokens to the cache; logits of the last token (or of every token)."""
+    def decode(self, tokens: Sequence[int], all_logits: bool = False,
+               logits: bool = True) -> np.ndarray:
+        """Append tokens to the cache; logits of the last token (or of every token).
+
+        With logits=False nothing is copied out: a sampler reads the context's output."""
         if not tokens:
             raise ValueError("decode needs at least one token")
         if len(self.tokens) + len(tokens) > self.n_ctx:
@@ -136,7 +140,12 @@ class LoadedModel:
                     rows.append(self._logits(i))
         if all_logits:
             return np.stack(rows)
+        if not logits:
+            return np.empty((0, 0), dtype=np.float32)
         return self._logits(len(chunk) - 1)[None, :]
+
+    def last_logits(self) -> np.ndarray:
+        return self._logits(-1)
 
     def _logits(self, i: int) -> np.ndarray:
         ptr = self.llm._ctx.get_logits_ith(i)
@@ -144,7 +153,7 @@ class LoadedModel:
             ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)
         ).copy()
 
-    def prefill(self, prompt: Sequence[int], reuse: bool) -> np.ndarray:
+    def prefill(self, prompt: Sequence[int], reuse: bool, logits: bool = True) -> np.ndarray:
         """Put prompt in the cache (reusing a common prefix if allowed); last-token logits."""
         keep = 0
         if reuse:
@@ -154,11 +163,14 @@ class LoadedModel:
                 keep += 1
             keep = min(keep, len(prompt) - 1)  # always re-decode the last prompt token
         self.truncate(keep)
-        return self.decode(prompt[keep:])[0]
+        out = self.decode(prompt[keep:], logits=logits)
+        return out[0] if logits else out
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.batcher is not None:
+                self.batcher.close()
             self.llm.close()
 
 

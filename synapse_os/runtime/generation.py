@@ -15,10 +15,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from synapse_os.runtime.engine import LoadedModel
+
+RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a seed itself
+
+
+def llama_seed(seed: int | None) -> int:
+    """Any int -> llama.cpp's uint32 seed; -1 / None mean "draw one" (as OpenAI's omitted seed)."""
+    if seed is None or seed == -1:
+        return RANDOM_SEED
+    return seed & 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -28,10 +38,81 @@ class Sampling:
     top_k: int = 0
     seed: int = 42
     max_tokens: int = 16
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    grammar: str | None = None  # GBNF (response_format)
+    logprobs: int | None = None  # None: off; n >= 0: chosen token + n alternatives
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that changes the argmax: speculation gives the same tokens."""
+        return (self.greedy and self.grammar is None and self.repeat_penalty == 1.0
+                and self.presence_penalty == 0.0 and self.frequency_penalty == 0.0)
+
+
+class SamplerChain:
+    """llama.cpp's own sampler chain (grammar, penalties, top-k/top-p/min-p, temperature,
+    dist or greedy): sampling runs in C++ on the context's logits, no vocabulary copy."""
+
+    def __init__(self, model: LoadedModel, params: Sampling) -> None:
+        import llama_cpp
+        from llama_cpp._internals import LlamaSampler
+
+        self.chain = LlamaSampler()
+        if params.grammar is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                model.llm._model.vocab, params.grammar.encode("utf-8"), b"root")
+            if not grammar:
+                self.chain.close()
+                raise ValueError("llama.cpp could not parse the grammar")
+            llama_cpp.llama_sampler_chain_add(self.chain.sampler, grammar)
+        if (params.repeat_penalty != 1.0 or params.presence_penalty != 0.0
+                or params.frequency_penalty != 0.0):
+            self.chain.add_penalties(model.n_vocab, params.penalty_last_n,
+                                     params.repeat_penalty, params.frequency_penalty,
+                                     params.presence_penalty)
+        if params.greedy:
+            self.chain.add_greedy()
+        else:
+            if params.top_k > 0:
+                self.chain.add_top_k(params.top_k)
+            if params.top_p < 1.0:
+                self.chain.add_top_p(params.top_p, 1)
+            if params.min_p > 0.0:
+                self.chain.add_min_p(params.min_p, 1)
+            self.chain.add_temp(params.temperature)
+            self.chain.add_dist(llama_seed(params.seed))
+        self.seed = int(self.chain.get_seed()) if not params.greedy else llama_seed(params.seed)
+
+    def sample(self, ctx: Any, idx: int = -1) -> int:
+        """Sample (and accept) a token from output `idx` of the last decode of `ctx`."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_sampler_sample(self.chain.sampler, ctx, idx))
+
+    def close(self) -> None:
+        self.chain.close()
+
+
+def top_logprobs(logits: np.ndarray, token: int, n: int) -> tuple[float, list[tuple[int, float]]]:
+    """log-softmax of the raw logits: the chosen token's logprob and the n most likely."""
+    row = logits.astype(np.float64)
+    top = float(row.max())
+    lse = top + float(np.log(np.exp(row - top).sum()))
+    chosen = float(row[token]) - lse
+    best: list[tuple[int, float]] = []
+    if n > 0:
+        idx = np.argpartition(-row, n)[:n]
+        idx = idx[np.argsort(-row[idx], kind="stable")]
+        best = [(int(i), float(row[i]) - lse) for i in idx]
+    return chosen, best
 
 
 @dataclass
@@ -53,29 +134,8 @@ class GenerationState:
     spec: SpecStats = field(default_factory=SpecStats)
     tokens: list[int] = field(default_factory=list)
     finish_reason: str = "length"
-
-
-class Sampler:
-    def __init__(self, params: Sampling) -> None:
-        self.params = params
-        self.rng = np.random.default_rng(params.seed)
-
-    def __call__(self, logits: np.ndarray) -> int:
-        p = self.params
-        if p.greedy:
-            return int(np.argmax(logits))
-        scaled = logits.astype(np.float64) / p.temperature
-        if p.top_k > 0 and p.top_k < scaled.size:
-            cutoff = np.partition(scaled, -p.top_k)[-p.top_k]
-            scaled = np.where(scaled < cutoff, -np.inf, scaled)
-        order = np.argsort(-scaled)
-        probs = np.exp(scaled[order] - scaled[order[0]])
-        probs /= probs.sum()
-        if p.top_p < 1.0:
-            keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
-            probs = probs[:keep] / probs[:keep].sum()
-            order = order[:keep]
-        return int(order[self.rng.choice(len(probs), p=probs)])
+    seed: int | None = None  # the seed llama.cpp's sampler used (drawn when none was given)
+    logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
 
 
 def generate(
@@ -90,14 +150,48 @@ def generate(
 ) -> Iterator[int]:
     """Yield generated token ids (end-of-generation tokens are not yielded).
 
-    With `draft` given and greedy sampling, runs speculative decoding; the caller must hold
-    both models' locks. Stops on cancel, an end-of-generation token or max_tokens.
+    With `draft` given and plain greedy sampling, runs speculative decoding; otherwise
+    llama.cpp's sampler chain picks each token. Stops on cancel (checked after every
+    token), an end-of-generation token or max_tokens.
     """
-    sample = Sampler(params)
+    if draft is not None and params.plain_greedy and params.logprobs is None:
+        yield from _speculative(target, prompt, params, state, draft, draft_tokens, reuse_cache)
+        return
+    chain = SamplerChain(target, params)
+    state.seed = chain.seed
+    try:
+        target.prefill(prompt, reuse=reuse_cache, logits=False)
+        ctx = target.llm._ctx.ctx
+        budget = params.max_tokens
+        while True:
+            token = chain.sample(ctx, -1)
+            if params.logprobs is not None:
+                state.logprobs.append(top_logprobs(target.last_logits(), token, params.logprobs))
+            if target.is_eog(token):
+                state.finish_reason = "stop"
+                return
+            state.tokens.append(token)
+            yield token
+            budget -= 1
+            if budget <= 0 or state.cancel.is_set():
+                state.finish_reason = "length" if budget <= 0 else "cancelled"
+                return
+            if len(target.tokens) + 1 >= target.n_ctx:
+                state.finish_reason = "length"
+                return
+            target.decode([token], logits=False)
+    finally:
+        chain.close()
+
+
+def _speculative(target: LoadedModel, prompt: list[int], params: Sampling,
+                 state: GenerationState, draft: LoadedModel, draft_tokens: int,
+                 reuse_cache: bool) -> Iterator[int]:
+    """Greedy speculative decoding (see the module docstring): same tokens as plain greedy."""
+    state.seed = params.seed
     logits = target.prefill(prompt, reuse=reuse_cache)
-    token = sample(logits)
+    token = int(np.argmax(logits))
     budget = params.max_tokens
-    speculate = draft is not None and params.greedy
     while True:
         if target.is_eog(token):
             state.finish_reason = "stop"
@@ -111,9 +205,6 @@ def generate(
         if len(target.tokens) + 1 >= target.n_ctx:
             state.finish_reason = "length"
             return
-        if not speculate or draft is None:
-            token = sample(target.decode([token])[0])
-            continue
         # -- speculative step ------------------------------------------------------
         k = min(draft_tokens, budget - 1, target.n_ctx - len(target.tokens) - 2,
                 draft.n_ctx - len(target.tokens) - 2)

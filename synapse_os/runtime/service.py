@@ -51,6 +51,33 @@ class RequestError(Exception):
         self.retry_after = retry_after
 
 
+class Ticket:
+    """Everything admission took for one request: its queue place and the model it uses.
+
+    One owner holds it from admission to the end of the request; `release()` is the only
+    way back and is idempotent, so every exit (answer, refusal, disconnect, crash) ends in
+    the same call.
+    """
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.stage = "waiting"  # -> "running" -> "released"
+        self.model: LoadedModel | None = None
+
+    def bind(self, role: str) -> LoadedModel:
+        """Take a reference on the model serving `role` (404 when none is loaded)."""
+        if self.model is not None:
+            raise RuntimeError("a ticket holds one model")
+        self.model = self.service.acquire(role)
+        return self.model
+
+    def start(self) -> None:
+        self.service._move(self, "running")
+
+    def release(self) -> None:
+        self.service._move(self, "released")
+
+
 @dataclass
 class Job:
     """One admitted request, from routing to its provenance record."""
@@ -68,6 +95,7 @@ class Job:
     stream: bool
     session_id: str | None
     prompt_tokens: list[int] = field(default_factory=list)
+    ticket: Ticket | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: float = field(default_factory=time.time)
     t_admitted: float = field(default_factory=time.perf_counter)
@@ -149,6 +177,11 @@ class Service:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self.waiting = 0
         self.running = 0
+        self._admission_lock = threading.Lock()
+        self._loop_lock = threading.Lock()
+        self._loop_running = False
+        self._active: set[Any] = set()
+        self._exclusive = 0
         self.recent_latency: deque[float] = deque(maxlen=20)
 
     # -- models -----------------------------------------------------------------
@@ -160,8 +193,83 @@ class Service:
             check_file(role, cfg)
 
     def _load(self, role: str, cfg: ModelConfig) -> LoadedModel:
-        return load_model(role, cfg, self.threads, self.config.batch, self.config.seed,
-                          self.config.batch_invariant)
+        model = load_model(role, cfg, self.threads, self.config.batch, self.config.seed,
+                           self.config.batch_invariant)
+        if self.batching:
+            from synapse_os.runtime.batching import Batcher
+
+            try:
+                model.batcher = Batcher(model, self.config.parallel, cfg.context,
+                                        self.config.batch, self.start)
+            except (ValueError, RuntimeError) as exc:
+                model.close()
+                raise OperationError(f"model '{role}': llama.cpp could not make a context of "
+                                     f"{self.config.parallel} sequences: {exc}") from None
+        return model
+
+    @property
+    def batching(self) -> bool:
+        """Continuous batching is on with parallel > 1, except in deterministic mode."""
+        return self.config.parallel > 1 and not self.config.deterministic
+
+    # -- continuous batching (batching.py): one loop on the generation thread ----------
+    def batcher_for(self, job: Job) -> Any:
+        """The batcher that runs this job, or None for the exclusive single-sequence path
+        (deterministic mode, explicitly requested speculation, parallel 1)."""
+        batcher = job.model.batcher
+        if batcher is None:
+            return None
+        if job.speculative and job.sampling.plain_greedy and job.sampling.logprobs is None \
+                and "draft" in self.models and job.model.info.role != "draft":
+            return None
+        return batcher
+
+    def submit_batched(self, batcher: Any, job: Job, emit: Callable[[str, int], None],
+                       done: Callable[[], None]) -> None:
+        with self._loop_lock:
+            batcher.submit(job, emit, done)
+            self._active.add(batcher)
+        self.kick()
+
+    def kick(self) -> None:
+        with self._loop_lock:
+            if self._loop_running or not any(b.has_work() for b in self._active):
+                return
+            self._loop_running = True
+        self.executor.submit(self._batch_loop)
+
+    def exclusive(self, delta: int) -> None:
+        """An exclusive job waits (+1) or is done (-1): batching stops taking new requests
+        while one waits, so that it runs as soon as the running ones finish."""
+        with self._loop_lock:
+            self._exclusive += delta
+        if delta < 0:
+            self.kick()
+
+    def _batch_loop(self) -> None:
+        try:
+            while True:
+                with self._loop_lock:
+                    batchers = list(self._active)
+                    hold = self._exclusive > 0
+                busy = False
+                for b in batchers:
+                    b.admit_new = not hold
+                    busy = b.step() or busy
+                if busy:
+                    continue
+                with self._loop_lock:
+                    for b in list(self._active):
+                        if not b.has_work():
+                            self._active.discard(b)
+                    if hold or not self._active:
+                        self._loop_running = False
+                        return
+        except BaseException:
+            log.exception("the batching loop failed")
+            with self._loop_lock:
+                self._loop_running = False
+            raise
 
     def load_all(self) -> None:
         try:
@@ -189,10 +297,25 @@ class Service:
         i = model.info
         self.metrics.model_loaded.labels(i.role, i.path, i.sha256, i.quantization,
                                          str(i.load_id)).set(1)
-        self.metrics.model_memory.labels(i.role, "weights").set(i.weights_bytes)
+        self.metrics.model_info.labels(i.role, i.path, i.sha256, i.quantization, i.description,
+                                       str(i.load_id)).set(1)
+        self._publish_weights()
         self.metrics.model_memory.labels(i.role, "context").set(model.context_bytes())
         self.metrics.model_gpu_layers.labels(i.role).set(self.config.models[i.role].gpu_layers
                                                          if i.role in self.config.models else 0)
+
+    def _publish_weights(self) -> None:
+        """Weights are mmap'd: roles that load the same file share its pages, so the file is
+        counted once (on the first role in main, small, draft order) and 0 on the others."""
+        with self._models_lock:
+            models = dict(self.models)
+        seen: set[str] = set()
+        for role in sorted(models, key=lambda r: ("main", "small", "draft").index(r)):
+            info = models[role].info
+            shared = info.sha256 in seen
+            seen.add(info.sha256)
+            self.metrics.model_memory.labels(role, "weights").set(
+                0 if shared else info.weights_bytes)
 
     def acquire(self, role: str) -> LoadedModel:
         with self._models_lock:
@@ -252,6 +375,8 @@ class Service:
                 i = old.info
                 self.metrics.model_loaded.remove(i.role, i.path, i.sha256, i.quantization,
                                                  str(i.load_id))
+                self.metrics.model_info.remove(i.role, i.path, i.sha256, i.quantization,
+                                               i.description, str(i.load_id))
                 if close_now:
                     old.close()
             self._publish(new)
@@ -279,40 +404,58 @@ class Service:
             self.metrics.sessions.set(len(self.sessions))
 
     # -- admission --------------------------------------------------------------------
-    def admit(self) -> None:
+    def admit(self) -> Ticket:
+        """A queue place, or 503 (loading / queue full, with Retry-After). Release the ticket."""
         if not self.ready:
+            self.metrics.rejected.labels("model_loading").inc()
             raise RequestError(503, "the models are still loading; retry shortly",
                                "model_loading", retry_after=2)
-        if self.waiting >= self.config.queue_size:
-            self.metrics.rejected.labels("queue_full").inc()
-            per = (sum(self.recent_latency) / len(self.recent_latency)
-                   if self.recent_latency else 1.0)
-            raise RequestError(
-                503, f"the request queue is full ({self.config.queue_size} waiting); "
-                "retry after the time in Retry-After", "queue_full",
-                retry_after=max(1, round(per * (self.waiting + 1))))
-        self.waiting += 1
-        self._depth()
+        with self._admission_lock:
+            if self.waiting >= self.config.queue_size:
+                self.metrics.rejected.labels("queue_full").inc()
+                per = (sum(self.recent_latency) / len(self.recent_latency)
+                       if self.recent_latency else 1.0)
+                raise RequestError(
+                    503, f"the request queue is full ({self.config.queue_size} waiting); "
+                    "retry after the time in Retry-After", "queue_full",
+                    retry_after=max(1, round(per * (self.waiting + 1))))
+            self.waiting += 1
+            self._depth()
+        return Ticket(self)
+
+    def _move(self, ticket: Ticket, stage: str) -> None:
+        model = None
+        with self._admission_lock:
+            if ticket.stage == "released" or ticket.stage == stage:
+                return
+            if ticket.stage == "waiting":
+                self.waiting -= 1
+            elif ticket.stage == "running":
+                self.running -= 1
+            if stage == "running":
+                self.running += 1
+            else:
+                model, ticket.model = ticket.model, None
+            ticket.stage = stage
+            self._depth()
+        if model is not None:
+            self.release(model)
 
     def _depth(self) -> None:
         self.metrics.queue_depth.set(self.waiting + self.running)
 
     def start(self, job: Job) -> None:
-        self.waiting -= 1
-        self.running += 1
-        self._depth()
+        if job.ticket is not None:
+            job.ticket.start()
         job.t_started = time.perf_counter()
 
-    def leave_queue(self) -> None:
-        self.waiting -= 1
-        self._depth()
-
     # -- generation (runs in a worker thread, one at a time) ----------------------------
-    def run(self, job: Job, emit: Callable[[str], None]) -> None:
+    def run(self, job: Job, emit: Callable[[str, int], None]) -> None:
         model = job.model
         draft: LoadedModel | None = None
         use_spec = False
-        if job.sampling.greedy and model.info.role != "draft":
+        if job.sampling.plain_greedy and job.sampling.logprobs is None \
+                and model.info.role != "draft":
             use_spec = (job.speculative if job.speculative is not None
                         else self.spec.choose(job.tier))
             if use_spec:
@@ -330,13 +473,13 @@ class Service:
                     job.t_first = time.perf_counter()
                 delta = text.feed(model.piece(token))
                 if delta:
-                    emit(delta)
+                    emit(delta, len(job.state.tokens))
                 if text.stopped:
                     job.state.finish_reason = "stop"
                     break
             tail = text.finish()
             if tail:
-                emit(tail)
+                emit(tail, len(job.state.tokens))
         except Exception as exc:  # the process must survive whatever one request does
             log.exception("generation failed for request %s", job.request_id)
             job.error = f"generation failed: {exc}"
@@ -351,8 +494,6 @@ class Service:
 
     def finish(self, job: Job) -> dict[str, Any]:
         """Account for a finished job: metrics, speculation stats, provenance record."""
-        self.running -= 1
-        self._depth()
         assert job.t_started is not None and job.t_done is not None and job.t_first is not None
         tier = job.tier
         role = job.model.info.role
@@ -372,12 +513,11 @@ class Service:
         if job.used_speculation:
             m.spec_proposed.labels(tier).inc(spec.proposed)
             m.spec_accepted.labels(tier).inc(spec.accepted)
-        if job.speculative is None and job.sampling.greedy and not job.error:
+        if job.speculative is None and job.sampling.plain_greedy and not job.error:
             self.spec.record(tier, job.used_speculation, tokens_out, job.t_done - job.t_first)
             m.spec_enabled.labels(tier).set(int(self.spec.state(tier)))
         record = self.record(job, latency)
         self.provenance.write(record)
-        self.release(job.model)
         return record
 
     def record(self, job: Job, latency: float) -> dict[str, Any]:
@@ -403,8 +543,14 @@ class Service:
             "models": self.model_triplet(),
             "sampling": {
                 "temperature": job.sampling.temperature, "top_p": job.sampling.top_p,
-                "top_k": job.sampling.top_k, "max_tokens": job.sampling.max_tokens,
-                "seed": job.sampling.seed, "stop": list(job.stop),
+                "top_k": job.sampling.top_k, "min_p": job.sampling.min_p,
+                "repeat_penalty": job.sampling.repeat_penalty,
+                "presence_penalty": job.sampling.presence_penalty,
+                "frequency_penalty": job.sampling.frequency_penalty,
+                "max_tokens": job.sampling.max_tokens,
+                "seed": job.state.seed if job.state.seed is not None else job.sampling.seed,
+                "grammar": job.sampling.grammar is not None,
+                "logprobs": job.sampling.logprobs, "stop": list(job.stop),
             },
             "execution_mode": "real",
             "deterministic": self.config.deterministic,

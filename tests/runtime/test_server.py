@@ -9,7 +9,6 @@ import concurrent.futures
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,38 +24,10 @@ import yaml
 
 from synapse_os.runtime.provenance import REQUIRED_FIELDS
 from tests.conftest import need_tool
+from tests.runtime.helpers import REPO, Server, free_port, start_server, write_config
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _write_config(path: Path, model: Path, sha: str, **over: Any) -> None:
-    config: dict[str, Any] = {
-        "models": {r: {"path": str(model), "sha256": sha, "context": 512}
-                   for r in ("main", "small", "draft")},
-        "threads": 1,
-        "speculative": {"enabled": True, "draft_tokens": 4},
-        "queue_size": 2,
-        "provenance": {"path": str(path.parent / "provenance.ndjson"), "fsync_interval_s": 0},
-    }
-    config.update(over)
-    path.write_text(yaml.safe_dump(config))
-
-
-class Server:
-    def __init__(self, url: str, proc: subprocess.Popen[str], workdir: Path) -> None:
-        self.url = url
-        self.proc = proc
-        self.workdir = workdir
-        self.provenance = workdir / "provenance.ndjson"
-
-    def client(self, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", **kw)
+_free_port = free_port
+_write_config = write_config
 
 
 @pytest.fixture(scope="module")
@@ -65,33 +36,9 @@ def server(small_model: tuple[Path, str], tmp_path_factory: pytest.TempPathFacto
     workdir = tmp_path_factory.mktemp("runtime")
     model, sha = small_model
     _write_config(workdir / "runtime.yaml", model, sha)
-    port = _free_port()
-    log = (workdir / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "synapse_os.cli", "runtime", "serve", "--config",
-         str(workdir / "runtime.yaml"), "--port", str(port)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    saw_loading = False
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (workdir / "server.log").read_text()
-        try:
-            r = httpx.get(f"{url}/health", timeout=2)
-            if r.status_code == 200:
-                break
-            saw_loading = saw_loading or (r.status_code == 503 and r.json()["status"] == "loading")
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        pytest.fail("runtime did not become healthy:\n" + (workdir / "server.log").read_text())
-    srv = Server(url, proc, workdir)
-    srv.saw_loading = saw_loading  # type: ignore[attr-defined]
+    srv = start_server(workdir)
     yield srv
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    srv.stop()
 
 
 def test_health_and_models(server: Server) -> None:

@@ -1,0 +1,280 @@
+"""Continuous batching: concurrent requests decode together, one llama_batch per step.
+
+A `Batcher` owns a second llama.cpp context on a loaded model's weights with
+`parallel` sequences (non-unified KV cache: each sequence has its own `context` cells,
+laid out exactly as a single-sequence context would lay them out). Each admitted request
+takes a free sequence id (a slot) and its own llama.cpp sampler chain.
+
+One scheduling step:
+  1. drop slots whose client left (their sequence is removed from the KV cache);
+  2. give free slots to waiting requests;
+  3. decode: one batch holding the next token of every generating slot (one row each,
+     with logits), then each slot samples from its own row and streams its text;
+  4. prefill: the oldest slot still reading its prompt decodes up to `batch` prompt
+     tokens in a separate batch (a long prompt is read in chunks between decode steps, so
+     it never stalls the others for long); the last chunk samples its first token.
+Decode rows and prompt rows are never mixed in one batch: a generating token is
+computed by the same kernels whether one or several sequences decode (see engine.py on
+batch-invariant kernels), and a prompt is read in the same chunks as the
+single-sequence path reads it.
+
+Everything here runs on the service's one generation thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from synapse_os.runtime.generation import SamplerChain, top_logprobs
+from synapse_os.runtime.textstream import TextStream
+
+if TYPE_CHECKING:
+    from synapse_os.runtime.engine import LoadedModel
+    from synapse_os.runtime.service import Job
+
+log = logging.getLogger("synapse.runtime.batching")
+Emit = Callable[[str, int], None]
+
+
+@dataclass
+class _Waiting:
+    job: Job
+    emit: Emit
+    done: Callable[[], None]
+
+
+@dataclass
+class _Slot:
+    seq: int
+    job: Job
+    emit: Emit
+    done: Callable[[], None]
+    chain: SamplerChain
+    text: TextStream
+    pending: list[int]  # prompt tokens not yet in the cache
+    budget: int
+    pos: int = 0  # tokens of this sequence in the cache
+    next_token: int | None = None  # sampled, to be decoded in the next step
+    admitted: int = 0
+
+
+class Batcher:
+    """`parallel` sequences of one model decoded together (see the module docstring)."""
+
+    def __init__(self, model: LoadedModel, parallel: int, context: int, batch: int,
+                 on_start: Callable[[Job], None]) -> None:
+        import llama_cpp
+        from llama_cpp._internals import LlamaContext
+
+        self.model = model
+        self.parallel = parallel
+        self.context = context
+        self.n_batch = max(1, min(batch, context))
+        self.on_start = on_start
+        params = llama_cpp.llama_context_params.from_buffer_copy(model.llm.context_params)
+        params.n_ctx = context * parallel
+        params.n_seq_max = parallel
+        params.kv_unified = False
+        params.n_batch = max(self.n_batch, parallel)
+        params.n_ubatch = max(min(int(params.n_ubatch), self.n_batch), parallel)
+        self._ctx = LlamaContext(model=model.llm._model, params=params, verbose=False)
+        self.ctx = self._ctx.ctx
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(max(self.n_batch, parallel), 0, 1)
+        self.slots: list[_Slot | None] = [None] * parallel
+        self.inbox: deque[_Waiting] = deque()
+        self.lock = threading.Lock()
+        self.admit_new = True
+        self.closed = False
+        self._admissions = 0
+        self.steps = 0
+
+    # -- called from any thread -------------------------------------------------------
+    def submit(self, job: Job, emit: Emit, done: Callable[[], None]) -> None:
+        with self.lock:
+            self.inbox.append(_Waiting(job, emit, done))
+
+    def withdraw(self, job: Job) -> bool:
+        """Take a job out of the queue if it has not started (True when it was there)."""
+        with self.lock:
+            for waiting in self.inbox:
+                if waiting.job is job:
+                    self.inbox.remove(waiting)
+                    return True
+        return False
+
+    def has_work(self) -> bool:
+        with self.lock:
+            return bool(self.inbox) or any(s is not None for s in self.slots)
+
+    def active(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    # -- the generation thread -----------------------------------------------------------
+    def step(self) -> bool:
+        """One scheduling step; False when there was nothing to do."""
+        if self.closed:
+            return False
+        for slot in self.slots:
+            if slot is not None and slot.job.state.cancel.is_set():
+                self._finish(slot, "cancelled")
+        self._admit()
+        busy = False
+        try:
+            generating = [s for s in self.slots if s is not None and s.next_token is not None]
+            if generating:
+                busy = True
+                self._decode_step(generating)
+            reading = [s for s in self.slots if s is not None and s.pending]
+            if reading:
+                busy = True
+                self._prefill_step(min(reading, key=lambda s: s.admitted))
+        except Exception as exc:  # one bad step must not take the process down
+            log.exception("batched decode failed")
+            for slot in self.slots:
+                if slot is not None:
+                    slot.job.error = f"generation failed: {exc}"
+                    self._finish(slot, "error")
+        if busy:
+            self.steps += 1
+        return busy
+
+    def _admit(self) -> None:
+        while True:
+            with self.lock:
+                if not self.inbox or not self.admit_new:
+                    return
+                try:
+                    seq = self.slots.index(None)
+                except ValueError:
+                    return
+                waiting = self.inbox.popleft()
+            job = waiting.job
+            if job.state.cancel.is_set():  # left while queued: never started
+                job.error = None
+                job.state.finish_reason = "cancelled"
+                waiting.done()
+                continue
+            try:
+                chain = SamplerChain(self.model, job.sampling)
+            except Exception as exc:
+                job.error = f"generation failed: {exc}"
+                self.on_start(job)
+                job.t_first = job.t_done = time.perf_counter()
+                waiting.done()
+                continue
+            job.state.seed = chain.seed
+            self.on_start(job)
+            self._admissions += 1
+            self.slots[seq] = _Slot(seq=seq, job=job, emit=waiting.emit, done=waiting.done,
+                                    chain=chain, text=TextStream(job.stop),
+                                    pending=list(job.prompt_tokens),
+                                    budget=job.sampling.max_tokens, admitted=self._admissions)
+
+    def _fill(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        b = self.batch
+        for i, (token, pos, seq, logits) in enumerate(rows):
+            b.token[i] = token
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = logits
+        b.n_tokens = len(rows)
+
+    def _decode(self) -> None:
+        import llama_cpp
+
+        rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+
+    def _decode_step(self, slots: list[_Slot]) -> None:
+        self._fill([(s.next_token, s.pos, s.seq, True) for s in slots  # type: ignore[misc]
+                    ])
+        self._decode()
+        for i, slot in enumerate(slots):
+            slot.pos += 1
+            slot.next_token = None
+            self._take(slot, i)
+
+    def _prefill_step(self, slot: _Slot) -> None:
+        chunk = slot.pending[:self.n_batch]
+        last = len(chunk) == len(slot.pending)
+        self._fill([(tok, slot.pos + i, slot.seq, last and i == len(chunk) - 1)
+                    for i, tok in enumerate(chunk)])
+        self._decode()
+        slot.pos += len(chunk)
+        del slot.pending[:len(chunk)]
+        if last:
+            self._take(slot, len(chunk) - 1)
+
+    def _logits(self, i: int) -> np.ndarray:
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+                                     shape=(self.model.n_vocab,)).copy()
+
+    def _take(self, slot: _Slot, i: int) -> None:
+        """Sample slot's next token from output row i and stream it."""
+        job = slot.job
+        token = slot.chain.sample(self.ctx, i)
+        if job.sampling.logprobs is not None:
+            job.state.logprobs.append(top_logprobs(self._logits(i), token,
+                                                   job.sampling.logprobs))
+        if job.t_first is None:
+            job.t_first = time.perf_counter()
+        if self.model.is_eog(token):
+            self._finish(slot, "stop")
+            return
+        job.state.tokens.append(token)
+        delta = slot.text.feed(self.model.piece(token))
+        if delta:
+            slot.emit(delta, len(job.state.tokens))
+        if slot.text.stopped:
+            self._finish(slot, "stop")
+            return
+        slot.budget -= 1
+        if slot.budget <= 0 or slot.pos + 1 >= self.context:
+            self._finish(slot, "length")
+            return
+        slot.next_token = token
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        import llama_cpp
+
+        job = slot.job
+        job.state.finish_reason = reason
+        tail = slot.text.finish()
+        if tail:
+            slot.emit(tail, len(job.state.tokens))
+        job.text = slot.text.text
+        job.t_done = time.perf_counter()
+        if job.t_first is None:
+            job.t_first = job.t_done
+        slot.chain.close()
+        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+        self.slots[slot.seq] = None
+        slot.done()
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if self.closed:
+            return
+        self.closed = True
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+        self._ctx.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {"parallel": self.parallel, "active": self.active(), "steps": self.steps}

@@ -1,0 +1,103 @@
+"""Start the real runtime (`synapse runtime serve`) on a free loopback port for a test module."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(path: Path, model: Path, sha: str, roles: tuple[str, ...] = ("main", "small",
+                 "draft"), **over: Any) -> None:
+    config: dict[str, Any] = {
+        "models": {r: {"path": str(model), "sha256": sha, "context": 512} for r in roles},
+        "threads": 1,
+        "speculative": {"enabled": "draft" in roles, "draft_tokens": 4},
+        "queue_size": 2,
+        "provenance": {"path": str(path.parent / "provenance.ndjson"), "fsync_interval_s": 0},
+    }
+    config.update(over)
+    path.write_text(yaml.safe_dump(config))
+
+
+class Server:
+    def __init__(self, url: str, proc: subprocess.Popen[str], workdir: Path) -> None:
+        self.url = url
+        self.proc = proc
+        self.workdir = workdir
+        self.provenance = workdir / "provenance.ndjson"
+        self.saw_loading = False
+
+    def client(self, **kw: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", **kw)
+
+    def records(self) -> list[dict[str, Any]]:
+        import json
+
+        if not self.provenance.exists():
+            return []
+        return [json.loads(line) for line in self.provenance.read_text().splitlines()]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples whose labels include `labels` (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v
+                                               for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def start_server(workdir: Path) -> Server:
+    """Serve workdir/runtime.yaml; returns once /health says ok."""
+    port = free_port()
+    log = (workdir / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "synapse_os.cli", "runtime", "serve", "--config",
+         str(workdir / "runtime.yaml"), "--port", str(port)],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    saw_loading = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("runtime exited:\n" + (workdir / "server.log").read_text())
+        try:
+            r = httpx.get(f"{url}/health", timeout=2)
+            if r.status_code == 200:
+                break
+            saw_loading = saw_loading or (r.status_code == 503 and r.json()["status"] == "loading")
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    else:
+        proc.terminate()
+        pytest.fail("runtime did not become healthy:\n" + (workdir / "server.log").read_text())
+    srv = Server(url, proc, workdir)
+    srv.saw_loading = saw_loading
+    return srv
