@@ -15,7 +15,11 @@
  *   type T, value V, visible y|m|n, dep_value, dep_expr, dep_missing EXPR...,
  *   rev_value, rev_term EXPR..., prompt TEXT COND COND_VALUE...,
  *   default VALUE_EXPR COND COND_VALUE..., range LOW HIGH...,
- *   choice PROMPT, choice_member NAME VALUE...,
+ *   choice PROMPT, choice_member NAME VALUE..., and for a choice member also
+ *   choice_dep_value / choice_dep_expr / choice_dep_missing EXPR... (the condition of the
+ *   choice itself) and member_dep_value / member_dep_expr / member_dep_missing EXPR...
+ *   (the member's own menu dependency, which includes the choice's condition on kconfig
+ *   6.11+ and only the placeholder "<choice>" before: see kernel-config/versions.toml),
  *   help_begin / lines / help_end (with --help-text), and finally "end".
  * Only stable parts of the kconfig API are used (struct symbol, property, menu, expr_print).
  */
@@ -58,18 +62,31 @@ static const char *tri_name(tristate t)
 }
 
 /* The parts of an && chain that keep the whole below `threshold`: the culprits. */
-static void print_limiting(struct expr *e, tristate threshold)
+static void print_limiting(const char *key, struct expr *e, tristate threshold)
 {
 	if (!e || expr_calc_value(e) >= threshold)
 		return;
 	if (e->type == E_AND) {
-		print_limiting(e->left.expr, threshold);
-		print_limiting(e->right.expr, threshold);
+		print_limiting(key, e->left.expr, threshold);
+		print_limiting(key, e->right.expr, threshold);
 		return;
 	}
-	fputs("dep_missing\t", stdout);
+	printf("%s\t", key);
 	print_expr(e, 1);
 	putchar('\n');
+}
+
+/* KEY_value, KEY_expr and KEY_missing lines for one dependency expression. */
+static void print_dependency(const char *key, struct expr *e)
+{
+	tristate value = e ? expr_calc_value(e) : yes;
+	char missing[64];
+
+	printf("%s_value\t%s\n%s_expr\t", key, tri_name(value), key);
+	print_expr(e, 1);
+	putchar('\n');
+	snprintf(missing, sizeof(missing), "%s_missing", key);
+	print_limiting(missing, e, value == no ? mod : yes);
 }
 
 /* The || terms of a reverse dependency that are active: who selects the symbol. */
@@ -167,7 +184,7 @@ static void query(const char *name, int help_text)
 	fputs("dep_expr\t", stdout);
 	print_expr(sym->dir_dep.expr, 1);
 	putchar('\n');
-	print_limiting(sym->dir_dep.expr, dep == no ? mod : yes);
+	print_limiting("dep_missing", sym->dir_dep.expr, dep == no ? mod : yes);
 	printf("rev_value\t%s\n", tri_name(rev));
 	print_active_terms(sym->rev_dep.expr);
 
@@ -194,9 +211,15 @@ static void query(const char *name, int help_text)
 	}
 	choice = choice_menu_of(sym);
 	if (choice) {
-		struct menu *child;
+		struct menu *child, *member;
 
 		printf("choice\t%s\n", choice->prompt ? choice->prompt->text : "");
+		print_dependency("choice_dep", choice->dep);
+		for (member = choice->list; member; member = member->next)
+			if (member->sym == sym) {
+				print_dependency("member_dep", member->dep);
+				break;
+			}
 		for (child = choice->list; child; child = child->next)
 			if (child->sym && child->sym->name) {
 				sym_calc_value(child->sym);
