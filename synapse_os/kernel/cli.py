@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from synapse_os.errors import UserError
+from synapse_os.errors import OperationError, UserError
 
 if TYPE_CHECKING:
     from synapse_os.kernel.configfile import ConfigLine
@@ -46,11 +48,22 @@ def _resolve_profile(
     profile_path: Path, source: Path, base: Path | None, fragments: tuple[Path, ...],
     hw: Path | None, arch: str, progress: bool,
 ) -> tuple[Profile, Resolution]:
-    from synapse_os.kernel.configfile import ConfigLine, parse_fragment, read_config_file
-    from synapse_os.kernel.fragment import requested_entries
+    from synapse_os.kernel.configfile import (
+        ConfigLine,
+        check_base_config,
+        parse_fragment,
+        read_config_file,
+    )
+    from synapse_os.kernel.fragment import (
+        kernel_section_hash,
+        requested_entries,
+        required_symbols,
+    )
     from synapse_os.kernel.hw import load_capture, lsmod_text
+    from synapse_os.kernel.kbuild import install_signal_handlers
     from synapse_os.kernel.resolve import resolve
 
+    install_signal_handlers()
     profile = _load(profile_path)
     if profile.kernel.source != "custom":
         raise UserError(
@@ -60,22 +73,34 @@ def _resolve_profile(
     requests = [ConfigLine(e.symbol, e.value, e.origin) for e in requested_entries(profile)]
     for frag in fragments:
         requests += parse_fragment(read_config_file_text(frag), str(frag))
-    base_text = read_config_file(base, "base config") if base is not None else None
+    base_text = None
+    if base is not None:
+        base_text = check_base_config(read_config_file(base, "base config"), base)
     capture_path = hw
     if capture_path is None and profile.kernel.localmodconfig:
         capture_path = (profile_path.parent / profile.kernel.localmodconfig)
     lsmod = lsmod_text(load_capture(capture_path)) if capture_path is not None else None
     console = Console(stderr=True)
+    with contextlib.ExitStack() as stack:
+        say = None
+        if progress:
+            status = stack.enter_context(console.status("resolving the kernel config"))
+            steps = time.monotonic()
 
-    def say(message: str) -> None:
-        console.print(f"[dim]… {message}[/]")
+            def say(message: str) -> None:
+                nonlocal steps
+                now = time.monotonic()
+                console.print(f"[dim]… {message}[/]")
+                status.update(f"{message} [dim]({now - steps:.0f} s so far)[/]")
 
-    return profile, resolve(
-        _dedupe(requests), source, base_text=base_text,
-        base_label=str(base) if base else f"arch/{arch} defconfig",
-        strict_origins=frozenset(str(f) for f in fragments), lsmod_text=lsmod, arch=arch,
-        progress=say if progress else None,
-    )
+        resolution = resolve(
+            _dedupe(requests), source, base_text=base_text,
+            base_label=str(base) if base else f"arch/{arch} defconfig",
+            strict_origins=frozenset(str(f) for f in fragments), lsmod_text=lsmod,
+            arch=arch, progress=say, requirements=required_symbols(profile),
+            profile_hash=kernel_section_hash(profile),
+        )
+    return profile, resolution
 
 
 def read_config_file_text(path: Path) -> str:
@@ -110,9 +135,16 @@ def _dedupe(requests: Sequence[ConfigLine]) -> list[ConfigLine]:
               "(replaced atomically).")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolution as JSON.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any requested symbol is not applied.")
+@click.option("--allow-unbootable", is_flag=True,
+              help="Exit 0 even when the config lacks what the profile's machine needs to boot.")
 def config_cmd(profile: Path, source: Path, base: Path | None, fragments: tuple[Path, ...],
-               hw: Path | None, arch: str, output: Path, as_json: bool, strict: bool) -> None:
-    """Resolve PROFILE's kernel options against the tree at --source and explain differences."""
+               hw: Path | None, arch: str, output: Path, as_json: bool, strict: bool,
+               allow_unbootable: bool) -> None:
+    """Resolve PROFILE's kernel options against the tree at --source and explain differences.
+
+    The config must also carry what the profile's own machine needs (root file system,
+    disk bus, EFI stub, zram, memcg, IKCONFIG...): when it does not, the output is still
+    written, and the command fails (exit 1) unless --allow-unbootable."""
     from synapse_os.cli import emit_json
     from synapse_os.kernel.fragment import kernel_fragment
     from synapse_os.kernel.output import write_dir_atomically
@@ -137,8 +169,17 @@ def config_cmd(profile: Path, source: Path, base: Path | None, fragments: tuple[
         console.print(resolution_table(resolution))
         console.print(summary_line(resolution))
         console.print(f"wrote {output}/.config and {output}/resolution.json")
+    if resolution.unbootable and not allow_unbootable:
+        raise OperationError(_unbootable_message(resolution, f"see {output}/resolution.txt"))
     if strict and resolution.differences:
         sys.exit(1)
+
+
+def _unbootable_message(resolution: Resolution, where: str) -> str:
+    count = len(resolution.unbootable)
+    return (f"the config cannot boot the profile's machine, {count} required setting(s) "
+            f"missing: {'; '.join(resolution.unbootable)} ({where}; pass --allow-unbootable "
+            "to accept that)")
 
 
 @group.command("explain")
@@ -177,13 +218,24 @@ def explain_cmd(symbol: str, source: Path, config: Path | None, arch: str, as_js
 @click.option("--source", type=PathArg, help="Resolve now against this tree instead of --resolved.")
 @click.option("--base", type=PathArg, help="Base config when resolving now.")
 @click.option("-o", "--output", type=PathArg, required=True, help="Directory for the recipes.")
+@click.option("--allow-unapplied", is_flag=True,
+              help="Build a resolution in which some requested settings did not land "
+              "(the recipes then check the values that were resolved).")
+@click.option("--allow-unbootable", is_flag=True,
+              help="Build a config that lacks what the profile's machine needs to boot.")
 @click.option("--json", "as_json", is_flag=True)
 def pkgbuild_cmd(profile: Path, resolved: Path | None, source: Path | None, base: Path | None,
-                 output: Path, as_json: bool) -> None:
-    """Write the linux-synapse PKGBUILD (Arch) and build-deb.sh (Debian bindeb-pkg)."""
+                 output: Path, allow_unapplied: bool, allow_unbootable: bool,
+                 as_json: bool) -> None:
+    """Write the linux-synapse PKGBUILD (Arch) and build-deb.sh (Debian bindeb-pkg).
+
+    A --resolved directory must come from this profile as it is now (its kernel settings'
+    hash is recorded in resolution.json) and, when kernel.version is pinned, from that
+    kernel version."""
     from synapse_os.cli import emit_json
+    from synapse_os.kernel.fragment import kernel_section_hash
     from synapse_os.kernel.output import write_dir_atomically
-    from synapse_os.kernel.pkgbuild import render_recipes
+    from synapse_os.kernel.pkgbuild import check_resolution, render_recipes
     from synapse_os.kernel.resolve import load_resolution
     from synapse_os.outdir import check_output_dir
 
@@ -204,10 +256,14 @@ def pkgbuild_cmd(profile: Path, resolved: Path | None, source: Path | None, base
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{report} is not a resolution report ({exc})") from None
         loaded = _load(profile)
+        where = f"--resolved {resolved}"
     else:
         assert source is not None
         loaded, resolution = _resolve_profile(profile, source, base, (), None, "x86",
                                               progress=not as_json)
+        where = f"the resolution against {source}"
+    check_resolution(loaded, resolution, kernel_section_hash(loaded), where,
+                     allow_unapplied=allow_unapplied, allow_unbootable=allow_unbootable)
     recipe = render_recipes(loaded, resolution)
     write_dir_atomically(output, recipe.files, "PKGBUILD", recipe.executable)
     if as_json:

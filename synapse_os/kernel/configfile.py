@@ -24,6 +24,15 @@ class ConfigLine:
     origin: str
 
 
+@dataclass(frozen=True)
+class Requirement:
+    """A symbol the profile's own machine needs to boot and be verified."""
+
+    symbol: str  # without the CONFIG_ prefix
+    value: str  # the least value that works: "y", or "m" when a module will do
+    reason: str  # the profile key and what needs it, e.g. "disk.root_fs: xfs (root fs)"
+
+
 def format_assignment(symbol: str, value: str) -> str:
     """The .config line for a symbol; "n" is written as `# CONFIG_X is not set`."""
     name = symbol.removeprefix("CONFIG_")
@@ -67,6 +76,31 @@ def parse_fragment(text: str, origin: str) -> list[ConfigLine]:
                 "write CONFIG_NAME=value or '# CONFIG_NAME is not set'"
             )
     return lines
+
+
+MIN_BASE_ASSIGNMENTS = 100
+
+
+def check_base_config(text: str, path: Path, what: str = "base config") -> str:
+    """A base config must be a whole .config (from make, /proc/config.gz, /boot/config-*):
+    only assignments and comments, and enough of them to describe a kernel; a few lines
+    would leave olddefconfig to pick everything else (SMP=n, no disk drivers...)."""
+    count = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if parse_line(line):
+            count += 1
+        elif line.strip() and not line.lstrip().startswith("#"):
+            raise UserError(
+                f"{what} {path}:{number}: {line.strip()[:60]!r} is not a .config line; pass a "
+                "whole kernel config (a .config, /proc/config.gz or /boot/config-*)"
+            )
+    if count < MIN_BASE_ASSIGNMENTS:
+        raise UserError(
+            f"{what} {path} sets only {count} CONFIG_ options, so it is not a whole kernel "
+            f"config (those have thousands); pass a .config, /proc/config.gz or "
+            "/boot/config-*, or put single options in a --fragment"
+        )
+    return text
 
 
 def normalize_value(value: str) -> str:

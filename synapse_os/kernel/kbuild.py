@@ -13,10 +13,16 @@ as $(CC) and $(cc-option,...) evaluate the same way they did for the .config.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import shlex
 import shutil
-from collections.abc import Iterable
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +56,70 @@ exec /bin/sh "$@"
 """
 
 
+log = logging.getLogger("synapse.proc")
+
+
+def run_group(argv: Sequence[str | os.PathLike[str]], *, cwd: Path,
+              env: Mapping[str, str] | None = None, timeout: float = MAKE_TIMEOUT_S
+              ) -> proc.Result:
+    """proc.run for make and kconfig-query: the command runs in its own process group, and
+    when anything interrupts the wait (SIGINT, SIGTERM turned into SystemExit, a timeout)
+    the whole group is killed, so no make, conf or compiler outlives Synapse."""
+    args = tuple(str(a) for a in argv)
+    full_env = {**os.environ, **(env or {})}
+    start = time.monotonic()
+    try:
+        child = subprocess.Popen(args, cwd=cwd, env=full_env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 start_new_session=True)
+    except FileNotFoundError as exc:
+        raise OperationError(f"cannot run {args[0]!r}: {exc.strerror}") from exc
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(child)
+        raise OperationError(
+            f"command timed out after {timeout:.0f} s: {shlex.join(args)}") from None
+    except BaseException:
+        _kill_group(child)
+        raise
+    duration = time.monotonic() - start
+    log.info("ran %s (cwd=%s) in %.2fs -> %d", shlex.join(args), cwd, duration,
+             child.returncode)
+    result = proc.Result(args, child.returncode, stdout or "", stderr or "", duration)
+    if child.returncode != 0:
+        detail = proc.tail(result.stderr) or proc.tail(result.stdout)
+        raise OperationError(
+            f"command failed with exit code {child.returncode}: {shlex.join(args)}"
+            + (f"\n{detail}" if detail else "")
+        )
+    return result
+
+
+def _kill_group(child: subprocess.Popen[str]) -> None:
+    """SIGTERM to the group (make removes its half-written targets), then SIGKILL to what
+    is left of it (the group outlives its leader while members run)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=2)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP become SystemExit, so temporary build trees are removed and make's
+    process group is killed on the way out (SIGINT already raises KeyboardInterrupt)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
 def check_tools(names: Iterable[tuple[str, str]] = BUILD_TOOLS) -> None:
     """UserError naming the first missing build tool and how to install it."""
     for name, hint in names:
@@ -74,6 +144,12 @@ def kernel_version(source: Path) -> str:
     return version + fields.get("EXTRAVERSION", "")
 
 
+# What `make *config` builds kconfig from (present in every kernel since 4.x): a tree
+# without one of these cannot resolve anything.
+KCONFIG_SOURCES = ("conf.c", "confdata.c", "expr.c", "expr.h", "lkc.h", "menu.c",
+                   "symbol.c", "util.c", "lexer.l", "parser.y", "Makefile")
+
+
 def check_source(source: Path, arch: str) -> str:
     """The kernel version of a source tree, or a UserError saying what is wrong with it."""
     if not source.exists():
@@ -87,10 +163,22 @@ def check_source(source: Path, arch: str) -> str:
             f"--source {source} is not a Linux kernel source tree (no {missing[0]}); "
             "pass the top directory of an unpacked kernel source"
         )
+    partial = [n for n in KCONFIG_SOURCES if not (source / "scripts" / "kconfig" / n).is_file()]
+    if partial:
+        raise UserError(
+            f"--source {source} has an incomplete scripts/kconfig (no {', '.join(partial[:3])}"
+            f"{', ...' if len(partial) > 3 else ''}); unpack the whole kernel source again"
+        )
+    if not (source / "arch").is_dir():
+        raise UserError(
+            f"--source {source} has no arch/ directory, so kconfig cannot configure any "
+            "architecture; unpack the whole kernel source again"
+        )
     if not (source / "arch" / arch / "Kconfig").is_file():
         arches = sorted(p.name for p in (source / "arch").iterdir() if (p / "Kconfig").is_file())
         raise UserError(
-            f"--arch {arch} is not an architecture of {source}; accepted: {', '.join(arches)}"
+            f"--arch {arch} is not an architecture of {source}; "
+            f"accepted: {', '.join(arches) or 'none (arch/ has no Kconfig files)'}"
         )
     return kernel_version(source)
 
@@ -144,7 +232,46 @@ class SymbolInfo:
     ranges: list[tuple[str, str]] = field(default_factory=list)
     choice: str | None = None
     choice_members: list[tuple[str, str]] = field(default_factory=list)
+    # for a choice member: the choice's own condition, and the member's menu dependency
+    choice_dep_value: str = "y"
+    choice_dep_expr: str = "y"
+    choice_dep_missing: list[str] = field(default_factory=list)
+    member_dep_value: str = "y"
+    member_dep_expr: str = "y"
+    member_dep_missing: list[str] = field(default_factory=list)
     help: str = ""
+
+    def dependency(self, choice_member_dependency: str = "dir_dep"
+                   ) -> tuple[str, str, list[str]]:
+        """(value, expression, failing terms) of what this symbol depends on, with a choice
+        member's dependency read the way this kconfig version records it
+        (kernel-config/versions.toml): never the bare `<choice>` placeholder."""
+        if self.choice is None:
+            return self.dep_value, self.dep_expr, list(self.dep_missing)
+        if choice_member_dependency == "member_dep":
+            return self.member_dep_value, self.member_dep_expr, list(self.member_dep_missing)
+        return (self.dep_value, _expand_choice(self.dep_expr, self.choice_dep_expr),
+                _expand_missing(self.dep_missing, self.choice_dep_missing))
+
+
+CHOICE_TERM = re.compile(r"<choice>(?: \[=[ymn]\])?")
+
+
+def _expand_choice(expr: str, choice_expr: str) -> str:
+    """'<choice> && SMP [=y]' with <choice> replaced by the choice's own condition."""
+    if choice_expr == "y":
+        parts = [p for p in expr.split(" && ") if not CHOICE_TERM.fullmatch(p)]
+        return " && ".join(parts) or "y"
+    wrapped = choice_expr if re.fullmatch(r"[A-Za-z0-9_]+( \[=\w*\])?", choice_expr) \
+        else f"({choice_expr})"
+    return CHOICE_TERM.sub(lambda _m: wrapped, expr)
+
+
+def _expand_missing(missing: list[str], choice_missing: list[str]) -> list[str]:
+    out: list[str] = []
+    for term in missing:
+        out += choice_missing if CHOICE_TERM.fullmatch(term) else [term]
+    return out
 
 
 def parse_query_output(text: str) -> dict[str, SymbolInfo]:
@@ -170,10 +297,12 @@ def parse_query_output(text: str) -> dict[str, SymbolInfo]:
             continue
         if key == "end":
             current = None
-        elif key in ("type", "value", "visible", "dep_value", "dep_expr", "rev_value"):
+        elif key in ("type", "value", "visible", "dep_value", "dep_expr", "rev_value",
+                     "choice_dep_value", "choice_dep_expr", "member_dep_value",
+                     "member_dep_expr"):
             setattr(current, key, rest)
-        elif key == "dep_missing":
-            current.dep_missing.append(rest)
+        elif key in ("dep_missing", "choice_dep_missing", "member_dep_missing"):
+            getattr(current, key).append(rest)
         elif key == "rev_term":
             current.rev_terms.append(rest)
         elif key == "prompt" and len(parts) == 3:
@@ -225,7 +354,7 @@ class KconfigBuild:
             "SYNAPSE_KCONFIG_ENV": str(self._env_file),
             "SYNAPSE_KCONFIG_CMD": str(self._cmd_file),
         }
-        return proc.run(argv, cwd=self.workdir, env=env, timeout=MAKE_TIMEOUT_S)
+        return run_group(argv, cwd=self.workdir, env=env)
 
     def defconfig(self) -> None:
         self.make("defconfig")
@@ -259,7 +388,7 @@ class KconfigBuild:
             includes = [kconfig_objs, self.source / "scripts" / "kconfig",
                         self.source / "scripts" / "include"]
             exe = self.workdir / "kconfig-query"
-            proc.run(
+            run_group(
                 ["gcc", "-O1", "-w", *(f"-I{d}" for d in includes if d.is_dir()), "-o", exe,
                  data_dir("kernel-config") / "kconfig-query.c", *objects],
                 cwd=self.workdir,
@@ -277,5 +406,5 @@ class KconfigBuild:
         args: list[str | os.PathLike[str]] = [exe, kconfig, ".config"]
         args += ["--help-text"] if help_text else []
         args += names
-        result = proc.run(args, cwd=self.objtree, env=env, timeout=MAKE_TIMEOUT_S)
+        result = run_group(args, cwd=self.objtree, env=env)
         return parse_query_output(result.stdout)

@@ -1,7 +1,9 @@
 """Build recipes for the resolved kernel: an Arch PKGBUILD and a Debian bindeb-pkg script.
 
 Both apply the resolved .config, run `make olddefconfig` on the real source and refuse to
-build when any resolved setting did not survive (expected.config lists them).
+build when the source is another kernel version than the one resolved, or when any
+resolved setting did not survive (expected.config lists them). A resolution is only
+turned into recipes for the profile it was made for (`check_resolution`).
 """
 
 from __future__ import annotations
@@ -53,8 +55,50 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_resolution(profile: Profile, resolution: Resolution, profile_hash: str, where: str,
+                     *, allow_unapplied: bool = False, allow_unbootable: bool = False) -> None:
+    """UserError unless `resolution` was made for this profile's kernel settings as they
+    are now, for the kernel version the profile pins (if any), applied every request
+    (unless allow_unapplied) and can boot the profile's machine (unless allow_unbootable)."""
+    again = "run `synapse kernel config PROFILE --source DIR -o DIR` again"
+    if not resolution.profile_hash:
+        raise UserError(f"{where} records no profile hash (an older Synapse made it); {again}")
+    if resolution.profile_hash != profile_hash:
+        raise UserError(
+            f"{where} was resolved for another profile, or for profile '{profile.name}' "
+            f"before its kernel settings changed (profile hash {resolution.profile_hash[:12]}"
+            f", this profile {profile_hash[:12]}); {again}"
+        )
+    pinned = profile.kernel.version
+    if pinned is not None and upstream_version(_full(pinned)) != upstream_version(
+            resolution.kernel_version):
+        raise UserError(
+            f"{where} was resolved against Linux {resolution.kernel_version}, but "
+            f"kernel.version pins {pinned}; {again} against a {pinned} tree"
+        )
+    if resolution.differences and not allow_unapplied:
+        listed = ", ".join(f"CONFIG_{s.symbol} ({s.status})" for s in resolution.differences)
+        raise UserError(
+            f"{where} did not apply {len(resolution.differences)} requested setting(s): "
+            f"{listed}; change the profile (resolution.txt says why each failed) or pass "
+            "--allow-unapplied to build what was resolved"
+        )
+    if resolution.unbootable and not allow_unbootable:
+        raise UserError(
+            f"{where} cannot boot the profile's machine: {'; '.join(resolution.unbootable)}; "
+            "pass --allow-unbootable to build it anyway"
+        )
+
+
+def _full(version: str) -> str:
+    return version if version.count(".") >= 2 else version + ".0"
+
+
 def expected_config_text(resolution: Resolution) -> str:
     lines = [f"# Settings resolved by Synapse for Linux {resolution.kernel_version}"]
+    for s in resolution.differences:  # built anyway (--allow-unapplied): checked as resolved
+        lines.append(f"# unapplied: CONFIG_{s.symbol} requested {s.requested}, resolved "
+                     f"{s.actual if s.actual is not None else '-'} ({s.status})")
     expected = resolution.expected_config()
     lines += [format_assignment(name, value) for name, value in expected.items()]
     return "\n".join(lines) + "\n"
@@ -74,7 +118,7 @@ def render_recipes(profile: Profile, resolution: Resolution | None = None) -> Re
             "kernel.version is not set; set it (e.g. 6.12.10) or resolve first with "
             "`synapse kernel config` and pass --resolved"
         )
-    upstream = upstream_version(version if version.count(".") >= 2 else version + ".0")
+    upstream = upstream_version(_full(version))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(data_dir("build") / "linux-synapse")),
         undefined=jinja2.StrictUndefined,

@@ -15,9 +15,13 @@ class Rename:
     new: str
     version: str
     note: str = ""
+    kind: str = "rename"  # or "successor": a different symbol that took over the job
 
     def describe(self) -> str:
-        text = f"CONFIG_{self.old} was renamed CONFIG_{self.new} in {self.version}"
+        if self.kind == "successor":
+            text = f"CONFIG_{self.new} took over from CONFIG_{self.old} in {self.version}"
+        else:
+            text = f"CONFIG_{self.old} was renamed CONFIG_{self.new} in {self.version}"
         return f"{text} ({self.note})" if self.note else text
 
 
@@ -48,8 +52,9 @@ def load_renames() -> RenameTable:
     with (data_dir("kernel-config") / "renames.toml").open("rb") as f:
         data = tomllib.load(f)
     renames = tuple(
-        Rename(r["old"], r["new"], str(r["version"]), r.get("note", ""))
-        for r in data.get("rename", [])
+        Rename(r["old"], r["new"], str(r["version"]), r.get("note", ""), kind)
+        for kind in ("rename", "successor")
+        for r in data.get(kind, [])
     )
     notes = {u["name"]: u["note"] for u in data.get("unknown", [])}
     return RenameTable(renames, notes)

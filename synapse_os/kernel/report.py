@@ -11,6 +11,7 @@ from synapse_os.kernel.kbuild import SymbolInfo
 from synapse_os.kernel.resolve import APPLIED, UNEXPLAINED, Resolution
 
 STYLE = {APPLIED: "green", UNEXPLAINED: "bold red"}
+REQUIRED = "required by "
 
 
 def resolution_table(resolution: Resolution) -> Table:
@@ -18,13 +19,16 @@ def resolution_table(resolution: Resolution) -> Table:
         title=f"Linux {resolution.kernel_version} ({resolution.arch}), base: {resolution.base}",
         show_lines=False,
     )
-    for column in ("symbol", "requested", "actual", "status", "reason / fix"):
+    for column in ("symbol", "requested", "actual", "status", "asked by", "reason / fix"):
         table.add_column(column, overflow="fold")
     for s in resolution.symbols:
         why = s.reason + (f" -> fix: {s.fix}" if s.fix and s.fix not in s.reason else "")
+        origin = s.origin.removeprefix(REQUIRED).split(" (", 1)[0]
+        if s.origin.startswith(REQUIRED):
+            origin = f"needs: {origin}"
         table.add_row(
             f"CONFIG_{s.symbol}", s.requested, s.actual if s.actual is not None else "-",
-            f"[{STYLE.get(s.status, 'yellow')}]{s.status}[/]", why,
+            f"[{STYLE.get(s.status, 'yellow')}]{s.status}[/]", origin, why,
         )
     return table
 
@@ -36,6 +40,20 @@ def summary_line(resolution: Resolution) -> str:
         text += f", {diff} differ (each explained above)"
     if resolution.unexplained:
         text += f", {len(resolution.unexplained)} UNEXPLAINED"
+    if resolution.required:
+        missing = len(resolution.unbootable)
+        text += (f"; boots the profile's machine ({len(resolution.required)} required "
+                 "symbols present)" if not missing else
+                 f"; CANNOT BOOT the profile's machine ({missing} required symbol(s) missing)")
+    for sentence in resolution.unbootable:
+        text += f"\n  unbootable: {sentence}"
+    if not resolution.supported:
+        from synapse_os.kernel.versions import load_versions
+
+        lines = ", ".join(s.series for s in load_versions().series)
+        text += (f"\nnote: Linux {resolution.kernel_version} is not a supported line "
+                 f"({lines}; kernel-config/versions.toml): explanations follow the nearest "
+                 "known kconfig rules and are untested there")
     return text
 
 

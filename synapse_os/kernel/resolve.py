@@ -4,8 +4,14 @@ base config (file, /proc/config.gz, or the arch defconfig) -> optional localmodc
 + fragment -> `make olddefconfig` in a scratch O= dir; then each requested symbol is
 compared with the final .config and, where it differs, classified from what the kernel's
 own kconfig reports about it (kconfig-query): unknown (with known renames), unmet
-dependency (naming the failing terms), selected by another symbol, choice overridden,
-derived (no prompt: with the choice that sets it), or an invalid value.
+dependency (naming the failing terms; for a choice member read the way this kconfig
+version records it, kernel-config/versions.toml), selected by another symbol, choice
+overridden, derived (no prompt: with the choice that sets it), an invalid value, or
+overridden by a later request for the same symbol under another name.
+
+Requirements (symbols the profile's machine needs to boot) are checked against the final
+config: each one missing is a sentence in `Resolution.unbootable`, explained by the
+result of the request for it.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from synapse_os.errors import UserError
 from synapse_os.kernel.configfile import (
     ConfigLine,
+    Requirement,
     format_assignment,
     normalize_value,
     parse_config,
@@ -27,6 +34,7 @@ from synapse_os.kernel.configfile import (
 )
 from synapse_os.kernel.kbuild import KconfigBuild, SymbolInfo, check_source, check_tools
 from synapse_os.kernel.renames import RenameTable, load_renames
+from synapse_os.kernel.versions import load_versions
 
 APPLIED = "applied"
 UNKNOWN = "unknown"
@@ -35,6 +43,7 @@ SELECTED = "selected"
 CHOICE = "choice"
 DERIVED = "derived"
 INVALID = "invalid-value"
+OVERRIDDEN = "overridden"
 UNEXPLAINED = "unexplained"
 TRISTATE_ORDER = {"n": 0, "m": 1, "y": 2}
 
@@ -55,7 +64,9 @@ class SymbolResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == APPLIED
+        """Applied, or replaced by a later request for the same symbol (as kconfig does
+        with a symbol set twice)."""
+        return self.status in (APPLIED, OVERRIDDEN)
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,10 @@ class Resolution:
     base: str  # the base config's description
     symbols: tuple[SymbolResult, ...]
     config: str = field(repr=False)  # the final .config text
+    required: tuple[Requirement, ...] = ()
+    unbootable: tuple[str, ...] = ()  # one sentence per requirement the config misses
+    supported: bool = True  # the tree's series is in kernel-config/versions.toml
+    profile_hash: str = ""  # fragment.kernel_section_hash of the profile resolved
 
     @property
     def differences(self) -> list[SymbolResult]:
@@ -109,12 +124,17 @@ class Resolution:
             "arch": self.arch,
             "source": self.source,
             "base": self.base,
+            "supported": self.supported,
+            "profile_hash": self.profile_hash,
             "symbols": [asdict(s) for s in self.symbols],
+            "required": [asdict(r) for r in self.required],
+            "unbootable": list(self.unbootable),
             "summary": {
                 "requested": len(self.symbols),
                 "applied": len(self.symbols) - len(self.differences),
                 "differences": len(self.differences),
                 "unexplained": len(self.unexplained),
+                "unbootable": len(self.unbootable),
             },
         }
 
@@ -133,6 +153,10 @@ def load_resolution(report: Path) -> Resolution:
         base=data["base"],
         symbols=tuple(SymbolResult(**s) for s in data["symbols"]),
         config=config_path.read_text() if config_path.exists() else "",
+        required=tuple(Requirement(**r) for r in data.get("required", [])),
+        unbootable=tuple(data.get("unbootable", [])),
+        supported=bool(data.get("supported", True)),
+        profile_hash=str(data.get("profile_hash", "")),
     )
 
 
@@ -175,10 +199,13 @@ def _derived_fix(info: SymbolInfo, requested: str) -> str | None:
 
 def classify(
     symbol: str, requested: str, actual: str, info: SymbolInfo,
-    requested_names: Sequence[str],
+    requested_names: Sequence[str], choice_member_dependency: str = "dir_dep",
 ) -> tuple[str, str, str | None]:
-    """(status, reason, fix) for a known symbol whose final value differs from the request."""
+    """(status, reason, fix) for a known symbol whose final value differs from the request.
+    `choice_member_dependency` says how this kconfig version records a choice member's
+    dependency (kernel-config/versions.toml)."""
     name = f"CONFIG_{info.name}"
+    dep_value, dep_expr, dep_missing = info.dependency(choice_member_dependency)
     invalid = _valid_for_type(info, requested)
     if invalid:
         return INVALID, invalid, None
@@ -186,11 +213,12 @@ def classify(
     wants_more = tristate_like and not _tri_at_least(actual, requested)
     wants_less = tristate_like and _tri_at_least(actual, requested) and actual != requested
 
-    if wants_more and info.dep_value == "n" and info.visible == "n":
-        missing = ", ".join(info.dep_missing) or info.dep_expr
-        return UNMET, f"{name} depends on {info.dep_expr}; not met: {missing}", None
-    if wants_more and info.dep_value == "m" and requested == "y":
-        return UNMET, f"{name} is limited to m by its dependency {info.dep_expr}", None
+    member = f" (in the choice '{info.choice}')" if info.choice is not None else ""
+    if wants_more and dep_value == "n" and info.visible == "n":
+        missing = ", ".join(dep_missing) or dep_expr
+        return UNMET, f"{name}{member} depends on {dep_expr}; not met: {missing}", None
+    if wants_more and dep_value == "m" and requested == "y":
+        return UNMET, f"{name}{member} is limited to m by its dependency {dep_expr}", None
     if wants_less and info.rev_value != "n" and info.rev_terms:
         selectors = "; ".join(info.rev_terms)
         first = info.rev_terms[0].split(" ", 1)[0]
@@ -226,7 +254,7 @@ def classify(
         return INVALID, f"{name} accepts {low}..{high}; {requested} was rejected", None
     return UNEXPLAINED, (
         f"{name} came out {actual}; kconfig reports visible={info.visible}, "
-        f"depends on {info.dep_expr} [={info.dep_value}], selected [={info.rev_value}]"
+        f"depends on {dep_expr} [={dep_value}], selected [={info.rev_value}]"
     ), None
 
 
@@ -264,6 +292,24 @@ def merge_config(base_text: str, lines: Sequence[ConfigLine]) -> str:
     return "\n".join(kept) + "\n"
 
 
+def _meets(actual: str, wanted: str) -> bool:
+    if wanted in TRISTATE_ORDER:
+        return _tri_at_least(actual, wanted)
+    return normalize_value(actual) == normalize_value(wanted)
+
+
+def _overridden_reason(r: ConfigLine, later: ConfigLine, name: str,
+                       renames: RenameTable) -> str:
+    if later.symbol == r.symbol:
+        same = "it is requested again"
+    else:
+        link = next((rn.describe() for alias, rn in renames.aliases(r.symbol)
+                     if alias == later.symbol), f"both are CONFIG_{name} in this tree")
+        same = f"it is requested again as CONFIG_{later.symbol} ({link})"
+    return (f"CONFIG_{r.symbol}={r.value} was not applied: {same} with value {later.value} "
+            f"by {later.origin}, and the later request wins")
+
+
 def resolve(
     requests: Sequence[ConfigLine],
     source: Path,
@@ -275,19 +321,25 @@ def resolve(
     arch: str = "x86",
     progress: Progress | None = None,
     workdir: Path | None = None,
+    requirements: Sequence[Requirement] = (),
+    profile_hash: str = "",
 ) -> Resolution:
     """Resolve `requests` against the tree at `source`.
 
     Requests whose origin starts with one of `strict_origins` (user fragment files) must
-    name symbols this tree knows (directly or through a rename): otherwise UserError.
+    name symbols this tree knows (directly or through a rename) with values their type
+    accepts: otherwise one UserError naming every such line. `requirements` are checked
+    against the final config (Resolution.unbootable); they should also be requested.
     """
     say = progress or (lambda _msg: None)
     version = check_source(source, arch)
     check_tools()
     renames = load_renames()
+    versions = load_versions()
+    behaviour = versions.behaviour(version).choice_member_dependency
     with tempfile.TemporaryDirectory(prefix="synapse-kconfig-", dir=workdir) as tmp:
         build = KconfigBuild(source, Path(tmp), arch)
-        say(f"base config ({base_label}) through make olddefconfig")
+        say(f"Linux {version}: base config ({base_label}) through make olddefconfig")
         if base_text is None:
             build.defconfig()
         else:
@@ -302,27 +354,39 @@ def resolve(
         base_values = parse_config(normalized_base)
 
         say("looking the requested symbols up in Kconfig")
-        candidates = [r.symbol for r in requests]
-        for r in requests:
-            candidates += [alias for alias, _ in renames.aliases(r.symbol)]
-        known = {n for n, i in build.query(candidates).items() if i.known}
+        wanted = [r.symbol for r in requests] + [q.symbol for q in requirements]
+        candidates = list(wanted)
+        for symbol in wanted:
+            candidates += [alias for alias, _ in renames.aliases(symbol)]
+        before = build.query(candidates)
+        known = {n for n, i in before.items() if i.known}
 
-        applied_as: dict[int, str | None] = {}
+        def tree_name(symbol: str) -> str | None:
+            if symbol in known:
+                return symbol
+            return next((a for a, _ in renames.aliases(symbol) if a in known), None)
+
+        applied_as = {index: tree_name(r.symbol) for index, r in enumerate(requests)}
+        problems = []
         for index, r in enumerate(requests):
-            if r.symbol in known:
-                applied_as[index] = r.symbol
+            if not any(r.origin.startswith(o) for o in strict_origins):
                 continue
-            alias = next((a for a, _ in renames.aliases(r.symbol) if a in known), None)
-            applied_as[index] = alias
-            if alias is None and any(r.origin.startswith(o) for o in strict_origins):
-                raise UserError(
-                    f"{r.origin}: CONFIG_{r.symbol} is not a symbol in Linux {version}; "
-                    "remove it or use a name from this tree (see `synapse kernel explain`)"
-                )
+            name = applied_as[index]
+            if name is None:
+                problems.append(f"{r.origin}: {unknown_reason(r.symbol, version, renames)}")
+            elif (invalid := _valid_for_type(before[name], normalize_value(r.value))):
+                problems.append(f"{r.origin}: {invalid}, not {r.value!r}")
+        if problems:
+            raise UserError(
+                f"{len(problems)} fragment line(s) cannot be applied to Linux {version}: "
+                + "; ".join(problems)
+                + " (fix or remove them; `synapse kernel explain CONFIG_NAME` shows a symbol)"
+            )
+        last_for = {name: index for index, name in applied_as.items() if name is not None}
         effective = [
             ConfigLine(name, r.value, r.origin)
             for index, r in enumerate(requests)
-            if (name := applied_as[index]) is not None
+            if (name := applied_as[index]) is not None and last_for[name] == index
         ]
         say("make olddefconfig with the fragment")
         build.config_path.write_text(merge_config(normalized_base, effective))
@@ -330,7 +394,7 @@ def resolve(
         final_text = build.config_path.read_text()
         final = parse_config(final_text)
         say("explaining differences with the kernel's kconfig")
-        infos = build.query(sorted({n for n in applied_as.values() if n}))
+        infos = build.query(sorted(set(last_for)))
 
     requested_names = [r.symbol for r in requests]
     results = []
@@ -347,28 +411,58 @@ def resolve(
         if name != r.symbol:
             rename = next(rn for alias, rn in renames.aliases(r.symbol) if alias == name)
             renamed = f"applied as CONFIG_{name}: {rename.describe()}"
+        later = requests[last_for[name]]
+        if last_for[name] != index and normalize_value(later.value) != normalize_value(r.value):
+            results.append(SymbolResult(r.symbol, r.value, r.origin, OVERRIDDEN, actual, name,
+                                        base, _overridden_reason(r, later, name, renames)))
+            continue
         if normalize_value(actual) == normalize_value(r.value):
             results.append(SymbolResult(r.symbol, r.value, r.origin, APPLIED, actual, name,
                                         base, renamed))
             continue
         status, reason, fix = classify(r.symbol, r.value, actual, info,
-                                       requested_names[index + 1:])
+                                       requested_names[index + 1:], behaviour)
         if renamed:
             reason = f"{renamed}; {reason}"
         results.append(SymbolResult(r.symbol, r.value, r.origin, status, actual, name, base,
                                     reason, fix))
-    return Resolution(version, arch, str(source), base_label, tuple(results), final_text)
+
+    unbootable = []
+    for need in requirements:
+        name = tree_name(need.symbol)
+        if name is None:
+            unbootable.append(f"CONFIG_{need.symbol}={need.value} is needed by {need.reason}, "
+                              f"but Linux {version} has no such symbol")
+            continue
+        actual = final.get(name, "n")
+        if _meets(actual, need.value):
+            continue
+        result = next((res for res in reversed(results)
+                       if res.applied_as == name and res.status != OVERRIDDEN), None)
+        if result is None:
+            why = "nothing requested it"
+        elif result.ok:
+            why = f"{result.origin} asks for {result.requested}"
+        else:
+            why = result.reason
+        unbootable.append(f"CONFIG_{name}={need.value} is needed by {need.reason}, but the "
+                          f"config has {actual}: {why}")
+    return Resolution(version, arch, str(source), base_label, tuple(results), final_text,
+                      tuple(requirements), tuple(unbootable),
+                      versions.supported(version) is not None, profile_hash)
 
 
 def explain(symbol: str, source: Path, *, config_text: str | None = None,
             arch: str = "x86") -> tuple[str, SymbolInfo, str]:
     """(kernel version, what kconfig says about `symbol`, a note) against a config
     (default: the arch defconfig). A name this tree knows under a rename is answered for
-    the tree's name, with the rename in the note."""
+    the tree's name, with the rename in the note. A choice member's dependency is read
+    the way this kconfig version records it (kernel-config/versions.toml)."""
     version = check_source(source, arch)
     check_tools()
     name = symbol.removeprefix("CONFIG_")
     renames = load_renames()
+    behaviour = load_versions().behaviour(version).choice_member_dependency
     aliases = renames.aliases(name)
     with tempfile.TemporaryDirectory(prefix="synapse-kconfig-") as tmp:
         build = KconfigBuild(source, Path(tmp), arch)
@@ -378,9 +472,15 @@ def explain(symbol: str, source: Path, *, config_text: str | None = None,
             build.config_path.write_text(config_text)
             build.olddefconfig()
         infos = build.query([name, *(a for a, _ in aliases)], help_text=True)
+
+    def answer(info: SymbolInfo) -> SymbolInfo:
+        value, expr, missing = info.dependency(behaviour)
+        return replace(info, dep_value=value, dep_expr=expr, dep_missing=missing)
+
     if infos[name].known:
-        return version, infos[name], ""
+        return version, answer(infos[name]), ""
     for alias, rename in aliases:
         if infos[alias].known:
-            return version, infos[alias], f"this tree calls it CONFIG_{alias}: {rename.describe()}"
+            return (version, answer(infos[alias]),
+                    f"this tree calls it CONFIG_{alias}: {rename.describe()}")
     return version, infos[name], unknown_reason(name, version, renames)

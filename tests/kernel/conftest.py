@@ -1,52 +1,53 @@
-"""The real Linux tree the kernel tests resolve against: Debian's linux-source-6.1.
+"""The real Linux trees the kernel tests resolve against: Debian's linux-source-6.1 and
+linux-source-6.12 (every supported line in kernel-config/versions.toml).
 
-Extracted once into ~/.cache/synapse (never into the repository), under a file lock so
-parallel test processes do not collide; the tree is only ever read by the code under test.
+Each is extracted once per tarball into ~/.cache/synapse (never into the repository),
+keyed by the tarball's sha256 and under a file lock, so parallel test processes and later
+sessions share it (synapse_os.kernel.trees); the trees are only ever read by the code
+under test. A missing package fails the test with its apt-get command.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from synapse_os.errors import UserError
+from synapse_os.kernel.trees import prepared_tree
 from tests.conftest import need_tool
 
-TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
-CACHE = Path(os.environ.get("SYNAPSE_CACHE", Path.home() / ".cache" / "synapse"))
-MARKER = ".synapse-extracted"
 REPO = Path(__file__).resolve().parents[2]
+SERIES = ("6.1", "6.12")  # the supported lines, each proven on its real tree
+
+
+def real_tree(series: str) -> Path:
+    for tool in ("make", "gcc", "flex", "bison", "perl"):
+        need_tool(tool, f"apt-get install {tool}")
+    try:
+        return prepared_tree(series)
+    except UserError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def kernel_tree() -> Path:
-    for tool in ("make", "gcc", "flex", "bison", "perl"):
-        need_tool(tool, f"apt-get install {tool}")
-    dest = CACHE / "linux-source-6.1"
-    if (dest / MARKER).exists():
-        return dest
-    if not TARBALL.exists():
-        pytest.fail(f"{TARBALL} is missing; install it with: apt-get install linux-source-6.1",
-                    pytrace=False)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "linux-source-6.1.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (dest / MARKER).exists():
-            tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".extract-"))
-            subprocess.run(["tar", "-xJf", TARBALL, "-C", tmp], check=True)
-            (tmp / "linux-source-6.1" / MARKER).write_text(f"extracted from {TARBALL}\n")
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.rename(tmp / "linux-source-6.1", dest)
-            shutil.rmtree(tmp)
-    return dest
+    """Debian's 6.1 tree: the default for tests that are not about version differences."""
+    return real_tree("6.1")
+
+
+@pytest.fixture(scope="session")
+def kernel_tree_612() -> Path:
+    return real_tree("6.12")
+
+
+@pytest.fixture(scope="session", params=SERIES, ids=[f"linux-{s}" for s in SERIES])
+def any_tree(request: pytest.FixtureRequest) -> Path:
+    """Each supported line's real tree in turn."""
+    return real_tree(request.param)
 
 
 def synapse(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,14 @@ from synapse_os.kernel.configfile import (
     parse_fragment,
     read_config_file,
 )
-from synapse_os.kernel.fragment import CONCERNS, kernel_fragment, requested_symbols
+from synapse_os.kernel.fragment import (
+    CONCERNS,
+    kernel_fragment,
+    kernel_section_hash,
+    requested_entries,
+    requested_symbols,
+    required_symbols,
+)
 from synapse_os.kernel.renames import load_renames
 from synapse_os.profile import load_profile
 from synapse_os.profile.model import Cpu, Kernel, Profile
@@ -24,13 +31,20 @@ from tests.conftest import PROFILES
 
 
 def custom(**kernel: object) -> Profile:
-    return Profile(synapse=1, name="t", kernel=Kernel(source="custom", **kernel))  # type: ignore[arg-type]
+    return Profile(synapse=1, name="t", kernel=Kernel(source="custom", **kernel))
+
+
+def concern_symbols(profile: Profile) -> dict[str, str]:
+    """The symbols the profile's concerns and kernel.extra ask for (not the required ones)."""
+    return {f"CONFIG_{e.symbol}": e.value for e in requested_entries(profile)
+            if not e.origin.startswith("required by ")}
 
 
 def test_cpu_avx2_fragment_sets_each_concern_with_real_symbol_names() -> None:
-    symbols = requested_symbols(load_profile(PROFILES / "cpu-avx2.yaml"))
+    symbols = concern_symbols(load_profile(PROFILES / "cpu-avx2.yaml"))
     assert symbols == {
         "CONFIG_PREEMPT_VOLUNTARY": "y",
+        "CONFIG_PREEMPT_DYNAMIC": "n",
         "CONFIG_HZ_300": "y",
         "CONFIG_NO_HZ_FULL": "y",
         "CONFIG_TRANSPARENT_HUGEPAGE": "y",
@@ -66,8 +80,55 @@ def test_extra_overrides_a_fragment_symbol_and_keeps_one_line() -> None:
                                                  "CONFIG_SCHED_EEVDF": "y"})
     text = kernel_fragment(profile)
     assert text.count("PREEMPT_VOLUNTARY") == 1
-    assert requested_symbols(profile) == {"CONFIG_PREEMPT_VOLUNTARY": "n",
-                                          "CONFIG_SCHED_EEVDF": "y"}
+    assert concern_symbols(profile) == {"CONFIG_PREEMPT_VOLUNTARY": "n",
+                                        "CONFIG_PREEMPT_DYNAMIC": "n",
+                                        "CONFIG_SCHED_EEVDF": "y"}
+
+
+@pytest.mark.parametrize("preempt,expected", [
+    ("none", {"PREEMPT_NONE": "y", "PREEMPT_DYNAMIC": "n"}),
+    ("voluntary", {"PREEMPT_VOLUNTARY": "y", "PREEMPT_DYNAMIC": "n"}),
+    ("full", {"PREEMPT": "y", "PREEMPT_DYNAMIC": "n"}),
+    ("dynamic", {"PREEMPT_VOLUNTARY": "y", "PREEMPT_DYNAMIC": "y"}),
+])
+def test_each_preempt_mode_builds_only_what_it_says(preempt: str,
+                                                    expected: dict[str, str]) -> None:
+    symbols = concern_symbols(custom(preempt=preempt))
+    assert symbols == {f"CONFIG_{k}": v for k, v in expected.items()}
+
+
+def test_required_symbols_follow_the_profile() -> None:
+    avx2 = load_profile(PROFILES / "cpu-avx2.yaml")
+    needs = {r.symbol: r.reason for r in required_symbols(avx2)}
+    assert "disk.root_fs: xfs" in needs["XFS_FS"] and "EXT4_FS" not in needs
+    assert "disk.target: nvme" in needs["BLK_DEV_NVME"]
+    assert "systemd-boot" in needs["EFI_STUB"]
+    assert "memory.zram" in needs["ZRAM"] and "zstd" in needs["ZRAM_BACKEND_ZSTD"]
+    assert "runtime.memory_high" in needs["MEMCG"]
+    assert {"IKCONFIG", "IKCONFIG_PROC", "VIRTIO_BLK", "VIRTIO_CONSOLE"} <= set(needs)
+    plain = custom()  # no zram, no runtime, default disk (xfs, no target)
+    plain_needs = {r.symbol for r in required_symbols(plain)}
+    assert {"ZRAM", "MEMCG", "BLK_DEV_NVME"}.isdisjoint(plain_needs)
+    assert "XFS_FS" in plain_needs
+    ext4 = Profile(synapse=1, name="t", kernel=Kernel(source="custom"),
+                   disk={"root_fs": "ext4", "target": "/dev/disk/by-id/ata-X_1"},
+                   boot={"loader": "grub"})
+    ext4_needs = {r.symbol for r in required_symbols(ext4)}
+    assert {"EXT4_FS", "SATA_AHCI", "BLK_DEV_SD"} <= ext4_needs and "EFI_STUB" not in ext4_needs
+    assert required_symbols(load_profile(PROFILES / "stock-baseline.yaml")) == []
+    # required symbols are in the rendered fragment, each under the key that implies it
+    text = kernel_fragment(avx2)
+    assert "# required by disk.root_fs: xfs" in text and "CONFIG_XFS_FS=y" in text
+    assert requested_symbols(avx2)["CONFIG_IKCONFIG_PROC"] == "y"
+
+
+def test_kernel_section_hash_follows_what_the_resolution_depends_on() -> None:
+    avx2 = load_profile(PROFILES / "cpu-avx2.yaml")
+    assert kernel_section_hash(avx2) == kernel_section_hash(
+        load_profile(PROFILES / "cpu-avx2.yaml"))
+    for changed in (avx2.model_copy(update={"kernel": avx2.kernel.model_copy(update={"hz": 1000})}),
+                    avx2.model_copy(update={"disk": avx2.disk.model_copy(update={"root_fs": "ext4"})})):
+        assert kernel_section_hash(changed) != kernel_section_hash(avx2)
 
 
 def test_cpu_governor_only_reaches_the_kernel_for_custom_kernels() -> None:

@@ -81,7 +81,10 @@ def test_deb_script_configures_the_real_tree_and_checks_every_setting(
     r = subprocess.run([recipes / "build-deb.sh", kernel_tree], capture_output=True, text=True,
                        env=env)
     assert r.returncode == 0, r.stderr
-    assert "config checked: 11 settings kept" in r.stdout
+    settings = [line for line in (recipes / "expected.config").read_text().splitlines()
+                if line.startswith(("CONFIG_", "# CONFIG_"))]
+    assert len(settings) >= 39  # the profile's concerns and what its machine needs
+    assert f"config checked: {len(settings)} settings kept" in r.stdout
     assert not (kernel_tree / ".config").exists()
     # a setting olddefconfig cannot keep makes the script refuse to build
     tampered = tmp_path / "tampered"
@@ -94,6 +97,41 @@ def test_deb_script_configures_the_real_tree_and_checks_every_setting(
                        env=env)
     assert r.returncode == 1
     assert "changed: want CONFIG_NUMA=y" in r.stderr
+
+
+def test_deb_script_refuses_another_kernel_tree(recipes: Path, kernel_tree_612: Path,
+                                               tmp_path: Path) -> None:
+    env = {**os.environ, "SYNAPSE_WORKDIR": str(tmp_path / "work"), "SYNAPSE_STOP_AFTER": "config"}
+    r = subprocess.run([recipes / "build-deb.sh", kernel_tree_612], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "is Linux 6.12.117, but this config was resolved for Linux 6.1." in r.stderr
+    assert not (tmp_path / "work" / "build" / ".config").exists()
+
+
+def test_pkgbuild_refuses_a_resolution_of_another_profile(recipes: Path,
+                                                          tmp_path: Path) -> None:
+    resolved = recipes.parent / "resolved"
+    other = tmp_path / "other.yaml"
+    text = (PROFILES / "cpu-avx2.yaml").read_text()
+    for old, new in (("hz: 300", "hz: 1000"), ("root_fs: xfs", "root_fs: ext4")):
+        assert old in text
+        changed = tmp_path / f"{new.split(':')[0]}.yaml"
+        changed.write_text(text.replace(old, new))
+        r = synapse("kernel", "pkgbuild", changed, "--resolved", resolved, "-o",
+                    tmp_path / "out")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "was resolved for another profile" in r.stderr, r.stderr
+        assert not (tmp_path / "out").exists()
+    # the resolution names its tree's version; a profile pinning another one is refused
+    from synapse_os.errors import UserError
+    from synapse_os.kernel.pkgbuild import check_resolution
+    from synapse_os.kernel.resolve import load_resolution
+
+    resolution = load_resolution(resolved / "resolution.json")
+    other.write_text(text.replace("package: linux-synapse", "package: linux-synapse\n  version: '6.12'"))
+    with pytest.raises(UserError, match=r"resolved against Linux 6\.1\.\d+, but kernel.version pins 6\.12"):
+        check_resolution(load_profile(other), resolution, resolution.profile_hash, "x")
 
 
 def test_renderer_recipes_need_a_pinned_version(tmp_path: Path) -> None:
