@@ -1,7 +1,10 @@
-"""Runtime benchmark: service vs raw llama-cpp-python, router time, speculative decoding.
+"""Runtime benchmark: service vs raw llama-cpp-python, router time, speculative decoding,
+sampling cost, and many users at once (optionally side by side with llama-server).
 
     python bench/bench_runtime.py [--config bench/runtime-example.yaml] [--tokens 64]
                                   [--reps 5] [-o results/bench-runtime.json]
+                                  [--concurrency 1,4,8] [--against llama-server]
+                                  [--only concurrency,sampling]
 
 1. Generation tokens/s through the HTTP service (openai-compatible /v1/completions,
    speculation off, no prompt-cache reuse) vs raw llama-cpp-python `create_completion` on
@@ -11,12 +14,23 @@
 2. Router decision time over the golden prompts (target < 1 ms).
 3. Speculative decoding per tier: golden prompts answered with speculation forced on and
    off; decode tokens/s ratio and draft acceptance rate.
+4. Sampling cost: single-stream tokens/s at temperature 0.7 (top_p 0.95, top_k 40) against
+   temperature 0, through the service (target: within 5 %).
+5. Concurrency: at each level N, N streaming clients each send 8 different prompts in
+   turn (greedy, --tokens answers); aggregate tokens/s over the wall time, TTFT and
+   latency p50/p95. With --against llama-server, llama.cpp's own server (built once from
+   the llama.cpp source vendored in the llama-cpp-python sdist, cached by source hash)
+   serves the same model with the same threads and `-np` = the runtime's `parallel`, and
+   the table gives Synapse / llama-server ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -38,6 +52,152 @@ from synapse_os.runtime.golden import load_golden  # noqa: E402
 from synapse_os.runtime.router import classify_text  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
+CHAT_PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle stays upright.",
+    "Describe the water cycle to a child.",
+    "List some ideas for a rainy afternoon.",
+    "What makes bread rise? Explain briefly.",
+    "Tell me about the history of the printing press.",
+    "Give advice for someone learning to cook.",
+    "Describe a walk through a forest in autumn.",
+]
+SERVER_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
+                "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON",
+                "-DLLAMA_BUILD_SERVER=ON")
+
+
+def llama_server_binary(explicit: str | None) -> Path:
+    """--llama-server PATH, `llama-server` on $PATH, or a build from the sdist's llama.cpp
+    (cached under the synapse cache by source hash, flags, compiler and CPU)."""
+    if explicit:
+        return Path(explicit)
+    found = shutil.which("llama-server")
+    if found:
+        return Path(found)
+    from synapse_os import proc
+    from synapse_os.bench import build
+
+    source = build.resolve_source(None)
+    key = build.build_key(source, SERVER_FLAGS)
+    target = build.cache_root() / "llama-server" / key / "llama-server"
+    if target.is_file():
+        return target
+    work = target.parent.with_name(f".{key}.tmp-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"building llama-server from {source.origin} (once; cached as {target})",
+          file=sys.stderr)
+    try:
+        proc.run(["cmake", "-S", str(source.tree), "-B", str(work), *SERVER_FLAGS],
+                 timeout=600)
+        proc.run(["cmake", "--build", str(work), "--target", "llama-server", "-j",
+                  str(os.cpu_count() or 1)], timeout=7200)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(work / "bin" / "llama-server", target.with_suffix(".tmp"))
+        os.replace(target.with_suffix(".tmp"), target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def start_llama_server(binary: Path, model: str, threads: int, parallel: int, context: int,
+                       workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(binary), "-m", model, "-t", str(threads), "-tb", str(threads),
+         "-np", str(parallel), "-c", str(context * parallel), "--host", "127.0.0.1",
+         "--port", str(port), "--no-webui"],
+        stdout=subprocess.DEVNULL, stderr=(workdir / "llama-server.log").open("w"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit((workdir / "llama-server.log").read_text()[-3000:])
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("llama-server did not become ready")
+
+
+def stream_once(client: httpx.Client, url: str, model: str, prompt: str, tokens: int,
+                extra: dict[str, Any]) -> tuple[int, float, float]:
+    """One streaming chat request: (tokens, ttft s, latency s)."""
+    body = {"model": model, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "messages": [{"role": "user", "content": prompt}], **extra}
+    t0 = time.perf_counter()
+    ttft = None
+    n = 0
+    usage = None
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    n += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+    latency = time.perf_counter() - t0
+    if usage and usage.get("completion_tokens"):
+        n = int(usage["completion_tokens"])
+    return n, ttft if ttft is not None else latency, latency
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def concurrency_run(url: str, model: str, level: int, tokens: int,
+                    extra: dict[str, Any]) -> dict[str, Any]:
+    """`level` clients, each sending the 8 prompts in turn (rotated per client)."""
+    def client_work(c: int) -> list[tuple[int, float, float]]:
+        out = []
+        with httpx.Client() as client:
+            for i in range(len(CHAT_PROMPTS)):
+                prompt = CHAT_PROMPTS[(c + i) % len(CHAT_PROMPTS)]
+                out.append(stream_once(client, url, model, prompt, tokens, extra))
+        return out
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(level) as pool:
+        results = [r for rs in pool.map(client_work, range(level)) for r in rs]
+    wall = time.perf_counter() - t0
+    total = sum(r[0] for r in results)
+    ttfts = [r[1] for r in results]
+    lats = [r[2] for r in results]
+    return {"concurrency": level, "requests": len(results), "tokens": total, "wall_s": wall,
+            "agg_tok_s": total / wall, "ttft_p50_s": pct(ttfts, 0.5),
+            "ttft_p95_s": pct(ttfts, 0.95), "latency_p50_s": pct(lats, 0.5),
+            "latency_p95_s": pct(lats, 0.95)}
+
+
+def sampling_run(url: str, tokens: int, reps: int) -> dict[str, Any]:
+    """Single-stream tokens/s at temperature 0 and 0.7 (alternating), decode only."""
+    rates: dict[str, list[float]] = {"t0": [], "t0.7": []}
+    for _ in range(reps):
+        for name, body in (("t0", {"temperature": 0}),
+                           ("t0.7", {"temperature": 0.7, "top_p": 0.95, "top_k": 40,
+                                     "seed": 7})):
+            r = httpx.post(f"{url}/v1/completions", timeout=600, json={
+                "model": "main", "prompt": PROMPT, "max_tokens": tokens,
+                "synapse": {"speculative": False, "cache": False}, **body}).json()
+            ext = r["synapse"]
+            n = r["usage"]["completion_tokens"]
+            decode_s = (ext["latency_ms"] - ext["ttft_ms"]) / 1000
+            if n > 1 and decode_s > 0:
+                rates[name].append((n - 1) / decode_s)
+    med = {k: statistics.median(v) for k, v in rates.items() if v}
+    return {"decode_tok_s": med, "samples": rates,
+            "ratio_t0.7_vs_t0": med["t0.7"] / med["t0"] if len(med) == 2 else None}
 
 
 def free_port() -> int:
@@ -84,6 +244,9 @@ def raw_run(llm: Any, tokens: int) -> tuple[int, float]:
     return int(out["usage"]["completion_tokens"]), wall
 
 
+SECTIONS = ("throughput", "router", "speculative", "sampling", "concurrency")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", type=Path, default=REPO / "bench" / "runtime-example.yaml")
@@ -94,28 +257,46 @@ def main() -> None:
     ap.add_argument("--spec-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=None, help="override the config's threads")
     ap.add_argument("--skip-spec", action="store_true", help="skip the speculative section")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
+    ap.add_argument("--concurrency", default="1,4,8", help="client counts for section 5")
+    ap.add_argument("--parallel", type=int, default=None, help="override the config's parallel")
+    ap.add_argument("--against", choices=["llama-server"], default=None)
+    ap.add_argument("--llama-server", default=None, help="llama-server binary to use")
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if args.skip_spec:
+        only.discard("speculative")
+    unknown = only - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"--only: unknown sections {sorted(unknown)}; use {', '.join(SECTIONS)}")
+    levels = [int(x) for x in args.concurrency.split(",") if x]
 
     config = load_runtime_config(args.config)
     if args.threads:
         config = config.model_copy(update={"threads": args.threads})
+    if args.parallel:
+        config = config.model_copy(update={"parallel": args.parallel})
     threads = config.resolved_threads()
     main_cfg = config.models["main"]
     report: dict[str, Any] = {"threads": threads, "model": main_cfg.path,
-                              "tokens": args.tokens, "reps": args.reps}
+                              "tokens": args.tokens, "reps": args.reps,
+                              "parallel": config.parallel}
+    server_binary = llama_server_binary(args.llama_server) if args.against else None
 
     # -- 2. router ------------------------------------------------------------------
     golden = load_golden(args.golden)
-    samples = []
-    for _ in range(200):
-        for p in golden:
-            samples.append(classify_text(p.prompt).elapsed_s)
-    samples.sort()
-    report["router"] = {"decisions": len(samples),
-                        "mean_us": statistics.fmean(samples) * 1e6,
-                        "p99_us": samples[int(len(samples) * 0.99)] * 1e6,
-                        "max_us": samples[-1] * 1e6}
+    if "router" in only:
+        samples = []
+        for _ in range(200):
+            for p in golden:
+                samples.append(classify_text(p.prompt).elapsed_s)
+        samples.sort()
+        report["router"] = {"decisions": len(samples),
+                            "mean_us": statistics.fmean(samples) * 1e6,
+                            "p99_us": samples[int(len(samples) * 0.99)] * 1e6,
+                            "max_us": samples[-1] * 1e6}
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -125,82 +306,137 @@ def main() -> None:
         cfg_path.write_text(yaml.safe_dump(data))
         proc, url = start_server(cfg_path, workdir)
         try:
-            # -- 1. service vs raw ----------------------------------------------------
-            same = open_llama(llama_kwargs(main_cfg, threads, config.batch, config.seed,
-                                           config.batch_invariant), config.batch_invariant)
-            default = open_llama(llama_kwargs(main_cfg, threads, config.batch, config.seed,
-                                              False), False)
-            service_run(url, 8)
-            raw_run(same, 8)
-            raw_run(default, 8)
-            rates: dict[str, list[float]] = {"service": [], "raw_same_settings": [],
-                                             "raw_default_kernels": []}
-            for _ in range(args.reps):
-                n, t = service_run(url, args.tokens)
-                rates["service"].append(n / t)
-                n, t = raw_run(same, args.tokens)
-                rates["raw_same_settings"].append(n / t)
-                n, t = raw_run(default, args.tokens)
-                rates["raw_default_kernels"].append(n / t)
-            same.close()
-            default.close()
-            med = {k: statistics.median(v) for k, v in rates.items()}
-            report["throughput_tok_s"] = {k: {"median": med[k], "samples": v}
-                                          for k, v in rates.items()}
-            report["service_vs_raw"] = med["service"] / med["raw_same_settings"]
-            report["service_vs_raw_default_kernels"] = med["service"] / med["raw_default_kernels"]
-
-            # -- 3. speculative per tier -----------------------------------------------------
-            spec: dict[str, Any] = {}
-            for tier in () if args.skip_spec else ("trivial", "moderate", "high"):
-                prompts = [p for p in golden if p.tier == tier][: args.spec_prompts]
-                speed = {True: [], False: []}  # type: dict[bool, list[float]]
-                proposed = accepted = 0
-                for p in prompts:
-                    for on in (True, False):
-                        r = httpx.post(f"{url}/v1/chat/completions", timeout=600, json={
-                            "model": "auto", "max_tokens": args.spec_tokens, "temperature": 0,
-                            "messages": [{"role": "user", "content": p.prompt}],
-                            "synapse": {"speculative": on, "cache": False}}).json()
-                        ext = r["synapse"]
-                        decode_s = (ext["latency_ms"] - ext["ttft_ms"]) / 1000
-                        if r["usage"]["completion_tokens"] > 1 and decode_s > 0:
-                            speed[on].append((r["usage"]["completion_tokens"] - 1) / decode_s)
-                        if on:
-                            proposed += ext["speculative"]["proposed"]
-                            accepted += ext["speculative"]["accepted"]
-                spec[tier] = {
-                    "decode_tok_s_spec": statistics.median(speed[True]) if speed[True] else None,
-                    "decode_tok_s_plain": statistics.median(speed[False]) if speed[False] else None,
-                    "proposed": proposed, "accepted": accepted,
-                    "acceptance": accepted / proposed if proposed else None,
-                }
-                if speed[True] and speed[False]:
-                    spec[tier]["speedup"] = (statistics.median(speed[True])
-                                             / statistics.median(speed[False]))
-            report["speculative"] = spec
+            if "throughput" in only:
+                throughput_section(report, url, config, main_cfg, threads, args)
+            if "speculative" in only:
+                report["speculative"] = speculative_section(url, golden, args)
+            if "sampling" in only:
+                report["sampling"] = sampling_run(url, args.tokens, args.reps)
+            if "concurrency" in only:
+                concurrency_run(url, "main", 1, 8, {})  # warm-up
+                report["concurrency"] = {"synapse": [
+                    concurrency_run(url, "main", n, args.tokens,
+                                    {"synapse": {"speculative": False}}) for n in levels]}
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        if "concurrency" in only and server_binary is not None:
+            lproc, lurl = start_llama_server(server_binary, main_cfg.path, threads,
+                                             config.parallel, main_cfg.context, workdir)
+            try:
+                concurrency_run(lurl, "main", 1, 8, {})
+                report["concurrency"]["llama-server"] = [
+                    concurrency_run(lurl, "main", n, args.tokens, {}) for n in levels]
+                report["concurrency"]["llama_server_binary"] = str(server_binary)
+            finally:
+                lproc.terminate()
+                lproc.wait(timeout=30)
 
-    r = report
-    print(f"threads={threads} model={Path(main_cfg.path).name} tokens={args.tokens} "
-          f"reps={args.reps}")
-    for k, v in r["throughput_tok_s"].items():
-        print(f"  {k:22s} {v['median']:7.1f} tok/s (median of {len(v['samples'])})")
-    print(f"  service / raw (same settings)    = {r['service_vs_raw']:.3f}x (target >= 0.9)")
-    print(f"  service / raw (default kernels)  = {r['service_vs_raw_default_kernels']:.3f}x")
-    print(f"router: mean {r['router']['mean_us']:.1f} us, p99 {r['router']['p99_us']:.1f} us, "
-          f"max {r['router']['max_us']:.1f} us over {r['router']['decisions']} decisions "
-          "(target < 1000 us)")
-    for tier, s in r["speculative"].items():
+    print_report(report)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def throughput_section(report: dict[str, Any], url: str, config: Any, main_cfg: Any,
+                       threads: int, args: argparse.Namespace) -> None:
+    """1. service vs raw llama-cpp-python (same settings, and default kernels)."""
+    same = open_llama(llama_kwargs(main_cfg, threads, config.batch, config.seed,
+                                   config.batch_invariant), config.batch_invariant)
+    default = open_llama(llama_kwargs(main_cfg, threads, config.batch, config.seed,
+                                      False), False)
+    service_run(url, 8)
+    raw_run(same, 8)
+    raw_run(default, 8)
+    rates: dict[str, list[float]] = {"service": [], "raw_same_settings": [],
+                                     "raw_default_kernels": []}
+    for _ in range(args.reps):
+        n, t = service_run(url, args.tokens)
+        rates["service"].append(n / t)
+        n, t = raw_run(same, args.tokens)
+        rates["raw_same_settings"].append(n / t)
+        n, t = raw_run(default, args.tokens)
+        rates["raw_default_kernels"].append(n / t)
+    same.close()
+    default.close()
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    report["throughput_tok_s"] = {k: {"median": med[k], "samples": v}
+                                  for k, v in rates.items()}
+    report["service_vs_raw"] = med["service"] / med["raw_same_settings"]
+    report["service_vs_raw_default_kernels"] = med["service"] / med["raw_default_kernels"]
+
+
+def speculative_section(url: str, golden: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """3. speculative per tier (forced on/off)."""
+    spec: dict[str, Any] = {}
+    for tier in ("trivial", "moderate", "high"):
+        prompts = [p for p in golden if p.tier == tier][: args.spec_prompts]
+        speed: dict[bool, list[float]] = {True: [], False: []}
+        proposed = accepted = 0
+        for p in prompts:
+            for on in (True, False):
+                r = httpx.post(f"{url}/v1/chat/completions", timeout=600, json={
+                    "model": "auto", "max_tokens": args.spec_tokens, "temperature": 0,
+                    "messages": [{"role": "user", "content": p.prompt}],
+                    "synapse": {"speculative": on, "cache": False}}).json()
+                ext = r["synapse"]
+                decode_s = (ext["latency_ms"] - ext["ttft_ms"]) / 1000
+                if r["usage"]["completion_tokens"] > 1 and decode_s > 0:
+                    speed[on].append((r["usage"]["completion_tokens"] - 1) / decode_s)
+                if on:
+                    proposed += ext["speculative"]["proposed"]
+                    accepted += ext["speculative"]["accepted"]
+        spec[tier] = {
+            "decode_tok_s_spec": statistics.median(speed[True]) if speed[True] else None,
+            "decode_tok_s_plain": statistics.median(speed[False]) if speed[False] else None,
+            "proposed": proposed, "accepted": accepted,
+            "acceptance": accepted / proposed if proposed else None,
+        }
+        if speed[True] and speed[False]:
+            spec[tier]["speedup"] = (statistics.median(speed[True])
+                                     / statistics.median(speed[False]))
+    return spec
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print(f"threads={r['threads']} model={Path(r['model']).name} tokens={r['tokens']} "
+          f"reps={r['reps']} parallel={r['parallel']}")
+    if "throughput_tok_s" in r:
+        for k, v in r["throughput_tok_s"].items():
+            print(f"  {k:22s} {v['median']:7.1f} tok/s (median of {len(v['samples'])})")
+        print(f"  service / raw (same settings)    = {r['service_vs_raw']:.3f}x (target >= 0.9)")
+        print(f"  service / raw (default kernels)  = {r['service_vs_raw_default_kernels']:.3f}x")
+    if "router" in r:
+        print(f"router: mean {r['router']['mean_us']:.1f} us, p99 {r['router']['p99_us']:.1f} "
+              f"us, max {r['router']['max_us']:.1f} us over {r['router']['decisions']} "
+              "decisions (target < 1000 us)")
+    for tier, s in r.get("speculative", {}).items():
         acc = f"{s['acceptance']:.0%}" if s["acceptance"] is not None else "-"
         sp = f"{s['speedup']:.2f}x" if "speedup" in s else "-"
         print(f"speculative {tier:8s}: speedup {sp}, acceptance {acc} "
               f"({s['accepted']}/{s['proposed']})")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2) + "\n")
+    if "sampling" in r:
+        s = r["sampling"]
+        med = s["decode_tok_s"]
+        ratio = s["ratio_t0.7_vs_t0"]
+        print(f"sampling: decode {med.get('t0', 0):.1f} tok/s at T=0, {med.get('t0.7', 0):.1f} "
+              f"at T=0.7 -> {ratio:.3f}x (target >= 0.95)" if ratio else "sampling: -")
+    if "concurrency" in r:
+        ours = r["concurrency"]["synapse"]
+        theirs = r["concurrency"].get("llama-server")
+        print("concurrency | synapse agg tok/s | TTFT p50 | TTFT p95 | lat p50 | lat p95"
+              + (" | llama-server agg tok/s | TTFT p50 | TTFT p95 | agg ratio | TTFT p95 ratio"
+                 if theirs else ""))
+        for i, a in enumerate(ours):
+            line = (f"{a['concurrency']:11d} | {a['agg_tok_s']:17.1f} | {a['ttft_p50_s']:7.3f}s"
+                    f" | {a['ttft_p95_s']:7.3f}s | {a['latency_p50_s']:6.2f}s"
+                    f" | {a['latency_p95_s']:6.2f}s")
+            if theirs:
+                b = theirs[i]
+                line += (f" | {b['agg_tok_s']:22.1f} | {b['ttft_p50_s']:7.3f}s"
+                         f" | {b['ttft_p95_s']:7.3f}s | {a['agg_tok_s'] / b['agg_tok_s']:8.2f}x"
+                         f" | {a['ttft_p95_s'] / b['ttft_p95_s']:13.2f}x")
+            print(line)
 
 
 if __name__ == "__main__":

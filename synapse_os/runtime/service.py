@@ -208,6 +208,11 @@ class Service:
         return model
 
     @property
+    def slots(self) -> int:
+        """Requests that run at once: `parallel` with batching, else one."""
+        return self.config.parallel if self.batching else 1
+
+    @property
     def batching(self) -> bool:
         """Continuous batching is on with parallel > 1, except in deterministic mode."""
         return self.config.parallel > 1 and not self.config.deterministic
@@ -411,7 +416,9 @@ class Service:
             raise RequestError(503, "the models are still loading; retry shortly",
                                "model_loading", retry_after=2)
         with self._admission_lock:
-            if self.waiting >= self.config.queue_size:
+            # in flight = waiting + running; a request that will find a free slot does not
+            # wait, so the slots come on top of the queue_size places to wait
+            if self.waiting + self.running >= self.config.queue_size + self.slots:
                 self.metrics.rejected.labels("queue_full").inc()
                 per = (sum(self.recent_latency) / len(self.recent_latency)
                        if self.recent_latency else 1.0)

@@ -262,3 +262,51 @@ def test_metrics_resolve_fast_waits_and_name_the_model(server: Server) -> None:
     assert "synapse_model_info{" in text and 'quantization="Q4_K_M"' in text
     assert "process_resident_memory_bytes" in text
     assert server.metric("synapse_errors_total", code="unsupported_parameter") >= 1
+
+
+def test_concurrent_streams_interleave_and_equal_solo_greedy(
+        server: Server, small_model: tuple[Path, str]) -> None:
+    """Four streams decode together (parallel 4): every stream's first token arrives before
+    any stream ends, and each stream's greedy text equals plain single-sequence greedy
+    decoding of its prompt by llama-cpp-python with the same (batch-invariant) settings."""
+    from synapse_os.runtime.config import ModelConfig
+    from synapse_os.runtime.engine import llama_kwargs, open_llama
+
+    prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at",
+               "My favourite season is"]
+    tokens = 24
+    c = server.client(max_retries=0)
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    texts: dict[int, str] = {}
+
+    def run(i: int) -> None:
+        parts = []
+        for chunk in c.completions.create(model="main", prompt=prompts[i], max_tokens=tokens,
+                                          temperature=0, stream=True):
+            if chunk.choices and chunk.choices[0].text:
+                first.setdefault(i, time.perf_counter())
+                parts.append(chunk.choices[0].text)
+        last[i] = time.perf_counter()
+        texts[i] = "".join(parts)
+
+    _wait_idle(server)
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        list(pool.map(run, range(len(prompts))))
+    assert max(first.values()) < min(last.values()), (first, last)
+
+    model, _ = small_model
+    raw = open_llama(llama_kwargs(ModelConfig(path=str(model), context=512), 1, 512, 42, True),
+                     True)
+    try:
+        for i, prompt in enumerate(prompts):
+            ids = raw.tokenize(prompt.encode(), add_bos=True, special=True)
+            expected: list[int] = []
+            for tok in raw.generate(ids, temp=0.0, top_k=1):
+                if raw._model.token_get_text(tok) in ("<eos>", "<end_of_turn>") or len(
+                        expected) >= tokens:
+                    break
+                expected.append(tok)
+            assert texts[i] == raw.detokenize(expected).decode(), (prompt, texts[i])
+    finally:
+        raw.close()
