@@ -40,15 +40,17 @@ def inside(root: Path, path: Path) -> bool:
     return real == real_root or real.startswith(real_root.rstrip("/") + "/")
 
 
-def confined(root: Path, rel: object, what: str) -> Path:
+def confined(root: Path, rel: object, what: str, refusing: str = "refusing it") -> Path:
     """root/rel for a relative path read from untrusted data: normalised (no '', '.',
     '..' parts), no NUL or newline, and its directory resolving inside root."""
     if not isinstance(rel, str) or not rel or rel.startswith("/") or re.search(r"[\x00\n]", rel) \
             or any(part in ("", ".", "..") for part in rel.split("/")):
-        raise UntrustedJournal(f"{what}: {rel!r} is not a normalised path inside the root")
+        raise UntrustedJournal(f"{what}: {rel!r} is not a normalised path inside the root; "
+                               f"{refusing}")
     path = root / rel
     if not inside(root, path.parent):
-        raise UntrustedJournal(f"{what}: {rel!r} leads outside {root} through a symlink")
+        raise UntrustedJournal(f"{what}: {rel!r} leads outside {root} through a symlink; "
+                               f"{refusing}")
     return path
 
 
@@ -61,9 +63,12 @@ def check_state_path(root: Path, path: Path) -> None:
         )
 
 
+WHOLE = "refusing the whole journal"
+
+
 def _need(cond: bool, where: str, what: str) -> None:
     if not cond:
-        raise UntrustedJournal(f"{where}: {what}; refusing the whole journal")
+        raise UntrustedJournal(f"{where}: {what}; {WHOLE}")
 
 
 def _opt_str(value: object) -> bool:
@@ -94,7 +99,7 @@ def _file_entry(root: Path, tx_id: str, entry: dict[str, Any], where: str) -> No
     keys = {"kind", "path", "action", "original", "new", "backup", "tmp", "created_dirs",
             "status"}
     _need(set(entry) == keys, where, "unexpected or missing fields")
-    path = confined(root, entry["path"], f"{where} path")
+    path = confined(root, entry["path"], f"{where} path", WHOLE)
     _need(entry["action"] in ("create", "modify", "remove"), where, "unknown action")
     _need(entry["status"] in ("started", "done"), where, "unknown status")
     _file_state(entry["original"], f"{where} original")
@@ -111,7 +116,7 @@ def _file_entry(root: Path, tx_id: str, entry: dict[str, Any], where: str) -> No
     for d in dirs:
         _need(isinstance(d, str) and entry["path"].startswith(d + "/"), where,
               "a created directory is not a parent of the path")
-        confined(root, d, f"{where} created_dirs")
+        confined(root, d, f"{where} created_dirs", WHOLE)
 
 
 def _link_state(value: object) -> bool:
@@ -135,7 +140,7 @@ def _units_entry(root: Path, entry: dict[str, Any], where: str) -> None:
         for rel, value in table.items():
             _need(isinstance(rel, str) and rel.startswith(UNIT_DIR), where,
                   f"{name} names a path outside {UNIT_DIR}")
-            confined(root, rel, f"{where} {name}")
+            confined(root, rel, f"{where} {name}", WHOLE)
             pair = value if name == "changes" else [value, value]
             _need(isinstance(pair, list) and len(pair) == 2 and all(map(_link_state, pair)),
                   where, f"{name} holds an unknown link state")

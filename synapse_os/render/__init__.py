@@ -236,12 +236,11 @@ def step_kernel(ctx: Context, tree: Tree) -> None:
         return
     from synapse_os.kernel.fragment import kernel_fragment
 
-    tree.add("kernel/synapse.config", kernel_fragment(ctx.profile))
-    try:
-        from synapse_os.kernel.pkgbuild import pkgbuild_files
-    except ImportError:
-        return
-    for name, (content, mode) in sorted(pkgbuild_files(ctx.profile).items()):
+    from synapse_os.kernel.pkgbuild import pkgbuild_files
+
+    recipes = pkgbuild_files(ctx.profile)  # with kernel.version pinned: the PKGBUILD too
+    recipes.setdefault("synapse.config", (kernel_fragment(ctx.profile), 0o644))
+    for name, (content, mode) in sorted(recipes.items()):
         tree.add(f"kernel/{name}", content, mode)
 
 
