@@ -13,10 +13,12 @@ One scheduling step:
   4. prefill: the oldest slot still reading its prompt decodes up to `batch` prompt
      tokens in a separate batch (a long prompt is read in chunks between decode steps, so
      it never stalls the others for long); the last chunk samples its first token.
-Decode rows and prompt rows are never mixed in one batch: a generating token is
-computed by the same kernels whether one or several sequences decode (see engine.py on
-batch-invariant kernels), and a prompt is read in the same chunks as the
-single-sequence path reads it.
+Decode rows and prompt rows are never mixed in one batch, and with the batch-invariant
+settings a decode batch holds at most MAX_INVARIANT_BATCH rows (8 generating slots
+decode as 4 + 4): a generating token is then computed by the same kernels whether one
+or several sequences decode (see engine.py), and a prompt is read in the same chunks as
+the single-sequence path reads it, so greedy output does not depend on the company a
+request keeps.
 
 Everything here runs on the service's one generation thread.
 """
@@ -71,7 +73,7 @@ class Batcher:
     """`parallel` sequences of one model decoded together (see the module docstring)."""
 
     def __init__(self, model: LoadedModel, parallel: int, context: int, batch: int,
-                 on_start: Callable[[Job], None]) -> None:
+                 on_start: Callable[[Job], None], max_rows: int | None = None) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaContext
 
@@ -80,6 +82,7 @@ class Batcher:
         self.context = context
         self.n_batch = max(1, min(batch, context))
         self.on_start = on_start
+        self.max_rows = max_rows
         params = llama_cpp.llama_context_params.from_buffer_copy(model.llm.context_params)
         params.n_ctx = context * parallel
         params.n_seq_max = parallel
@@ -198,13 +201,17 @@ class Batcher:
             raise RuntimeError(f"llama_decode returned {rc}")
 
     def _decode_step(self, slots: list[_Slot]) -> None:
-        self._fill([(s.next_token, s.pos, s.seq, True) for s in slots  # type: ignore[misc]
-                    ])
-        self._decode()
-        for i, slot in enumerate(slots):
-            slot.pos += 1
-            slot.next_token = None
-            self._take(slot, i)
+        groups = 1 if self.max_rows is None else -(-len(slots) // self.max_rows)
+        size = -(-len(slots) // groups)  # balanced: 8 rows with max 7 -> 4 + 4
+        for start in range(0, len(slots), size):
+            group = slots[start:start + size]
+            self._fill([(s.next_token, s.pos, s.seq, True)  # type: ignore[misc]
+                        for s in group])
+            self._decode()
+            for i, slot in enumerate(group):
+                slot.pos += 1
+                slot.next_token = None
+                self._take(slot, i)
 
     def _prefill_step(self, slot: _Slot) -> None:
         chunk = slot.pending[:self.n_batch]

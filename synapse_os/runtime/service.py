@@ -23,7 +23,12 @@ from synapse_os import __version__
 from synapse_os.errors import OperationError, UserError
 from synapse_os.revision import revision_label
 from synapse_os.runtime.config import ModelConfig, Role, RuntimeConfig, Tier
-from synapse_os.runtime.engine import LoadedModel, check_same_vocabulary, load_model
+from synapse_os.runtime.engine import (
+    MAX_INVARIANT_BATCH,
+    LoadedModel,
+    check_same_vocabulary,
+    load_model,
+)
 from synapse_os.runtime.generation import GenerationState, Sampling, generate
 from synapse_os.runtime.metrics import Metrics
 from synapse_os.runtime.provenance import (
@@ -199,8 +204,9 @@ class Service:
             from synapse_os.runtime.batching import Batcher
 
             try:
-                model.batcher = Batcher(model, self.config.parallel, cfg.context,
-                                        self.config.batch, self.start)
+                model.batcher = Batcher(
+                    model, self.config.parallel, cfg.context, self.config.batch, self.start,
+                    MAX_INVARIANT_BATCH if self.config.batch_invariant else None)
             except (ValueError, RuntimeError) as exc:
                 model.close()
                 raise OperationError(f"model '{role}': llama.cpp could not make a context of "

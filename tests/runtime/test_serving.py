@@ -1,7 +1,7 @@
 """Serving under abuse and the OpenAI surface, on the real model through the openai client.
 
 One server for the module: only a 'main' model (so naming 'small' is a 404 for a role
-that is not loaded), two queue places, context 512.
+that is not loaded), two queue places, eight slots (continuous batching), context 512.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def server(small_model: tuple[Path, str], tmp_path_factory: pytest.TempPathFacto
            ) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("serving")
     model, sha = small_model
-    write_config(workdir / "runtime.yaml", model, sha, roles=("main",), queue_size=2)
+    write_config(workdir / "runtime.yaml", model, sha, roles=("main",), queue_size=2,
+                 parallel=8)
     srv = start_server(workdir)
     yield srv
     srv.stop()
@@ -245,14 +246,17 @@ def test_openai_surface_refusals(server: Server) -> None:
 
 def test_session_history_is_trimmed_to_the_context(server: Server) -> None:
     c = server.client(max_retries=0)
-    filler = "Here is some context about my garden, my roses and my apple trees. " * 8
-    for turn in range(6):  # ~130 tokens a turn: past 512 tokens of history by turn 4
+    filler = "Here is some context about my garden, my roses and my apple trees. " * 18
+    sizes = []
+    for turn in range(3):  # ~290 tokens a turn: two turns no longer fit in 512
         r = c.chat.completions.create(
             model="main", max_tokens=4, temperature=0, extra_body={"session_id": "long"},
             messages=[{"role": "user", "content": f"Turn {turn}. {filler}"}])
         assert r.usage is not None and r.usage.prompt_tokens + 4 <= 512
+        sizes.append(r.usage.prompt_tokens)
+    assert sizes[1] < 2 * sizes[0] and sizes[2] < 2 * sizes[0]  # the oldest turns went
     history = httpx.get(f"{server.url}/v1/sessions/long").json()["messages"]
-    assert len(history) == 12
+    assert len(history) == 6  # the session itself keeps everything
 
 
 def test_metrics_resolve_fast_waits_and_name_the_model(server: Server) -> None:
@@ -266,14 +270,16 @@ def test_metrics_resolve_fast_waits_and_name_the_model(server: Server) -> None:
 
 def test_concurrent_streams_interleave_and_equal_solo_greedy(
         server: Server, small_model: tuple[Path, str]) -> None:
-    """Four streams decode together (parallel 4): every stream's first token arrives before
-    any stream ends, and each stream's greedy text equals plain single-sequence greedy
-    decoding of its prompt by llama-cpp-python with the same (batch-invariant) settings."""
+    """Eight streams decode together (parallel 8; decode batches of 4 + 4 rows): every
+    stream's first token arrives before any stream ends, and each stream's greedy text
+    equals plain single-sequence greedy decoding of its prompt by llama-cpp-python with
+    the same (batch-invariant) settings."""
     from synapse_os.runtime.config import ModelConfig
     from synapse_os.runtime.engine import llama_kwargs, open_llama
 
     prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at",
-               "My favourite season is"]
+               "My favourite season is", "Once upon a time", "The best way to learn",
+               "In 1969, astronauts", "import numpy as np\n"]
     tokens = 24
     c = server.client(max_retries=0)
     first: dict[int, float] = {}
