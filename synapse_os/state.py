@@ -219,7 +219,7 @@ def checks(state: SystemState) -> list[Check]:
     out: list[Check] = []
     src = state.sources
     for key, value in state.sysctl.items():
-        path = sysctl_path(key)
+        path = shlex.quote(sysctl_path(key))
         # the kernel prints some sysctls with tabs between fields: normalise whitespace
         out.append(Check(f"sysctl {key}", "sysctl", src[f"sysctl {key}"], " ".join(value.split()),
                          _guarded(path, f"tr -s '\\t ' '  ' < {path}")))

@@ -337,8 +337,8 @@ class Runtime(Strict):
         if self.speculative.enabled and "draft" not in self.models:
             raise ValueError("speculative.enabled needs a 'draft' model")
         if not self.provenance.startswith(RUNTIME_STATE + "/"):
-            raise ValueError(f"runtime.provenance: {self.provenance!r} is outside {RUNTIME_STATE}/, "
-                             "the only directory the service may write")
+            raise ValueError(f"runtime.provenance: {self.provenance!r} is outside "
+                             f"{RUNTIME_STATE}/, the only directory the service may write")
         return self
 
 
@@ -403,8 +403,9 @@ class Profile(Strict):
                 f"security_risk: {weakened[0]} switches off a protection; to accept that, set "
                 f"security_risk to exactly {SECURITY_ACK!r}"
             )
+        kernel_package = [self.kernel.package] if self.kernel.package else []
         for key, names in (("packages.extra", self.packages.extra),
-                           ("kernel.package", [self.kernel.package] if self.kernel.package else [])):
+                           ("kernel.package", kernel_package)):
             for name in names:
                 if not package_fits(name, self.base):
                     raise ValueError(f"{key}: {name!r} is not a valid {self.base} package name")

@@ -235,7 +235,6 @@ def step_kernel(ctx: Context, tree: Tree) -> None:
     if not ctx.custom_kernel:
         return
     from synapse_os.kernel.fragment import kernel_fragment
-
     from synapse_os.kernel.pkgbuild import pkgbuild_files
 
     recipes = pkgbuild_files(ctx.profile)  # with kernel.version pinned: the PKGBUILD too

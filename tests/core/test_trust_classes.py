@@ -4,6 +4,7 @@ the real CLI or the real consumer (bash) and fails on code without the boundary.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -207,13 +208,13 @@ def test_extends_refuses_devices_fifos_and_non_yaml(tmp_path: Path) -> None:
         child = tmp_path / "child.yaml"
         child.write_text(f"extends: {target}\nname: c\n")
         done: list[subprocess.CompletedProcess[str]] = []
-        worker = threading.Thread(target=lambda: done.append(cli("validate", child)))
+        worker = threading.Thread(target=lambda d=done, c=child: d.append(cli("validate", c)))
         worker.start()
         worker.join(30)
-        if not done:  # blocked on the FIFO: unblock it so the thread can end, then fail
-            with open(fifo, "w"):
-                pass
-            worker.join(10)
+        if not done:  # blocked on the FIFO: unblock a waiting reader, then fail
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            worker.join(60)
             pytest.fail(f"validate blocked reading {target}")
         assert done[0].returncode == 2 and expect in done[0].stderr, done[0].stderr
 
@@ -294,3 +295,56 @@ def test_shipped_profiles_validate_and_render(tmp_path: Path) -> None:
 
 def test_user_error_is_the_base_of_unsafe_value() -> None:
     assert issubclass(UnsafeValue, UserError)
+
+
+# --- real consumers read back exactly the value given ------------------------------------
+
+EDGE_RUNTIME = (
+    "synapse: 1\nname: edge\nbase: debian\nhardware: {ram: 16G}\n"
+    "runtime:\n  engine: llama-server\n  user: _svc-1\n  host: '::1'\n"
+    "  models:\n    main: {path: '/var/lib/synapse/models/a+b@c:d_e-1.gguf'}\n"
+)
+
+
+def test_sysusers_and_tmpfiles_read_the_edge_values_back(tmp_path: Path) -> None:
+    """systemd-sysusers and systemd-tmpfiles on a --root: the account is exactly the
+    profile's user, and the state directory belongs to it."""
+    profile = tmp_path / "edge.yaml"
+    profile.write_text(EDGE_RUNTIME)
+    out = tmp_path / "out"
+    assert cli("render", profile, "-o", out).returncode == 0
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        (root / "etc" / name).write_text("root:x:0:0:root:/root:/bin/sh\n" if name == "passwd"
+                                         else "root:x:0:\n" if name == "group" else "")
+    conf = out / "rootfs/etc/sysusers.d/synapse.conf"
+    res = subprocess.run(["systemd-sysusers", f"--root={root}", str(conf)], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    users = {line.split(":")[0]: line.split(":") for line in
+             (root / "etc/passwd").read_text().splitlines()}
+    assert "_svc-1" in users and users["_svc-1"][5] == "/var/lib/synapse/runtime"
+    tmpfiles = out / "rootfs/etc/tmpfiles.d/synapse-runtime.conf"
+    res = subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create", str(tmpfiles)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    st = os.stat(root / "var/lib/synapse/runtime")
+    assert st.st_uid == int(users["_svc-1"][2]) and st.st_mode & 0o777 == 0o750
+
+
+def test_unit_with_edge_values_passes_systemd_analyze(tmp_path: Path) -> None:
+    profile = tmp_path / "edge.yaml"
+    profile.write_text(EDGE_RUNTIME)
+    out = tmp_path / "out"
+    assert cli("render", profile, "-o", out).returncode == 0
+    unit = out / "rootfs/etc/systemd/system/synapse-llama-server.service"
+    text = unit.read_text()
+    assert "User=_svc-1\n" in text
+    assert "--model /var/lib/synapse/models/a+b@c:d_e-1.gguf --host ::1 " in text
+    copy = tmp_path / unit.name
+    copy.write_text(text.replace("/usr/bin/llama-server", "/bin/true"))
+    res = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True,
+                         env=dict(os.environ, SYSTEMD_LOG_LEVEL="notice"))
+    assert res.returncode == 0, res.stderr
+    assert not [line for line in res.stderr.splitlines() if unit.name in line], res.stderr
