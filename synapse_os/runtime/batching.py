@@ -13,6 +13,8 @@ One scheduling step:
   4. prefill: the oldest slot still reading its prompt decodes up to `batch` prompt
      tokens in a separate batch (a long prompt is read in chunks between decode steps, so
      it never stalls the others for long); the last chunk samples its first token.
+A finished request's prompt stays in its sequence: the next request that starts the same
+way (a session's next turn) takes that slot and reads only the rest of its prompt.
 Decode rows and prompt rows are never mixed in one batch, and with the batch-invariant
 settings a decode batch holds at most MAX_INVARIANT_BATCH rows (8 generating slots
 decode as 4 + 4): a generating token is then computed by the same kernels whether one
@@ -94,6 +96,8 @@ class Batcher:
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(max(self.n_batch, parallel), 0, 1)
         self.slots: list[_Slot | None] = [None] * parallel
+        # prompt tokens a free slot still holds in its sequence (prefix reuse)
+        self.retained: list[list[int]] = [[] for _ in range(parallel)]
         self.inbox: deque[_Waiting] = deque()
         self.lock = threading.Lock()
         self.admit_new = True
@@ -156,9 +160,8 @@ class Batcher:
             with self.lock:
                 if not self.inbox or not self.admit_new:
                     return
-                try:
-                    seq = self.slots.index(None)
-                except ValueError:
+                free = [i for i, slot in enumerate(self.slots) if slot is None]
+                if not free:
                     return
                 waiting = self.inbox.popleft()
             job = waiting.job
@@ -167,6 +170,7 @@ class Batcher:
                 job.state.finish_reason = "cancelled"
                 waiting.done()
                 continue
+            seq, keep = self._place(job, free)
             try:
                 chain = SamplerChain(self.model, job.sampling)
             except Exception as exc:
@@ -176,12 +180,42 @@ class Batcher:
                 waiting.done()
                 continue
             job.state.seed = chain.seed
+            job.state.cached_tokens = keep
             self.on_start(job)
             self._admissions += 1
             self.slots[seq] = _Slot(seq=seq, job=job, emit=waiting.emit, done=waiting.done,
                                     chain=chain, text=TextStream(job.stop),
-                                    pending=list(job.prompt_tokens),
+                                    pending=list(job.prompt_tokens[keep:]), pos=keep,
                                     budget=job.sampling.max_tokens, admitted=self._admissions)
+
+    def _place(self, job: Job, free: list[int]) -> tuple[int, int]:
+        """The free slot whose retained prompt shares the longest prefix with this one, and
+        how many of those cached tokens to keep (the rest of the sequence is dropped).
+
+        Only prompt tokens are ever retained (generated tokens were computed by the
+        one-row decode kernels, a prompt by the prefill kernels), and with the
+        batch-invariant settings at least MAX_INVARIANT_BATCH + 1 tokens are read again,
+        so the prompt's last rows go through the same kernels as a fresh prefill."""
+        import llama_cpp
+
+        prompt = job.prompt_tokens
+        best, keep = free[0], 0
+        if job.reuse_cache:
+            for seq in free:
+                n = 0
+                for a, b in zip(self.retained[seq], prompt, strict=False):
+                    if a != b:
+                        break
+                    n += 1
+                if n > keep:
+                    best, keep = seq, n
+            floor = (self.max_rows + 1) if self.max_rows is not None else 1
+            keep = max(0, min(keep, len(prompt) - floor))
+        else:  # take the slot that holds the least
+            best = min(free, key=lambda i: len(self.retained[i]))
+        llama_cpp.llama_memory_seq_rm(self.mem, best, keep, -1)
+        self.retained[best] = []
+        return best, keep
 
     def _fill(self, rows: list[tuple[int, int, int, bool]]) -> None:
         b = self.batch
@@ -269,7 +303,15 @@ class Batcher:
         if job.t_first is None:
             job.t_first = job.t_done
         slot.chain.close()
-        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+        prompt = job.prompt_tokens
+        if job.reuse_cache and reason != "error" and slot.pos >= len(prompt):
+            # keep the prompt for a later request that starts the same way (a session's
+            # next turn); drop what was generated
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, len(prompt), -1)
+            self.retained[slot.seq] = list(prompt)
+        else:
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+            self.retained[slot.seq] = []
         self.slots[slot.seq] = None
         slot.done()
 

@@ -135,6 +135,7 @@ class GenerationState:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str = "length"
     seed: int | None = None  # the seed llama.cpp's sampler used (drawn when none was given)
+    cached_tokens: int = 0  # prompt tokens found in the KV cache, not read again
     logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
 
 

@@ -389,9 +389,10 @@ class App:
         return out
 
     @staticmethod
-    def _usage(record: dict[str, Any]) -> dict[str, int]:
+    def _usage(record: dict[str, Any]) -> dict[str, Any]:
         return {"prompt_tokens": record["tokens_in"], "completion_tokens": record["tokens_out"],
-                "total_tokens": record["tokens_in"] + record["tokens_out"]}
+                "total_tokens": record["tokens_in"] + record["tokens_out"],
+                "prompt_tokens_details": {"cached_tokens": record["cached_tokens"]}}
 
     @staticmethod
     def _logprobs(endpoint: str, job: Job, start: int, end: int, offset: int = 0

@@ -568,6 +568,7 @@ class Service:
             "execution_mode": "real",
             "deterministic": self.config.deterministic,
             "prompt_cache_reuse": job.reuse_cache,
+            "cached_tokens": job.state.cached_tokens,
             "environment": environment(),
             "git_revision": revision_label(),
             "synapse_version": __version__,

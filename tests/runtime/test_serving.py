@@ -316,3 +316,21 @@ def test_concurrent_streams_interleave_and_equal_solo_greedy(
             assert texts[i] == raw.detokenize(expected).decode(), (prompt, texts[i])
     finally:
         raw.close()
+
+
+def test_session_next_turn_reuses_the_cached_prompt_without_changing_output(
+        server: Server) -> None:
+    c = server.client(max_retries=0)
+    out = {}
+    for cache in (True, False):
+        extra = {"session_id": f"reuse-{cache}", "synapse": {"cache": cache}}
+        c.chat.completions.create(model="main", max_tokens=8, temperature=0, extra_body=extra,
+                                  messages=[{"role": "user", "content": "Tell me about cats."}])
+        r = c.chat.completions.create(model="main", max_tokens=12, temperature=0,
+                                      extra_body=extra,
+                                      messages=[{"role": "user", "content": "Why is that?"}])
+        assert r.usage is not None and r.usage.prompt_tokens_details is not None
+        out[cache] = (r.choices[0].message.content, r.usage.prompt_tokens_details.cached_tokens)
+    assert out[True][1] and out[True][1] >= 10  # the first turn's prompt was not read again
+    assert out[False][1] == 0
+    assert out[True][0] == out[False][0]
