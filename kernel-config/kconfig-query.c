@@ -8,8 +8,14 @@
  * and runs it there with the environment make gave scripts/kconfig/conf.
  *
  * usage: kconfig-query KCONFIG CONFIG [--help-text] SYMBOL...
+ *        kconfig-query KCONFIG -
  *   KCONFIG  top-level Kconfig file, exactly as conf was given it (usually "Kconfig")
  *   CONFIG   the .config to evaluate against
+ *   -        session: Kconfig is parsed once, then commands come on stdin, one a line:
+ *              read PATH                        evaluate against PATH from now on
+ *                                               (conf_read, as menuconfig's Load does)
+ *              query [--help-text] SYMBOL...    the records below
+ *            each answered by its output and a line "ok" (or "error MESSAGE").
  * output (stdout), per symbol, tab-separated lines:
  *   symbol NAME | unknown NAME, then for a known symbol:
  *   type T, value V, visible y|m|n, dep_value, dep_expr, dep_missing EXPR...,
@@ -232,6 +238,45 @@ static void query(const char *name, int help_text)
 	puts("end");
 }
 
+static int session(void)
+{
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+
+	while ((len = getline(&line, &cap, stdin)) > 0) {
+		char *save = NULL, *word;
+		int help_text = 0;
+
+		if (line[len - 1] == '\n')
+			line[len - 1] = '\0';
+		word = strtok_r(line, " ", &save);
+		if (!word) {
+			puts("ok");
+		} else if (!strcmp(word, "read")) {
+			char *path = strtok_r(NULL, "", &save);
+
+			if (!path || conf_read(path))
+				printf("error cannot read %s\n", path ? path : "(no path)");
+			else
+				puts("ok");
+		} else if (!strcmp(word, "query")) {
+			while ((word = strtok_r(NULL, " ", &save))) {
+				if (!strcmp(word, "--help-text"))
+					help_text = 1;
+				else
+					query(word, help_text);
+			}
+			puts("ok");
+		} else {
+			printf("error unknown command %s\n", word);
+		}
+		fflush(stdout);
+	}
+	free(line);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int i, help_text = 0;
@@ -241,6 +286,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	conf_parse(argv[1]);
+	if (!strcmp(argv[2], "-"))
+		return session();
 	if (conf_read(argv[2])) {
 		fprintf(stderr, "kconfig-query: cannot read %s\n", argv[2]);
 		return 1;

@@ -196,9 +196,11 @@ def explain_cmd(symbol: str, source: Path, config: Path | None, arch: str, as_js
 
     from synapse_os.cli import emit_json
     from synapse_os.kernel.configfile import read_config_file
+    from synapse_os.kernel.kbuild import install_signal_handlers
     from synapse_os.kernel.report import explain_text
     from synapse_os.kernel.resolve import explain
 
+    install_signal_handlers()
     if not re.match(r"^(CONFIG_)?[A-Za-z0-9_]+$", symbol):
         raise UserError(f"{symbol!r} is not a kernel symbol; write it as CONFIG_NAME")
     text = read_config_file(config, "config") if config is not None else None

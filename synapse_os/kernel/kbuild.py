@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,13 +96,25 @@ def run_group(argv: Sequence[str | os.PathLike[str]], *, cwd: Path,
     return result
 
 
+GROUP_GRACE_S = 5.0
+
+
 def _kill_group(child: subprocess.Popen[str]) -> None:
-    """SIGTERM to the group (make removes its half-written targets), then SIGKILL to what
-    is left of it (the group outlives its leader while members run)."""
+    """SIGTERM to the whole group, so make deletes its half-written targets and gcc its
+    temporary files; then wait until every member is gone (the group outlives its leader
+    while members run), and SIGKILL what is left after a grace period."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(timeout=2)
+    deadline = time.monotonic() + GROUP_GRACE_S
+    while time.monotonic() < deadline:
+        child.poll()  # reap the leader: a zombie still counts as a member
+        try:
+            os.killpg(child.pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            break
+        time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -320,6 +332,47 @@ def parse_query_output(text: str) -> dict[str, SymbolInfo]:
     return infos
 
 
+class QuerySession:
+    """Questions to a running `kconfig-query KCONFIG -` (see KconfigBuild.session)."""
+
+    def __init__(self, child: subprocess.Popen[str], stderr_file: Path) -> None:
+        self._child = child
+        self._stderr = stderr_file
+
+    def _ask(self, command: str) -> str:
+        child = self._child
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            child.stdin.write(command + "\n")
+            child.stdin.flush()
+        except BrokenPipeError:
+            pass  # the read below reports the exit
+        lines: list[str] = []
+        while True:
+            line = child.stdout.readline()
+            if not line:
+                detail = proc.tail(self._stderr.read_text(errors="replace"))
+                raise OperationError(
+                    f"kconfig-query exited while answering {command.split()[0]!r}"
+                    + (f"\n{detail}" if detail else ""))
+            line = line.rstrip("\n")
+            if line == "ok":
+                return "\n".join(lines)
+            if line.startswith("error "):
+                raise OperationError(f"kconfig-query: {line.removeprefix('error ')}")
+            lines.append(line)
+
+    def read(self, config: str = ".config") -> None:
+        """Evaluate later questions against `config` (relative to the build dir)."""
+        self._ask(f"read {config}")
+
+    def query(self, symbols: Iterable[str]) -> dict[str, SymbolInfo]:
+        names = list(dict.fromkeys(symbols))
+        if not names:
+            return {}
+        return parse_query_output(self._ask("query " + " ".join(names)))
+
+
 class KconfigBuild:
     """A scratch kbuild output directory for one source tree (see the module docstring)."""
 
@@ -395,6 +448,32 @@ class KconfigBuild:
             )
             self._query = exe
         return self._query
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[QuerySession]:
+        """One kconfig-query process that parses Kconfig once and answers questions
+        against successive .config files (each Kconfig parse runs the tree's toolchain
+        probes: seconds). Killed with its process group on any interruption."""
+        exe = self._build_query()
+        env, kconfig = self._conf_environment()
+        errors = (self.workdir / "kconfig-query.stderr").open("w")
+        start = time.monotonic()
+        child = subprocess.Popen(
+            [str(exe), kconfig, "-"], cwd=self.objtree, env={**os.environ, **env}, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+            start_new_session=True)
+        try:
+            yield QuerySession(child, self.workdir / "kconfig-query.stderr")
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(timeout=MAKE_TIMEOUT_S)
+            log.info("ran %s %s - (session, cwd=%s) in %.2fs -> %d", exe, kconfig, self.objtree,
+                     time.monotonic() - start, child.returncode)
+        except BaseException:
+            _kill_group(child)
+            raise
+        finally:
+            errors.close()
 
     def query(self, symbols: Iterable[str], help_text: bool = False) -> dict[str, SymbolInfo]:
         """Ask the kernel's kconfig about symbols (names without CONFIG_) against .config."""

@@ -16,6 +16,7 @@ result of the request for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Callable, Sequence
@@ -337,7 +338,9 @@ def resolve(
     renames = load_renames()
     versions = load_versions()
     behaviour = versions.behaviour(version).choice_member_dependency
-    with tempfile.TemporaryDirectory(prefix="synapse-kconfig-", dir=workdir) as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="synapse-kconfig-", dir=workdir))
         build = KconfigBuild(source, Path(tmp), arch)
         say(f"Linux {version}: base config ({base_label}) through make olddefconfig")
         if base_text is None:
@@ -358,7 +361,11 @@ def resolve(
         candidates = list(wanted)
         for symbol in wanted:
             candidates += [alias for alias, _ in renames.aliases(symbol)]
-        before = build.query(candidates)
+        # one kconfig-query process answers before and after the fragment: Kconfig is
+        # parsed (with its toolchain probes) once for both
+        kconfig = stack.enter_context(build.session())
+        kconfig.read(".config")
+        before = kconfig.query(candidates)
         known = {n for n, i in before.items() if i.known}
 
         def tree_name(symbol: str) -> str | None:
@@ -394,7 +401,8 @@ def resolve(
         final_text = build.config_path.read_text()
         final = parse_config(final_text)
         say("explaining differences with the kernel's kconfig")
-        infos = build.query(sorted(set(last_for)))
+        kconfig.read(".config")
+        infos = kconfig.query(sorted(set(last_for)))
 
     requested_names = [r.symbol for r in requests]
     results = []
