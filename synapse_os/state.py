@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from synapse_os.profile.model import Profile, parse_size
+from synapse_os.profile.model import OWNED_SYSCTL, Profile, parse_size
 
 Match = Literal["equal", "selected", "token", "one_of", "contains"]
 UNKNOWN_RC = 100
@@ -117,14 +117,8 @@ def desired_state(profile: Profile) -> SystemState:
     mem = profile.memory
 
     sysctl: dict[str, str] = {}
-    for key, value, src in (
-        ("vm.swappiness", mem.swappiness, "memory.swappiness"),
-        ("vm.page-cluster", mem.page_cluster, "memory.page_cluster"),
-        ("vm.nr_hugepages", mem.hugepages, "memory.hugepages"),
-        ("vm.vfs_cache_pressure", mem.vfs_cache_pressure, "memory.vfs_cache_pressure"),
-        ("vm.dirty_ratio", mem.dirty_ratio, "memory.dirty_ratio"),
-        ("vm.dirty_background_ratio", mem.dirty_background_ratio, "memory.dirty_background_ratio"),
-    ):
+    for key, src in OWNED_SYSCTL.items():
+        value = getattr(mem, src.removeprefix("memory."))
         if value is not None:
             sysctl[key] = str(value)
             sources[f"sysctl {key}"] = src

@@ -61,6 +61,18 @@ BOGUS_CMDLINE = {
     "auditing": "the kernel parameter is 'audit=0'",
     "logic": "there is no such kernel parameter",
 }
+# Sysctls with a dedicated profile field (memory.<field>): the free `sysctl:` map may not
+# set them too (one would silently override the other). state.py renders them from here.
+OWNED_SYSCTL = {
+    "vm.swappiness": "memory.swappiness",
+    "vm.page-cluster": "memory.page_cluster",
+    "vm.nr_hugepages": "memory.hugepages",
+    "vm.vfs_cache_pressure": "memory.vfs_cache_pressure",
+    "vm.dirty_ratio": "memory.dirty_ratio",
+    "vm.dirty_background_ratio": "memory.dirty_background_ratio",
+}
+# Sysctls that exist only in a kernel built with NUMA.
+NUMA_SYSCTLS = ("kernel.numa_balancing",)
 # Parameters with a dedicated profile field: setting them via extra words would conflict.
 OWNED_CMDLINE = {
     "mitigations": "boot.mitigations",
@@ -381,6 +393,9 @@ class Profile(Strict):
             if isinstance(value, bool):
                 raise ValueError(f"sysctl {key}: {value!r} is not a sysctl value; use 0 or 1")
             check_sysctl(key, str(value))
+            if key in OWNED_SYSCTL:
+                raise ValueError(f"sysctl {key} is set through {OWNED_SYSCTL[key]}, not the "
+                                 "free sysctl map")
             risk = sysctl_class(key, str(value))
             if risk is not None and risk[0] == "forbidden":
                 raise ValueError(f"sysctl {key} is refused: {risk[1]}; a profile never runs code")
@@ -409,6 +424,10 @@ class Profile(Strict):
             for name in names:
                 if not package_fits(name, self.base):
                     raise ValueError(f"{key}: {name!r} is not a valid {self.base} package name")
+        numa_only = [k for k in NUMA_SYSCTLS if k in self.sysctl]
+        if self.kernel.numa is False and numa_only:
+            raise ValueError(f"sysctl: {numa_only[0]} does not exist in a kernel built with "
+                             "kernel.numa: false; remove it or keep NUMA")
         rt = self.runtime
         if rt is not None and rt.memory_high == "auto":
             if self.hardware.ram == "auto":

@@ -142,3 +142,15 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.startswith(f"error: {bad}:4:")
     assert "Traceback" not in res.stderr
+
+
+def test_free_sysctl_cannot_override_an_owned_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "synapse: 1\nname: t\nmemory: {swappiness: 10}\n"
+                           "sysctl: {vm.swappiness: 60}\n")
+    assert "vm.swappiness is set through memory.swappiness" in error_of(path)
+
+
+def test_numa_sysctl_needs_a_numa_kernel(tmp_path: Path) -> None:
+    path = write(tmp_path, "synapse: 1\nname: t\nkernel: {source: custom, numa: false}\n"
+                           "sysctl: {kernel.numa_balancing: 0}\n")
+    assert "kernel.numa_balancing does not exist" in error_of(path)
