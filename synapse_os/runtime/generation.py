@@ -12,6 +12,7 @@ the output equals plain greedy decoding; only the number of target passes change
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,21 +59,32 @@ class Sampling:
 
 
 class SamplerChain:
-    """llama.cpp's own sampler chain (grammar, penalties, top-k/top-p/min-p, temperature,
-    dist or greedy): sampling runs in C++ on the context's logits, no vocabulary copy."""
+    """llama.cpp's own sampler chain (penalties, top-k/top-p/min-p, temperature, dist or
+    greedy): sampling runs in C++ on the context's logits, no Python over the vocabulary.
+
+    A grammar (response_format) is checked the way llama.cpp's common sampler does it:
+    the chain picks a token, the grammar judges that one token, and only when it refuses
+    is the grammar applied to the whole vocabulary and the chain run again."""
 
     def __init__(self, model: LoadedModel, params: Sampling) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaSampler
 
         self.chain = LlamaSampler()
+        self.grammar: Any = None
+        self.n_vocab = model.n_vocab
         if params.grammar is not None:
-            grammar = llama_cpp.llama_sampler_init_grammar(
+            self.grammar = llama_cpp.llama_sampler_init_grammar(
                 model.llm._model.vocab, params.grammar.encode("utf-8"), b"root")
-            if not grammar:
+            if not self.grammar:
                 self.chain.close()
                 raise ValueError("llama.cpp could not parse the grammar")
-            llama_cpp.llama_sampler_chain_add(self.chain.sampler, grammar)
+            from llama_cpp._internals import LlamaTokenDataArray
+
+            self._cur = LlamaTokenDataArray(n_vocab=self.n_vocab)
+            self._one_data = (llama_cpp.llama_token_data * 1)()
+            self._one = llama_cpp.llama_token_data_array(
+                data=self._one_data, size=1, selected=-1, sorted=False)
         if (params.repeat_penalty != 1.0 or params.presence_penalty != 0.0
                 or params.frequency_penalty != 0.0):
             self.chain.add_penalties(model.n_vocab, params.penalty_last_n,
@@ -95,9 +107,39 @@ class SamplerChain:
         """Sample (and accept) a token from output `idx` of the last decode of `ctx`."""
         import llama_cpp
 
-        return int(llama_cpp.llama_sampler_sample(self.chain.sampler, ctx, idx))
+        if self.grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self.chain.sampler, ctx, idx))
+        ptr = llama_cpp.llama_get_logits_ith(ctx, idx)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        token = self._pick(logits, with_grammar=False)
+        one = self._one_data[0]
+        one.id, one.logit, one.p = token, 1.0, 0.0  # type: ignore[assignment]
+        self._one.size, self._one.selected, self._one.sorted = 1, -1, False
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(self._one))
+        if not np.isfinite(self._one_data[0].logit):  # refused: constrain, then sample again
+            token = self._pick(logits, with_grammar=True)
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        llama_cpp.llama_sampler_accept(self.chain.sampler, token)
+        return token
+
+    def _pick(self, logits: np.ndarray, with_grammar: bool) -> int:
+        import llama_cpp
+
+        cur = self._cur
+        cur.copy_logits(logits)
+        cur.candidates.selected = -1
+        if with_grammar:
+            llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(cur.candidates))
+        llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(cur.candidates))
+        chosen = int(cur.candidates.selected)
+        return int(cur.candidates_data.id[chosen])
 
     def close(self) -> None:
+        import llama_cpp
+
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_free(self.grammar)
+            self.grammar = None
         self.chain.close()
 
 
