@@ -262,14 +262,14 @@ class SymbolInfo:
             return self.dep_value, self.dep_expr, list(self.dep_missing)
         if choice_member_dependency == "member_dep":
             return self.member_dep_value, self.member_dep_expr, list(self.member_dep_missing)
-        return (self.dep_value, _expand_choice(self.dep_expr, self.choice_dep_expr),
+        return (self.dep_value, expand_choice(self.dep_expr, self.choice_dep_expr),
                 _expand_missing(self.dep_missing, self.choice_dep_missing))
 
 
 CHOICE_TERM = re.compile(r"<choice>(?: \[=[ymn]\])?")
 
 
-def _expand_choice(expr: str, choice_expr: str) -> str:
+def expand_choice(expr: str, choice_expr: str) -> str:
     """'<choice> && SMP [=y]' with <choice> replaced by the choice's own condition."""
     if choice_expr == "y":
         parts = [p for p in expr.split(" && ") if not CHOICE_TERM.fullmatch(p)]
@@ -400,7 +400,8 @@ class KconfigBuild:
 
     def make(self, target: str, *variables: str) -> proc.Result:
         argv = [
-            "make", "-s", "-C", str(self.source), f"O={self.objtree}", f"ARCH={self.arch}",
+            "make", "-s", f"-j{os.cpu_count() or 1}", "-C", str(self.source), f"O={self.objtree}",
+            f"ARCH={self.arch}",
             "KCONFIG_CONFIG=.config", f"SHELL={self._shell}", *variables, target,
         ]
         env = {

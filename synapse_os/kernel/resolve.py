@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +34,13 @@ from synapse_os.kernel.configfile import (
     parse_config,
     parse_line,
 )
-from synapse_os.kernel.kbuild import KconfigBuild, SymbolInfo, check_source, check_tools
+from synapse_os.kernel.kbuild import (
+    KconfigBuild,
+    SymbolInfo,
+    check_source,
+    check_tools,
+    expand_choice,
+)
 from synapse_os.kernel.renames import RenameTable, load_renames
 from synapse_os.kernel.versions import load_versions
 
@@ -483,7 +490,11 @@ def explain(symbol: str, source: Path, *, config_text: str | None = None,
 
     def answer(info: SymbolInfo) -> SymbolInfo:
         value, expr, missing = info.dependency(behaviour)
-        return replace(info, dep_value=value, dep_expr=expr, dep_missing=missing)
+        condition = re.sub(r" \[=[^\]]*\]", "", info.choice_dep_expr)
+        prompts = [(text, expand_choice(cond, condition), active)
+                   for text, cond, active in info.prompts]
+        return replace(info, dep_value=value, dep_expr=expr, dep_missing=missing,
+                       prompts=prompts)
 
     if infos[name].known:
         return version, answer(infos[name]), ""

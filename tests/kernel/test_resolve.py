@@ -370,3 +370,14 @@ def test_supported_versions_table_is_the_data_and_the_tested_trees(any_tree: Pat
     assert table.behaviour(version).choice_member_dependency == expected
     assert table.behaviour("6.10.0").choice_member_dependency == "dir_dep"
     assert table.behaviour("6.11.0").choice_member_dependency == "member_dep"
+
+
+def test_explain_a_choice_member_names_the_choice_condition(any_tree: Path) -> None:
+    """defconfig has no THP: the madvise default depends on it, on both kconfig styles."""
+    result = synapse("kernel", "explain", "CONFIG_TRANSPARENT_HUGEPAGE_MADVISE", "--source",
+                     any_tree)
+    assert result.returncode == 0, result.stderr
+    ours = result.stdout.split("\n\n", 1)[0]  # then kconfig's own help, as menuconfig shows it
+    assert "depends on: TRANSPARENT_HUGEPAGE [=n]  [= n]" in ours
+    assert "visible if TRANSPARENT_HUGEPAGE [= n]" in ours
+    assert "<choice>" not in ours
