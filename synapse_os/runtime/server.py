@@ -4,6 +4,13 @@ Request extensions (all optional, ignored by other servers):
   body "session_id" or header "X-Session-Id": keep the conversation server-side;
   body "synapse": {"expected_tier": ..., "speculative": true|false, "cache": true|false}.
 Every response carries a "synapse" object with the routing decision and timings.
+
+Each request: body read (413 past 1 MiB) and validated, then admitted (503 + Retry-After
+when the queue is full); from there one task owns it (routing, templating and
+tokenising in a worker thread, generation, its record) and gives its queue place back
+in one `finally`. A client that disconnects, streaming or not, stops its generation at
+the next token or leaves the queue. Parameters that cannot be honoured (tools, echo,
+suffix, n > 1, unusable response_format) are refused with 400, never ignored.
 """
 
 from __future__ import annotations

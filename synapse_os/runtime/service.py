@@ -1,7 +1,11 @@
 """The runtime core, without HTTP: models by role, routing, generation, swaps, sessions.
 
-One generation runs at a time (the models share the machine's cores; it also makes
-deterministic mode exact). Requests hold a reference to the model they were admitted
+All generation runs on one thread (the models share the machine's cores). With
+`parallel` > 1 requests are decoded together by continuous batching (batching.py);
+deterministic mode, parallel 1 and explicitly requested speculation run one request
+at a time on the model's own single-sequence context (the exact path).
+Admission hands out a `Ticket` (queue place + model reference) that exactly one owner
+releases. Requests hold a reference to the model they were admitted
 on, so a hot swap never pulls a model out from under a running request: the old model
 is closed when its last user releases it.
 """
@@ -431,7 +435,7 @@ class Service:
                 raise RequestError(
                     503, f"the request queue is full ({self.config.queue_size} waiting); "
                     "retry after the time in Retry-After", "queue_full",
-                    retry_after=max(1, round(per * (self.waiting + 1))))
+                    retry_after=max(1, round(per * (self.waiting + 1) / self.slots)))
             self.waiting += 1
             self._depth()
         return Ticket(self)
