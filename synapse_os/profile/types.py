@@ -14,10 +14,21 @@ from __future__ import annotations
 import ipaddress
 import re
 import zoneinfo
+from collections.abc import Callable
 from functools import cache
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
+
+
+def matching(pattern: re.Pattern[str], accepted: str,
+             max_len: int = 4096) -> Callable[[str], str]:
+    """A validator: the whole value matches `pattern`, else "'value' <accepted>"."""
+    def check(value: str) -> str:
+        if len(value) > max_len or not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} {accepted}")
+        return value
+    return check
 
 # --- sizes ---------------------------------------------------------------------------
 
@@ -34,13 +45,8 @@ def parse_size(value: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
-def _size(value: str) -> str:
-    if not SIZE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a size; use a number with K, M, G or T (e.g. 512M)")
-    return value
-
-
-Size = Annotated[str, AfterValidator(_size),
+Size = Annotated[str, AfterValidator(matching(
+                     SIZE, "is not a size; use a number with K, M, G or T (e.g. 512M)")),
                  Field(description="A size: number with K/M/G/T suffix, e.g. 512M")]
 
 # --- systemd -------------------------------------------------------------------------
@@ -48,32 +54,18 @@ Size = Annotated[str, AfterValidator(_size),
 # systemd's unit_name_is_valid(): [A-Za-z0-9:_.\-] plus "\" escapes, at most one "@",
 # a known suffix, 255 bytes at most.
 UNIT_NAME = re.compile(
-    r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?"
+    r"[A-Za-z0-9:_.\\][A-Za-z0-9:_.\\-]*(@[A-Za-z0-9:_.\\-]*)?"
     r"\.(service|socket|timer|target|path|mount|automount|swap|device|slice|scope)"
 )
-
-
-def _unit(name: str) -> str:
-    if len(name) > 255 or not UNIT_NAME.fullmatch(name) or name.startswith("-"):
-        raise ValueError(f"{name!r} is not a systemd unit name (e.g. bluetooth.service)")
-    return name
-
-
-UnitName = Annotated[str, AfterValidator(_unit)]
+UnitName = Annotated[str, AfterValidator(matching(
+    UNIT_NAME, "is not a systemd unit name (e.g. bluetooth.service)", 255))]
 
 # systemd time span as journald's MaxRetentionSec= reads it: "1week", "2d 12h", "3600".
 TIMESPAN_UNIT = (r"(us|usec|ms|msec|s|sec|second|seconds|m|min|minute|minutes|h|hr|hour|"
                  r"hours|d|day|days|w|week|weeks|M|month|months|y|year|years)")
 TIMESPAN = re.compile(rf"\d+{TIMESPAN_UNIT}?( ?\d+{TIMESPAN_UNIT})*")
-
-
-def _timespan(value: str) -> str:
-    if not TIMESPAN.fullmatch(value):
-        raise ValueError(f"{value!r} is not a systemd time span (e.g. 1week, 2d 12h, 3600)")
-    return value
-
-
-TimeSpan = Annotated[str, AfterValidator(_timespan)]
+TimeSpan = Annotated[str, AfterValidator(matching(
+    TIMESPAN, "is not a systemd time span (e.g. 1week, 2d 12h, 3600)"))]
 
 # A system account as systemd-sysusers and useradd accept it (NAME_REGEX of Debian's
 # adduser, the portable subset): never root or another system account.
@@ -173,41 +165,20 @@ def package_fits(name: str, base: str) -> bool:
 # One kernel command line word: key[=value]. The kernel splits on spaces and strips
 # double quotes; loader entries, GRUB and /etc/kernel/cmdline carry it verbatim.
 KPARAM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(=[A-Za-z0-9_.,:/+@=-]*)?")
-
-
-def _kparam(word: str) -> str:
-    if not KPARAM.fullmatch(word) or len(word) > 256:
-        raise ValueError(f"{word!r} is not a single kernel parameter word (key or key=value; "
-                         "letters, digits and _ . , : / + @ = -)")
-    return word
-
-
-KernelParam = Annotated[str, AfterValidator(_kparam)]
+KernelParam = Annotated[str, AfterValidator(matching(
+    KPARAM, "is not a single kernel parameter word (key or key=value; letters, digits and "
+    "_ . , : / + @ = -)", 256))]
 
 CPU_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
-
-
-def _cpu_list(value: str) -> str:
-    if not CPU_LIST.fullmatch(value):
-        raise ValueError(f"{value!r} is not a CPU list; use forms like 2-7 or 1,3,5-7")
-    return value
-
-
-CpuList = Annotated[str, AfterValidator(_cpu_list)]
+CpuList = Annotated[str, AfterValidator(matching(
+    CPU_LIST, "is not a CPU list; use forms like 2-7 or 1,3,5-7"))]
 
 KCONFIG_SYMBOL = re.compile(r"CONFIG_[A-Z0-9_]+")
 # y/n/m, a number (decimal or hex) or a string without quotes, backslashes or control chars
 KCONFIG_VALUE = re.compile(r'[ynm]|-?\d+|0x[0-9a-fA-F]+|"[^"\\\x00-\x1f\x7f]*"')
-
-
-def _kconfig_value(value: str) -> str:
-    if not KCONFIG_VALUE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a kernel config value; use y, n, m, a number, "
-                         'or a "quoted string" without quotes or backslashes inside')
-    return value
-
-
-KconfigValue = Annotated[str, AfterValidator(_kconfig_value)]
+KconfigValue = Annotated[str, AfterValidator(matching(
+    KCONFIG_VALUE, 'is not a kernel config value; use y, n, m, a number, or a "quoted string" '
+    "without quotes or backslashes inside"))]
 
 # --- sysctl --------------------------------------------------------------------------
 
@@ -246,16 +217,8 @@ TimeZone = Annotated[str, AfterValidator(_timezone)]
 
 # language[_TERRITORY].UTF-8[@modifier], or C.UTF-8: what locale-gen and /etc/locale.conf take
 LOCALE = re.compile(r"([a-z]{2,3}(_[A-Z]{2})?\.UTF-8(@[a-z]+)?|C\.UTF-8)")
-
-
-def _locale(value: str) -> str:
-    if not LOCALE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a UTF-8 locale name (e.g. en_US.UTF-8, de_DE.UTF-8, "
-                         "C.UTF-8)")
-    return value
-
-
-Locale = Annotated[str, AfterValidator(_locale)]
+Locale = Annotated[str, AfterValidator(matching(
+    LOCALE, "is not a UTF-8 locale name (e.g. en_US.UTF-8, de_DE.UTF-8, C.UTF-8)"))]
 
 
 def _ip(value: str) -> str:
@@ -268,28 +231,13 @@ def _ip(value: str) -> str:
 IpAddress = Annotated[str, AfterValidator(_ip)]
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _sha256(value: str) -> str:
-    if not SHA256.fullmatch(value):
-        raise ValueError("sha256 must be 64 lowercase hexadecimal characters")
-    return value
-
-
-Sha256 = Annotated[str, AfterValidator(_sha256)]
+Sha256 = Annotated[str, AfterValidator(matching(
+    SHA256, "is not a sha256: 64 lowercase hexadecimal characters"))]
 
 # Free text that only ever lands in comments and titles: one line, printable.
 TEXT = re.compile(r"[^\x00-\x1f\x7f\u2028\u2029\x85]{0,200}")
-
-
-def _text(value: str) -> str:
-    if not TEXT.fullmatch(value):
-        raise ValueError("free text here is one line of at most 200 characters without "
-                         "control characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_text)]
+Text = Annotated[str, AfterValidator(matching(
+    TEXT, "is not one line of at most 200 characters without control characters"))]
 
 # Compiler/linker flags for makepkg.conf (sourced by bash): words, no shell syntax.
 FLAG_WORD = re.compile(r"[A-Za-z0-9_=.,:+/-]+")

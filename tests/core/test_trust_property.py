@@ -157,7 +157,7 @@ def _check_values(profile: Any, files: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("field", FIELDS, ids=lambda f: ".".join(str(p) for p in f))
-@settings(max_examples=12, deadline=None, database=None,
+@settings(max_examples=12, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_hostile_value_is_refused_or_inert(field: tuple[Any, ...], data: st.DataObject) -> None:
