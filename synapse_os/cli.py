@@ -31,6 +31,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "bench": "synapse_os.bench.cli:group",
     "runtime": "synapse_os.runtime.cli:group",
     "top": "synapse_os.runtime.cli:top_cmd",
+    "model": "synapse_os.model.cli:group",
 }
 
 

@@ -1,0 +1,223 @@
+"""Run probe.py on an untrusted GGUF in a locked-down child process.
+
+What the child gets, set up by the parent before the probe runs (preexec, so the probe
+cannot forget any of it):
+- no network: a new, empty network namespace (unshare(CLONE_NEWNET); as a non-root user
+  together with a new user namespace where the kernel allows it);
+- no writes: the file arrives as an already-open read-only descriptor; the child runs in
+  an empty directory it cannot write, with RLIMIT_FSIZE 0 and, when we are root, as the
+  unprivileged `nobody` user with no supplementary groups and no_new_privs;
+- limits: RLIMIT_AS (address space), RLIMIT_CPU, RLIMIT_NOFILE, no core dumps, and a
+  wall-clock timeout after which the whole process group is killed;
+- a clean environment and `python -I -B` (no user site, no PYTHON* variables, no .pyc).
+
+The child's output is capped and treated as untrusted (inspect.py checks every field).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import pwd
+import resource
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from synapse_os.errors import OperationError
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+SYS_MOUNT_SETATTR = 442  # x86_64 and aarch64 share the generic number
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MS_PRIVATE = 1 << 18
+CAP_VERSION_3 = 0x20080522
+ADDRESS_SPACE = 2 << 30
+CPU_SECONDS = 60
+TIMEOUT_S = 120.0
+OUTPUT_CAP = 1 << 20
+INSTALL = "pip install -e '.[runtime,model]'  (llama-cpp-python reads the GGUF)"
+
+
+@dataclass
+class ProbeResult:
+    data: dict[str, Any] | None  # the child's JSON object, or None when it printed none
+    returncode: int
+    stderr_tail: str
+    seconds: float
+    sandbox: dict[str, Any] = field(default_factory=dict)
+
+
+def _world_usable(path: str) -> bool:
+    """Whether any user can reach `path` (every directory above it searchable by others)."""
+    path = os.path.realpath(path)
+    parts = path.split("/")
+    for i in range(2, len(parts) + 1):
+        try:
+            st = os.stat("/".join(parts[:i]) or "/")
+        except OSError:
+            return False
+        need = 0o005 if i == len(parts) else 0o001
+        if st.st_mode & need != need:
+            return False
+    return True
+
+
+def _nobody() -> tuple[int, int] | None:
+    """nobody's uid/gid when we are root and nobody can run this Python and import the
+    probe and llama-cpp-python; None otherwise (the probe then runs as root without
+    capabilities on a read-only view of every file system)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+    import synapse_os
+
+    spec = importlib.util.find_spec("llama_cpp")
+    needed = [sys.executable, os.path.dirname(synapse_os.__file__),
+              os.path.dirname(spec.origin) if spec and spec.origin else "/nonexistent"]
+    return (pw.pw_uid, pw.pw_gid) if all(map(_world_usable, needed)) else None
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _read_only_root_without_caps(libc: ctypes.CDLL) -> str:
+    """In a new mount namespace, make every mount read-only (recursively, private), then
+    give up every capability so nothing can remount it writable."""
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return f"shared (unshare: {os.strerror(ctypes.get_errno())})"
+    attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, MS_PRIVATE, 0)
+    if libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr),
+                    ctypes.sizeof(attr)) != 0:
+        return f"writable (mount_setattr: {os.strerror(ctypes.get_errno())})"
+    for cap in range(64):
+        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    data = (_CapData * 2)()
+    if libc.capset(ctypes.byref(_CapHeader(CAP_VERSION_3, 0)), data) != 0:
+        return f"read-only, capabilities kept (capset: {os.strerror(ctypes.get_errno())})"
+    return "read-only mount namespace, no capabilities"
+
+
+def _preexec(drop_to: tuple[int, int] | None, status_fd: int) -> Any:
+    def setup() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
+        network = "new namespace" if libc.unshare(flags) == 0 else \
+            f"shared (unshare: {os.strerror(ctypes.get_errno())})"
+        for res, value in ((resource.RLIMIT_AS, ADDRESS_SPACE),
+                           (resource.RLIMIT_CPU, CPU_SECONDS),
+                           (resource.RLIMIT_FSIZE, 0),
+                           (resource.RLIMIT_NOFILE, 64),
+                           (resource.RLIMIT_CORE, 0)):
+            resource.setrlimit(res, (value, value))
+        user, files = "unchanged", "unchanged"
+        if drop_to is not None:
+            os.setgroups([])
+            os.setgid(drop_to[1])
+            os.setuid(drop_to[0])
+            user, files = "nobody", "writable only where nobody may write"
+        elif os.geteuid() == 0:
+            user, files = "root", _read_only_root_without_caps(libc)
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        os.write(status_fd, json.dumps({"network": network, "user": user,
+                                        "files": files}).encode())
+        os.close(status_fd)
+    return setup
+
+
+def _read_capped(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes, bool]:
+    """stdout and stderr of proc, each capped at OUTPUT_CAP; True when the deadline passed."""
+    assert proc.stdout is not None and proc.stderr is not None
+    bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    open_fds = set(bufs)
+    while open_fds:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), True
+        ready, _, _ = select.select(list(open_fds), [], [], left)
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.discard(fd)
+            elif len(bufs[fd]) < OUTPUT_CAP:
+                bufs[fd] += chunk[: OUTPUT_CAP - len(bufs[fd])]
+    return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), False
+
+
+def run_probe(fd: int) -> ProbeResult:
+    """Inspect the file open read-only at `fd` in the sandbox."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise OperationError(f"llama-cpp-python is needed to inspect a GGUF; run: {INSTALL}") \
+            from None
+    return sandboxed([sys.executable, "-I", "-B", "-m", "synapse_os.model.probe", str(fd)], fd)
+
+
+def sandboxed(argv: list[str], fd: int) -> ProbeResult:
+    """Run argv in the sandbox with `fd` (read-only) as its only inherited file."""
+    drop_to = _nobody()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="synapse-probe-") as cwd:
+        os.chmod(cwd, 0o555)  # empty and not writable, even by its owner
+        status_r, status_w = os.pipe()
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": cwd}
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=cwd, env=env, pass_fds=(fd, status_w), close_fds=True,
+            preexec_fn=_preexec(drop_to, status_w), start_new_session=True)
+        os.close(status_w)
+        try:
+            out, err, timed_out = _read_capped(proc, started + TIMEOUT_S)
+            if timed_out:
+                os.killpg(proc.pid, signal.SIGKILL)
+            returncode = proc.wait()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        with os.fdopen(status_r, "rb") as fh:
+            status = fh.read(4096)
+    try:
+        sandbox = json.loads(status) if status else {}
+    except ValueError:
+        sandbox = {}
+    sandbox.update({"address_space_bytes": ADDRESS_SPACE, "cpu_seconds": CPU_SECONDS,
+                    "file_size_limit": 0, "timeout_s": TIMEOUT_S})
+    data: dict[str, Any] | None = None
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    if lines and not timed_out:
+        try:
+            parsed = json.loads(lines[-1])
+            data = parsed if isinstance(parsed, dict) else None
+        except ValueError:
+            data = None
+    if timed_out:
+        returncode = -int(signal.SIGKILL)
+        sandbox["timed_out"] = True
+    return ProbeResult(data, returncode, err.decode("utf-8", "replace")[-400:],
+                       time.monotonic() - started, sandbox)
