@@ -157,12 +157,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 def concurrency_run(url: str, model: str, level: int, tokens: int,
-                    extra: dict[str, Any]) -> dict[str, Any]:
-    """`level` clients, each sending the 8 prompts in turn (rotated per client)."""
+                    extra: dict[str, Any], rounds: int = len(CHAT_PROMPTS)) -> dict[str, Any]:
+    """`level` clients, each sending `rounds` of the 8 prompts in turn (rotated per client)."""
     def client_work(c: int) -> list[tuple[int, float, float]]:
         out = []
         with httpx.Client() as client:
-            for i in range(len(CHAT_PROMPTS)):
+            for i in range(rounds):
                 prompt = CHAT_PROMPTS[(c + i) % len(CHAT_PROMPTS)]
                 out.append(stream_once(client, url, model, prompt, tokens, extra))
         return out
@@ -260,6 +260,8 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
     ap.add_argument("--concurrency", default="1,4,8", help="client counts for section 5")
+    ap.add_argument("--rounds", type=int, default=len(CHAT_PROMPTS),
+                    help="requests each client sends in section 5")
     ap.add_argument("--parallel", type=int, default=None, help="override the config's parallel")
     ap.add_argument("--against", choices=["llama-server"], default=None)
     ap.add_argument("--llama-server", default=None, help="llama-server binary to use")
@@ -313,29 +315,46 @@ def main() -> None:
             if "sampling" in only:
                 report["sampling"] = sampling_run(url, args.tokens, args.reps)
             if "concurrency" in only:
-                concurrency_run(url, "main", 1, 8, {})  # warm-up
-                report["concurrency"] = {"synapse": [
-                    concurrency_run(url, "main", n, args.tokens,
-                                    {"synapse": {"speculative": False}}) for n in levels]}
+                report["concurrency"] = concurrency_section(
+                    url, server_binary, main_cfg, threads, config.parallel, levels, args,
+                    workdir)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        if "concurrency" in only and server_binary is not None:
-            lproc, lurl = start_llama_server(server_binary, main_cfg.path, threads,
-                                             config.parallel, main_cfg.context, workdir)
-            try:
-                concurrency_run(lurl, "main", 1, 8, {})
-                report["concurrency"]["llama-server"] = [
-                    concurrency_run(lurl, "main", n, args.tokens, {}) for n in levels]
-                report["concurrency"]["llama_server_binary"] = str(server_binary)
-            finally:
-                lproc.terminate()
-                lproc.wait(timeout=30)
 
     print_report(report)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def concurrency_section(url: str, server_binary: Path | None, main_cfg: Any, threads: int,
+                        parallel: int, levels: list[int], args: argparse.Namespace,
+                        workdir: Path) -> dict[str, Any]:
+    """5. Each level runs on Synapse, then (with --against) on llama-server right after it,
+    so that both see the same machine load."""
+    ours = {"synapse": {"speculative": False}}
+    out: dict[str, Any] = {"synapse": []}
+    lproc = None
+    try:
+        if server_binary is not None:
+            lproc, lurl = start_llama_server(server_binary, main_cfg.path, threads, parallel,
+                                             main_cfg.context, workdir)
+            out["llama-server"] = []
+            out["llama_server_binary"] = str(server_binary)
+            concurrency_run(lurl, "main", 1, 8, {}, 1)  # warm-up
+        concurrency_run(url, "main", 1, 8, ours, 1)
+        for n in levels:
+            out["synapse"].append(concurrency_run(url, "main", n, args.tokens, ours,
+                                                  args.rounds))
+            if lproc is not None:
+                out["llama-server"].append(concurrency_run(lurl, "main", n, args.tokens, {},
+                                                           args.rounds))
+    finally:
+        if lproc is not None:
+            lproc.terminate()
+            lproc.wait(timeout=30)
+    return out
 
 
 def throughput_section(report: dict[str, Any], url: str, config: Any, main_cfg: Any,
