@@ -5,8 +5,10 @@ cannot forget any of it):
 - no network: a new, empty network namespace (unshare(CLONE_NEWNET); as a non-root user
   together with a new user namespace where the kernel allows it);
 - no writes: the file arrives as an already-open read-only descriptor; the child runs in
-  an empty directory it cannot write, with RLIMIT_FSIZE 0 and, when we are root, as the
-  unprivileged `nobody` user with no supplementary groups and no_new_privs;
+  an empty directory it cannot write, with RLIMIT_FSIZE 0 and no_new_privs; when we are
+  root, in its own mount namespace where every file system is read-only, then as `nobody`
+  (no supplementary groups) when nobody can run this interpreter, else as root with every
+  capability dropped;
 - limits: RLIMIT_AS (address space), RLIMIT_CPU, RLIMIT_NOFILE, no core dumps, and a
   wall-clock timeout after which the whole process group is killed;
 - a clean environment and `python -I -B` (no user site, no PYTHON* variables, no .pyc).
@@ -78,7 +80,7 @@ def _world_usable(path: str) -> bool:
 def _nobody() -> tuple[int, int] | None:
     """nobody's uid/gid when we are root and nobody can run this Python and import the
     probe and llama-cpp-python; None otherwise (the probe then runs as root without
-    capabilities on a read-only view of every file system)."""
+    capabilities). Either way, as root, every file system is read-only in its view."""
     if os.geteuid() != 0:
         return None
     try:
@@ -107,21 +109,27 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-def _read_only_root_without_caps(libc: ctypes.CDLL) -> str:
-    """In a new mount namespace, make every mount read-only (recursively, private), then
-    give up every capability so nothing can remount it writable."""
+def _read_only_mounts(libc: ctypes.CDLL) -> str:
+    """In a new mount namespace, make every mount read-only (recursively, and private so
+    nothing propagates back). Needs CAP_SYS_ADMIN: called as root, before dropping it."""
     if libc.unshare(CLONE_NEWNS) != 0:
-        return f"shared (unshare: {os.strerror(ctypes.get_errno())})"
+        return f"writable (unshare: {os.strerror(ctypes.get_errno())})"
     attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, MS_PRIVATE, 0)
     if libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr),
                     ctypes.sizeof(attr)) != 0:
         return f"writable (mount_setattr: {os.strerror(ctypes.get_errno())})"
+    return "read-only mount namespace"
+
+
+def _drop_capabilities(libc: ctypes.CDLL) -> str:
+    """Give up every capability (bounding, effective, permitted, inheritable), so a root
+    child can neither remount anything writable nor override file permissions."""
     for cap in range(64):
         libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     data = (_CapData * 2)()
     if libc.capset(ctypes.byref(_CapHeader(CAP_VERSION_3, 0)), data) != 0:
-        return f"read-only, capabilities kept (capset: {os.strerror(ctypes.get_errno())})"
-    return "read-only mount namespace, no capabilities"
+        return f"root, capabilities kept (capset: {os.strerror(ctypes.get_errno())})"
+    return "root without capabilities"
 
 
 def _preexec(drop_to: tuple[int, int] | None, status_fd: int) -> Any:
@@ -137,13 +145,15 @@ def _preexec(drop_to: tuple[int, int] | None, status_fd: int) -> Any:
                            (resource.RLIMIT_CORE, 0)):
             resource.setrlimit(res, (value, value))
         user, files = "unchanged", "unchanged"
-        if drop_to is not None:
-            os.setgroups([])
-            os.setgid(drop_to[1])
-            os.setuid(drop_to[0])
-            user, files = "nobody", "writable only where nobody may write"
-        elif os.geteuid() == 0:
-            user, files = "root", _read_only_root_without_caps(libc)
+        if os.geteuid() == 0:
+            files = _read_only_mounts(libc)
+            if drop_to is not None:
+                os.setgroups([])
+                os.setgid(drop_to[1])
+                os.setuid(drop_to[0])
+                user = "nobody"
+            else:
+                user = _drop_capabilities(libc)
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         os.write(status_fd, json.dumps({"network": network, "user": user,
                                         "files": files}).encode())
@@ -178,8 +188,9 @@ def run_probe(fd: int) -> ProbeResult:
     return sandboxed([sys.executable, "-I", "-B", "-m", "synapse_os.model.probe", str(fd)], fd)
 
 
-def sandboxed(argv: list[str], fd: int) -> ProbeResult:
-    """Run argv in the sandbox with `fd` (read-only) as its only inherited file."""
+def sandboxed(argv: list[str], fd: int, timeout_s: float = TIMEOUT_S) -> ProbeResult:
+    """Run argv in the sandbox with `fd` (read-only; -1 for none) as its only inherited
+    file besides stdout and stderr."""
     drop_to = _nobody()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="synapse-probe-") as cwd:
@@ -188,11 +199,11 @@ def sandboxed(argv: list[str], fd: int) -> ProbeResult:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": cwd}
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=cwd, env=env, pass_fds=(fd, status_w), close_fds=True,
+            cwd=cwd, env=env, pass_fds=(status_w,) if fd < 0 else (fd, status_w), close_fds=True,
             preexec_fn=_preexec(drop_to, status_w), start_new_session=True)
         os.close(status_w)
         try:
-            out, err, timed_out = _read_capped(proc, started + TIMEOUT_S)
+            out, err, timed_out = _read_capped(proc, started + timeout_s)
             if timed_out:
                 os.killpg(proc.pid, signal.SIGKILL)
             returncode = proc.wait()
@@ -207,7 +218,7 @@ def sandboxed(argv: list[str], fd: int) -> ProbeResult:
     except ValueError:
         sandbox = {}
     sandbox.update({"address_space_bytes": ADDRESS_SPACE, "cpu_seconds": CPU_SECONDS,
-                    "file_size_limit": 0, "timeout_s": TIMEOUT_S})
+                    "file_size_limit": 0, "timeout_s": timeout_s})
     data: dict[str, Any] | None = None
     lines = out.decode("utf-8", "replace").strip().splitlines()
     if lines and not timed_out:
