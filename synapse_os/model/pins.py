@@ -41,6 +41,11 @@ def _yaml() -> Any:
     y.preserve_quotes = True
     y.width = 4096
     y.indent(mapping=2, sequence=4, offset=2)
+
+    def null(rep: Any, _: None) -> Any:  # `key: null` stays `key: null` (a reset in extends)
+        return rep.represent_scalar("tag:yaml.org,2002:null", "null")
+
+    y.representer.add_representer(type(None), null)
     return y
 
 

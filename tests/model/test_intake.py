@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from synapse_os.model import sandbox
+from tests.conftest import PROFILES
 from tests.model.conftest import TINY_VOCAB, write_tiny_gguf
 
 SYNAPSE = [sys.executable, "-m", "synapse_os.cli"]
@@ -202,6 +203,32 @@ def test_a_draft_must_share_the_main_vocabulary(added: dict[str, Any], tiny: Pat
     models = yaml.safe_load(tiny_profile.read_text())["runtime"]["models"]
     assert models["main"]["sha256"] == models["draft"]["sha256"] == sha256(tiny)
     assert synapse("validate", tiny_profile).returncode == 0
+
+
+def test_shipped_profiles_keep_their_layout(tiny: Path, tmp_path: Path) -> None:
+    """Pinning edits only the pinned values: comments, `null` resets, flow lists, order stay."""
+    import difflib
+
+    names = ("cpu-avx2.yaml", "cpu-avx2-debian.yaml")  # the second extends the first
+    for name in names:
+        shutil.copyfile(PROFILES / name, tmp_path / name)
+    root = tmp_path / "root"
+    root.mkdir()
+    sha = sha256(tiny)
+    for name in names:
+        res = synapse("model", "add", tiny, "--role", "small", tmp_path / name, "--root", root)
+        assert res.returncode == 0, res.stderr
+        assert synapse("validate", tmp_path / name).returncode == 0
+        old = (PROFILES / name).read_text().splitlines()
+        new = (tmp_path / name).read_text().splitlines()
+        changed = [line for line in difflib.ndiff(old, new) if line[:1] in "+-"]
+        added = {f"+       path: /var/ai-data/models/{sha}.gguf", f"+       sha256: {sha}"}
+        if name == "cpu-avx2-debian.yaml":  # its runtime section had no models: a new block
+            added |= {"+   models:", "+     small:"}
+        assert {line for line in changed if line[0] == "+"} == added, changed
+        assert all(line.strip().startswith(("- path:", "- sha256:")) or line.startswith("-       ")
+                   for line in changed if line[0] == "-"), changed
+        assert len([c for c in changed if c[0] == "-"]) == (2 if name == "cpu-avx2.yaml" else 0)
 
 
 def test_a_symlink_out_of_the_root_is_never_followed(tiny: Path, tmp_path: Path) -> None:
