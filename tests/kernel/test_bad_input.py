@@ -139,9 +139,16 @@ def test_unbootable_config_is_an_error_unless_allowed(kernel_tree: Path,
     report = json.loads((out / "resolution.json").read_text())
     assert report["summary"]["unbootable"] == len(report["unbootable"]) >= 3
     assert "CANNOT BOOT" in (out / "resolution.txt").read_text()
-    r = synapse("kernel", "config", profile, "--source", kernel_tree, "-o", out,
-                "--allow-unbootable")
+    # the recipes refuse such a resolution too, unless told
+    recipes = tmp_path / "recipes"
+    r = synapse("kernel", "pkgbuild", profile, "--resolved", out, "-o", recipes,
+                "--allow-unapplied")
+    assert_user_error(r, "cannot boot the profile's machine", "CONFIG_IKCONFIG=y is needed",
+                      "--allow-unbootable")
+    r = synapse("kernel", "pkgbuild", profile, "--resolved", out, "-o", recipes,
+                "--allow-unapplied", "--allow-unbootable")
     assert r.returncode == 0, r.stderr
+    assert "# CONFIG_IKCONFIG is not set" in (recipes / "expected.config").read_text()
 
 
 def test_stock_profile_and_bad_fragment_line(tmp_path: Path, kernel_tree: Path) -> None:
