@@ -88,6 +88,9 @@ def inspect_file(fd: int, shown: str) -> tuple[dict[str, Any], ProbeResult]:
         if kind == "unloadable":
             raise UserError(f"{shown}: llama.cpp cannot load it ({detail or 'no reason given'});"
                             " refusing it, nothing was copied")
+        if kind == "unreadable":
+            raise OperationError(f"the sandboxed inspection could not open its copy of {shown} "
+                                 f"({detail}); nothing was copied")
         raise OperationError("the GGUF inspection reported an unknown failure; nothing was copied")
     return check_inspection(data.get("inspection")), res
 

@@ -137,6 +137,10 @@ def inspect_fd(fd: int) -> dict[str, Any]:
     if len(head) < 4 or head[:4] != MAGIC:
         _fail("not-gguf", size=size)
     path = f"/proc/self/fd/{fd}".encode()
+    try:  # llama.cpp opens by name: make sure the name works before blaming the file
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        _fail("unreadable", f"{path.decode()}: {exc.strerror}", size=size)
 
     import llama_cpp
 
