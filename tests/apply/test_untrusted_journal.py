@@ -7,7 +7,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import pytest
 from synapse_os.apply.fsops import write_all
 from tests.apply.helpers import STATE, synapse, tree_snapshot
 from tests.apply.test_apply import apply_ok, mount
+from tests.conftest import REPO
 
 
 def _journal(root: Path) -> Path:
@@ -125,14 +129,32 @@ def test_short_write_raises_instead_of_truncating() -> None:
         os.close(write_end)
 
 
+def test_a_journal_cut_short_by_the_file_size_limit_undoes_the_apply(
+        gpu_profile: Path, root: Path) -> None:
+    """RLIMIT_FSIZE makes the kernel cut a write at the limit and return a short count, as
+    a nearly full disk does: the journal (about 11 KB) cannot be written whole, so apply
+    fails and undoes everything instead of reporting success with a truncated journal."""
+    before = tree_snapshot(root)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    res = subprocess.run([sys.executable, "-m", "synapse_os.cli", "apply", str(gpu_profile),
+                          "--root", str(root), "--yes"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, preexec_fn=limit)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "every change was undone" in res.stderr, res.stderr
+    assert tree_snapshot(root) == before
+
+
 def test_every_disk_full_point_leaves_a_complete_journal_or_nothing(
         gpu_profile: Path, tmp_path: Path, mounts: list[Path]) -> None:
-    """Grow a tmpfs page by page: at every size apply either succeeds with a complete,
-    parseable journal whose rollback works, or fails with the target as before."""
+    """Grow a tmpfs until apply fits, then try every page size just below that: at each,
+    apply either succeeds with a complete, parseable journal whose rollback works, or
+    fails with the target as before (a short journal write is never taken for success)."""
     from tests.apply.helpers import build_root
 
-    succeeded = False
-    for kib in range(64, 257, 8):
+    def attempt(kib: int) -> bool:
         disk = tmp_path / f"disk{kib}"
         disk.mkdir()
         mount(mounts, "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(disk))
@@ -144,8 +166,12 @@ def test_every_disk_full_point_leaves_a_complete_journal_or_nothing(
             assert journal["state"] == "applied"
             assert synapse("rollback", "--root", root, "--yes").returncode == 0
             assert tree_snapshot(root) == before
-            succeeded = True
-            break
+            return True
         assert res.returncode == 1, res.stderr
         assert tree_snapshot(root) == before, f"{kib} KiB: target changed after a failure"
-    assert succeeded, "apply never fit; raise the sizes tried"
+        return False
+
+    fits = next((kib for kib in range(64, 513, 16) if attempt(kib)), None)
+    assert fits is not None, "apply never fit; raise the sizes tried"
+    for kib in range(fits - 12, fits, 4):  # every page between the last failure and success
+        attempt(kib)

@@ -48,7 +48,7 @@ def refused(tmp_path: Path, text: str, expect: str) -> None:
 
 INJECTIONS = {
     "disk target runs before any guard": (
-        "disk: {target: '/dev/disk/by-id/x$(touch /tmp/pwned)'}\n", "disk.target"),
+        "disk: {target: '/dev/disk/by-id/x$(touch${IFS}pwned)'}\n", "disk.target"),
     "timezone ends the chroot heredoc": (
         'timezone: "UTC\\nCHROOT\\ntouch /tmp/pwned\\n"\n', "timezone"),
     "runtime user adds a root ExecStartPre": (
@@ -63,7 +63,7 @@ INJECTIONS = {
         'sysctl: {vm.swappiness: "10\\nkernel.core_pattern=|/bin/sh"}\n', "sysctl"),
     "makepkg flags run a command when sourced": (
         "makepkg: {cflags: '-O2 $(touch /tmp/pwned)'}\n", "makepkg.cflags"),
-    "package name is an option to pacstrap": ("packages: {extra: [--config=/tmp/x]}\n",
+    "package name is an option to pacstrap": ("packages: {extra: [--noconfirm]}\n",
                                               "packages.extra"),
     "journald retention adds a line": ('journald: {max_retention: "1d\\nStorage=none"}\n',
                                        "journald.max_retention"),
@@ -223,11 +223,12 @@ def test_extends_never_quotes_a_file_that_is_not_a_profile(tmp_path: Path) -> No
     secret = "$6$saltsalt$Yx1mAq9verysecrethash"
     for body in (f"root:{secret}:19000:0:99999:7:::\n",
                  f"password: [{secret}\n",  # a YAML syntax error
-                 f"token: {secret}\n"):
+                 f"token: {secret}\n",
+                 f"name: '{secret}'\n"):  # would fail validation quoting the value
         target = tmp_path / "secrets.yml"
         target.write_text(body)
         child = tmp_path / "child.yaml"
-        child.write_text(f"extends: {target}\nname: c\n")
+        child.write_text(f"extends: {target}\nsynapse: 1\n")
         res = cli("validate", child)
         assert res.returncode == 2
         assert "saltsalt" not in res.stderr and "secret" not in res.stderr.replace(
