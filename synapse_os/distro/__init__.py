@@ -20,13 +20,19 @@ class Distro:
     python: tuple[str, ...]
     bootloader: dict[str, tuple[str, ...]]  # loader -> packages
     filesystem_tools: dict[str, str]
+    kernel_build: tuple[str, ...]  # what building a custom kernel needs on the target
+    grub_config: str  # where grub-mkconfig reads the command line (relative to /)
 
     def packages(self, profile: Profile) -> list[str]:
         """The full package list for a profile, sorted and without duplicates."""
         pkgs = set(self.base_packages)
-        kernel = profile.kernel.package or self.default_kernel
-        if profile.kernel.source == "stock" or profile.kernel.package is None:
-            pkgs.add(kernel)
+        pkgs.add(profile.kernel.package or self.default_kernel)
+        if profile.kernel.source == "custom":
+            # built on the target from the rendered recipe; the stock kernel stays as the
+            # fallback boot entry
+            pkgs.add(self.default_kernel)
+            pkgs.update(self.kernel_build)
+            pkgs.discard(profile.kernel.package or "")
         vendor = profile.hardware.cpu_vendor
         pkgs.update(self.microcode.values() if vendor == "auto" else [self.microcode[vendor]])
         if profile.memory.zram is not None and profile.memory.zram.enabled:
@@ -49,6 +55,10 @@ ARCH = Distro(
     python=("python", "python-pip"),
     bootloader={"systemd-boot": (), "grub": ("grub", "efibootmgr")},
     filesystem_tools={"xfs": "xfsprogs", "ext4": "e2fsprogs"},
+    # base-devel for makepkg, plus the makedepends of Arch's own linux PKGBUILD
+    kernel_build=("base-devel", "bc", "cpio", "gettext", "libelf", "pahole", "perl", "python",
+                  "tar", "xz"),
+    grub_config="etc/default/grub",  # Arch's grub-mkconfig reads only this file
 )
 
 DEBIAN = Distro(
@@ -61,6 +71,10 @@ DEBIAN = Distro(
     python=("python3", "python3-venv", "python3-pip"),
     bootloader={"systemd-boot": ("systemd-boot",), "grub": ("grub-efi-amd64",)},
     filesystem_tools={"xfs": "xfsprogs", "ext4": "e2fsprogs"},
+    # what `make bindeb-pkg` (build/linux-synapse/build-deb.sh) needs
+    kernel_build=("build-essential", "bc", "bison", "flex", "libelf-dev", "libssl-dev", "cpio",
+                  "kmod", "rsync", "dwarves", "python3", "debhelper"),
+    grub_config="etc/default/grub.d/90-synapse.cfg",  # Debian's grub-mkconfig sources grub.d
 )
 
 BACKENDS = {"arch": ARCH, "debian": DEBIAN}

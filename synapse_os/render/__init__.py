@@ -176,8 +176,9 @@ def step_boot(ctx: Context, tree: Tree) -> None:
     full = cmdline_string([f"root=PARTLABEL={ROOT_PARTLABEL}", "rw", *words])
     tree.add("rootfs/etc/kernel/cmdline", f"{full}\n")
     if ctx.profile.boot.loader == "grub":
-        tree.add("rootfs/etc/default/grub.d/90-synapse.cfg",
-                 template("grub.cfg.j2", **ctx.vars(cmdline=cmdline)))
+        distro = distro_for(ctx.profile)
+        tree.add(f"rootfs/{distro.grub_config}",
+                 template("grub.cfg.j2", **ctx.vars(cmdline=cmdline, whole=distro.name == "arch")))
         return
     tree.add("rootfs/boot/loader/loader.conf", template("loader.conf.j2", **ctx.vars()))
     if ctx.profile.base != "arch":

@@ -120,3 +120,27 @@ def test_memory_high_auto_needs_ram(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "set hardware.ram" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_custom_arch_kernel_installs_its_build_tools_and_keeps_the_stock_fallback() -> None:
+    files = render_profile(load_profile(PROFILES / "cpu-avx2.yaml")).files
+    packages = files["install/packages.x86_64"].content.decode().split("\n")
+    assert {"base-devel", "bc", "pahole", "linux"} <= set(packages)
+    assert "linux-synapse" not in packages  # built by makepkg from kernel/, not downloaded
+    fallback = files["rootfs/boot/loader/entries/synapse-fallback.conf"].content.decode()
+    assert "linux   /vmlinuz-linux\n" in fallback
+
+
+@pytest.mark.parametrize("base,path", [("arch", "rootfs/etc/default/grub"),
+                                       ("debian", "rootfs/etc/default/grub.d/90-synapse.cfg")])
+def test_grub_command_line_lands_where_grub_mkconfig_reads_it(base: str, path: str,
+                                                              tmp_path: Path) -> None:
+    profile = tmp_path / "grub.yaml"
+    profile.write_text(f"synapse: 1\nname: g\nbase: {base}\nboot:\n  loader: grub\n"
+                       "  cmdline: [nowatchdog, nmi_watchdog=0]\nmemory: {thp: madvise}\n")
+    files = render_profile(load_profile(profile)).files
+    assert path in files
+    (tmp_path / "grub").write_bytes(files[path].content)
+    res = subprocess.run(["bash", "-c", 'source "$1"; printf "%s" "$GRUB_CMDLINE_LINUX_DEFAULT"',
+                          "bash", str(tmp_path / "grub")], capture_output=True, text=True)
+    assert res.stdout == "nowatchdog nmi_watchdog=0 transparent_hugepage=madvise"

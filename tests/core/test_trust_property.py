@@ -134,10 +134,10 @@ def _check_shell(profile: Any, files: dict[str, Any], work: Path) -> None:
         got = source_vars(tree / "rootfs/etc/makepkg.conf.d/synapse.conf",
                           ["CFLAGS", "CXXFLAGS", "RUSTFLAGS", "LTOFLAGS"], work, marker)
         assert got == [m.cflags or "", m.cxxflags or "", m.rustflags or "", m.ltoflags or ""]
-    if "rootfs/etc/default/grub.d/90-synapse.cfg" in files:
-        got = source_vars(tree / "rootfs/etc/default/grub.d/90-synapse.cfg",
-                          ["GRUB_CMDLINE_LINUX_DEFAULT"], work, marker)
-        assert got == [" ".join(state.cmdline)]
+    for grub in ("rootfs/etc/default/grub", "rootfs/etc/default/grub.d/90-synapse.cfg"):
+        if grub in files:
+            got = source_vars(tree / grub, ["GRUB_CMDLINE_LINUX_DEFAULT"], work, marker)
+            assert got == [" ".join(state.cmdline)]
     assert not marker.exists(), "a profile value ran a command"
 
 
