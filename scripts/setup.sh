@@ -17,8 +17,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-echo "setup: installing synapse with its runtime, bench, model and dev extras (llama-cpp-python builds from source: ~8 min on 2 cores the first time, cached after)"
-python3 -m pip install -q --disable-pip-version-check -e ".[runtime,bench,model,dev]"
+echo "setup: installing synapse with its runtime, bench, model, fleet and dev extras (llama-cpp-python builds from source: ~8 min on 2 cores the first time, cached after)"
+python3 -m pip install -q --disable-pip-version-check -e ".[runtime,bench,model,fleet,dev]"
 # archinstall's own example configuration, which the rendered archinstall config is checked
 # against (archinstall itself cannot import on Debian 12: its disk layer needs a newer libparted)
 python3 -m pip download -q --disable-pip-version-check --no-deps "archinstall==2.8.3" \

@@ -32,6 +32,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "runtime": "synapse_os.runtime.cli:group",
     "top": "synapse_os.runtime.cli:top_cmd",
     "model": "synapse_os.model.cli:group",
+    "fleet": "synapse_os.fleet.cli:group",
 }
 
 
