@@ -15,6 +15,7 @@ from synapse_os import __version__, proc
 from synapse_os.bench import build
 from synapse_os.errors import OperationError, UserError
 from synapse_os.models import sha256_file
+from synapse_os.render.escape import FILTERS
 from synapse_os.resources import data_dir
 
 PKGNAME = "llama.cpp-synapse-native"
@@ -40,6 +41,7 @@ def render_pkgbuild(sdist: Path) -> str:
     """The PKGBUILD for the sdist: pinned by its sha256, building llama-bench natively."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)
+    env.filters.update(FILTERS)
     template = env.from_string(template_path().read_text())
     return template.render(version=sdist_version(sdist), sha256=sha256_file(sdist),
                            cmake_flags=list(build.CMAKE_FLAGS),

@@ -57,7 +57,7 @@ ARCH = Distro(
     filesystem_tools={"xfs": "xfsprogs", "ext4": "e2fsprogs"},
     # base-devel for makepkg, plus the makedepends of Arch's own linux PKGBUILD
     kernel_build=("base-devel", "bc", "cpio", "gettext", "libelf", "pahole", "perl", "python",
-                  "tar", "xz"),
+                  "tar", "xz", "zstd"),
     grub_config="etc/default/grub",  # Arch's grub-mkconfig reads only this file
 )
 

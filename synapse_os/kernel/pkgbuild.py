@@ -19,6 +19,7 @@ from synapse_os.kernel.configfile import format_assignment
 from synapse_os.kernel.fragment import kernel_fragment
 from synapse_os.kernel.resolve import Resolution
 from synapse_os.profile.model import Profile
+from synapse_os.render.escape import FILTERS
 from synapse_os.resources import data_dir
 
 DEFAULT_PKGBASE = "linux-synapse"
@@ -127,6 +128,7 @@ def render_recipes(profile: Profile, resolution: Resolution | None = None) -> Re
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.filters.update(FILTERS)
     makeflags = profile.makepkg.makeflags
     values = {
         "profile": profile.name,

@@ -36,6 +36,19 @@ def shell_word(value: object) -> str:
     return shlex.quote(_one_line(value, "a shell script"))
 
 
+BARE = re.compile(r"[A-Za-z0-9@._+-]+")
+
+
+def bare_word(value: object) -> str:
+    """A shell word that must stay unquoted (part of a function name): refused unless it
+    needs no quoting at all."""
+    text = _one_line(value, "a shell script")
+    if not BARE.fullmatch(text):
+        raise UnsafeValue(f"{text!r} cannot be part of a shell name: only letters, digits and "
+                          "@ . _ + - are accepted")
+    return text
+
+
 def shell_words(values: Iterable[object]) -> str:
     """Words for a bash array: `(a 'b c')`'s inside."""
     return " ".join(shell_word(v) for v in values)
@@ -87,6 +100,7 @@ def comment(value: object) -> str:
 FILTERS = {
     "sh": shell_word,
     "sh_words": shell_words,
+    "bare": bare_word,
     "unit": unit_value,
     "unit_text": unit_text,
     "field": conf_field,

@@ -99,7 +99,7 @@ def test_pkgbuild_pins_the_sdist_and_builds_natively(sdist: Path, tmp_path: Path
     text = arch.render_pkgbuild(sdist)
     version = arch.sdist_version(sdist)
     assert f"pkgver={version}\n" in text
-    assert f"sha256sums=('{hashlib.sha256(sdist.read_bytes()).hexdigest()}')" in text
+    assert f"sha256sums=({hashlib.sha256(sdist.read_bytes()).hexdigest()})" in text
     assert "-DGGML_NATIVE=ON" in text
     assert "--target llama-bench" in text
     pkgbuild = tmp_path / "PKGBUILD"

@@ -128,13 +128,15 @@ def test_every_template_value_goes_through_a_filter() -> None:
     """`{{ x }}` without one of the escape filters (or |int for numbers) is a lint error."""
     allowed = set(FILTERS) | {"int"}
     bad = []
-    for directory in TEMPLATE_DIRS:
-        for path in sorted((REPO / directory).glob("*.j2")):
-            for n, line in enumerate(path.read_text().splitlines(), 1):
-                for expr in re.findall(r"\{\{(.*?)\}\}", line):
-                    last = expr.rsplit("|", 1)
-                    if len(last) < 2 or last[1].strip().split("(")[0] not in allowed:
-                        bad.append(f"{path.relative_to(REPO)}:{n}: {{{{{expr}}}}}")
+    templates = [p for d in TEMPLATE_DIRS for p in sorted((REPO / d).glob("*.j2"))]
+    templates += sorted((REPO / "build").glob("*/*.in")) + sorted((REPO / "build").glob("*/*.j2"))
+    assert len(templates) > 20
+    for path in templates:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for expr in re.findall(r"\{\{(.*?)\}\}", line):
+                last = expr.rsplit("|", 1)
+                if len(last) < 2 or last[1].strip().split("(")[0] not in allowed:
+                    bad.append(f"{path.relative_to(REPO)}:{n}: {{{{{expr}}}}}")
     assert not bad, "\n".join(bad)
 
 
