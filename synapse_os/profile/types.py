@@ -199,15 +199,21 @@ def check_sysctl(key: str, value: str) -> None:
 
 
 @cache
-def _zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+def _zone_exists(name: str) -> bool:
+    """Loads only this zone (not the whole database): the tz files of the system or the
+    tzdata package, whichever zoneinfo finds."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
 
 
 TZ_NAME = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
 
 
 def _timezone(value: str) -> str:
-    if not TZ_NAME.fullmatch(value) or value not in _zones():
+    if not TZ_NAME.fullmatch(value) or not _zone_exists(value):
         raise ValueError(f"{value!r} is not a time zone of the tz database "
                          "(e.g. UTC, Europe/Berlin, America/New_York)")
     return value
