@@ -329,6 +329,11 @@ class Runtime(Strict):
     threads: Threads = "auto"
     speculative: Speculative = Field(default_factory=Speculative)
     queue_size: int = Field(16, ge=1, le=10_000)
+    parallel: int = Field(
+        4, ge=1, le=256,
+        description="Requests decoded together (continuous batching), each with the "
+        "model's full context; 1 = one request at a time.",
+    )
     provenance: AbsPath = Field(
         "/var/lib/synapse/runtime/provenance.ndjson",
         description="NDJSON record of every request, under /var/lib/synapse/runtime/ (the "
