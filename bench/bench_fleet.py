@@ -68,7 +68,7 @@ def main() -> int:
                                    "synapse_venv": str(base / f"venv-{name}"),
                                    "synapse_python": sys.executable,
                                    "synapse_venv_system_site_packages": True}
-            return fleet.write_inventory(host_vars, name=f"{run}.ini")
+            return fleet.write_inventory(host_vars, filename=f"{run}.ini")
 
         def rollout(run: str) -> float:
             inv = inventory(run)

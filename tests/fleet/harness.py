@@ -118,7 +118,7 @@ class Fleet:
 
     def write_inventory(self, hosts: dict[str, dict[str, object]],
                         extra_hosts: dict[str, int] | None = None,
-                        name: str = "hosts.ini") -> Path:
+                        filename: str = "hosts.ini") -> Path:
         """hosts.ini listing `hosts` (name -> host_vars) in order, each on its sshd port;
         `extra_hosts` (name -> port) are listed with only a port (e.g. nobody listening)."""
         ports = {s.name: s.port for s in self.servers}
@@ -131,7 +131,7 @@ class Fleet:
                   f"ansible_ssh_private_key_file={self.keys / 'client'}",
                   "ansible_become=false",
                   f"ansible_python_interpreter={sys.executable}", ""]
-        ini = self.inventory / name
+        ini = self.inventory / filename
         ini.write_text("\n".join(lines))
         for name, values in hosts.items():
             (self.inventory / "host_vars" / f"{name}.yml").write_text(
