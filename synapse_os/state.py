@@ -15,18 +15,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from synapse_os.profile.model import OWNED_SYSCTL, Profile, parse_size
+from synapse_os.profile.model import ENGINE_UNITS, OWNED_SYSCTL, Profile, parse_size
 
 Match = Literal["equal", "selected", "token", "one_of", "contains"]
 UNKNOWN_RC = 100
 
-RUNTIME_UNIT = "synapse-runtime.service"
-LLAMA_SERVER_UNIT = "synapse-llama-server.service"
-ENGINE_UNITS = {
-    "synapse-runtime": RUNTIME_UNIT,
-    "llama-server": LLAMA_SERVER_UNIT,
-    "ollama": "ollama.service",
-}
+RUNTIME_UNIT = ENGINE_UNITS["synapse-runtime"]
+LLAMA_SERVER_UNIT = ENGINE_UNITS["llama-server"]
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 CPUFREQ_GLOB = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq"
 # Whether a unit is active can only be read where systemd is PID 1 (not in a chroot/container).

@@ -32,6 +32,7 @@ from synapse_os.errors import OperationError, UserError
 
 STATE_DIR = Path("var/lib/synapse")
 JOURNAL_VERSION = 1
+MAX_JOURNAL_BYTES = 64 * 1024 * 1024
 
 IN_PROGRESS = "in-progress"
 APPLIED = "applied"
@@ -138,8 +139,10 @@ def new_journal(root: Path, profile: str, profile_hash: str, live: bool) -> Jour
 def load(root: Path, tx_dir: Path) -> Journal:
     path = tx_dir / "journal.json"
     try:
+        if path.stat().st_size > MAX_JOURNAL_BYTES:
+            raise ValueError(f"larger than {MAX_JOURNAL_BYTES} bytes")
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise OperationError(f"{path}: cannot read the transaction journal ({exc})") from None
     if not isinstance(data, dict) or data.get("version") != JOURNAL_VERSION:
         raise OperationError(f"{path}: not a synapse journal of version {JOURNAL_VERSION}")

@@ -244,7 +244,7 @@ def _undo_units(journal: Journal, entry: dict[str, Any]) -> None:
         elif current == "dir":
             remove_empty_dirs([path])
     for rel, (before, _after) in sorted(changes.items(), key=lambda kv: len(kv[0])):
-        path = root / rel
+        path = confined(root, rel, f"transaction {journal.id}")  # again, at the moment of use
         if before == "dir" and not path.exists():
             make_dirs([path])
         elif before.startswith("link:") and not path.is_symlink():

@@ -144,10 +144,25 @@ def _units_entry(root: Path, entry: dict[str, Any], where: str) -> None:
             pair = value if name == "changes" else [value, value]
             _need(isinstance(pair, list) and len(pair) == 2 and all(map(_link_state, pair)),
                   where, f"{name} holds an unknown link state")
+        # rollback recreates these in order: nothing may lie below a path that is a link
+        links = {rel for rel, v in table.items()
+                 if any(str(x).startswith("link:") for x in (v if name == "changes" else [v]))}
+        for rel in table:
+            parts = rel.split("/")
+            _need(not any("/".join(parts[:i]) in links for i in range(1, len(parts))), where,
+                  f"{name} names a path below a symlink")
 
 
 def check_journal(root: Path, tx_dir: Path, data: dict[str, Any]) -> None:
     """Refuse (UntrustedJournal) a journal that is not exactly what apply writes."""
+    try:
+        _check_journal(root, tx_dir, data)
+    except (TypeError, AttributeError, KeyError, RecursionError):
+        raise UntrustedJournal(f"{tx_dir / 'journal.json'}: a field has the wrong type; "
+                               f"{WHOLE}") from None
+
+
+def _check_journal(root: Path, tx_dir: Path, data: dict[str, Any]) -> None:
     where = str(tx_dir / "journal.json")
     expected = {"version", "id", "profile", "profile_hash", "live", "started", "state",
                 "finished", "rolled_back", "entries", "live_values", "activations",
@@ -155,7 +170,7 @@ def check_journal(root: Path, tx_dir: Path, data: dict[str, Any]) -> None:
     _need(set(data) == expected, where, "unexpected or missing fields")
     _need(isinstance(data["id"], str) and bool(TX_ID.fullmatch(data["id"]))
           and data["id"] == tx_dir.name, where, "its id does not match its directory")
-    _need(data["state"] in STATES, where, "unknown state")
+    _need(isinstance(data["state"], str) and data["state"] in STATES, where, "unknown state")
     _need(isinstance(data["live"], bool), where, "live is not true or false")
     _need(not data["live"] or os.path.realpath(root) == "/", where,
           "a journal of the running system found under another root")

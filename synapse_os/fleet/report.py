@@ -86,7 +86,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def strict_json(text: str) -> Any:
-    return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
+    try:
+        return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _count(value: object) -> bool:

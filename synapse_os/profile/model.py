@@ -26,7 +26,9 @@ from synapse_os.profile.risks import (
     MITIGATIONS_ACK,
     SECURITY_ACK,
     cmdline_class,
+    kconfig_class,
     sysctl_class,
+    unit_class,
 )
 from synapse_os.profile.types import (
     AbsPath,
@@ -55,6 +57,12 @@ from synapse_os.profile.zram_expr import ZramExpressionError, check_zram_express
 __all__ = ["MITIGATIONS_ACK", "SECURITY_ACK", "Profile", "parse_size"]
 
 RUNTIME_STATE = "/var/lib/synapse/runtime"  # the service's StateDirectory
+# the systemd unit each engine runs as
+ENGINE_UNITS = {
+    "synapse-runtime": "synapse-runtime.service",
+    "llama-server": "synapse-llama-server.service",
+    "ollama": "ollama.service",
+}
 
 # Words the blueprint put on the kernel command line that the kernel does not know.
 BOGUS_CMDLINE = {
@@ -282,6 +290,16 @@ class Services(Strict):
     disable: list[UnitName] = Field(default_factory=list)
     enable: list[UnitName] = Field(default_factory=list)
 
+    @field_validator("enable")
+    @classmethod
+    def _enable(cls, v: list[str]) -> list[str]:
+        for unit in v:
+            risk = unit_class(unit, "enable")
+            if risk is not None:
+                raise ValueError(f"{unit!r} is refused: it {risk[1]}; a profile never opens a "
+                                 "shell")
+        return v
+
     @model_validator(mode="after")
     def _overlap(self) -> Services:
         both = (set(self.mask) | set(self.disable)) & set(self.enable)
@@ -419,6 +437,23 @@ class Profile(Strict):
                      if (r := cmdline_class(w)) is not None and r[0] == "weakening"]
         weakened += [f"sysctl {k}={v} ({r[1]})" for k, v in sorted(self.sysctl.items())
                      if (r := sysctl_class(k, str(v))) is not None]
+        weakened += [f"services.{op} {u!r} ({r[1]})" for op in ("mask", "disable")
+                     for u in getattr(self.services, op)
+                     if (r := unit_class(u, op)) is not None]
+        kconfig = {k: r for k in self.kernel.extra if (r := kconfig_class(k)) is not None}
+        for symbol, (kind, why) in kconfig.items():
+            if kind == "forbidden":
+                raise ValueError(f"kernel.extra: {symbol} is refused: it {why}")
+            if kind == "mitigation" and self.boot.mitigations_risk != MITIGATIONS_ACK:
+                raise ValueError(f"kernel.extra: {symbol} changes {why}; to accept that, set "
+                                 f"boot.mitigations_risk to exactly {MITIGATIONS_ACK!r}")
+        weakened += [f"kernel.extra {k} ({r[1]})" for k, r in kconfig.items()
+                     if r[0] == "weakening"]
+        if self.runtime is not None:
+            engine_unit = ENGINE_UNITS[self.runtime.engine]
+            if engine_unit in [*self.services.mask, *self.services.disable]:
+                raise ValueError(f"services.mask: {engine_unit} is the runtime's own unit; "
+                                 "remove the runtime section or keep the unit")
         if weakened and self.security_risk != SECURITY_ACK:
             raise ValueError(
                 f"security_risk: {weakened[0]} switches off a protection; to accept that, set "

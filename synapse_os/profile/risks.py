@@ -30,6 +30,10 @@ FORBIDDEN_CMDLINE: dict[str, str] = {
     "systemd.debug_shell": "opens a root shell on tty9",
     "systemd.setenv": "sets environment variables for every service",
     "systemd.unit": "boots into another target (emergency and rescue give a root shell)",
+    "systemd.wants": "starts another unit at boot (debug-shell.service is a root shell)",
+    "systemd.mask": "masks units at boot (security services among them)",
+    "break": "drops to a root shell in the initramfs (mkinitcpio)",
+    "1": "boots runlevel 1, the rescue shell",
     "systemd.confirm_spawn": "asks on the console before starting each unit",
     "rd.shell": "drops to a root shell in the initramfs",
     "rd.break": "drops to a root shell in the initramfs",
@@ -70,6 +74,7 @@ MITIGATION_CMDLINE: dict[str, str] = {
     "reg_file_data_sampling=off": "Register File Data Sampling mitigations",
     "l1d_flush=off": "L1D flush on context switch",
     "tsx=on": "the TSX disable that mitigates TAA on affected CPUs",
+    "its=off": "Indirect Target Selection mitigations",
     "ssbd=force-off": "Speculative Store Bypass mitigations (arm64)",
 }
 
@@ -93,6 +98,10 @@ WEAKENING_CMDLINE: dict[str, str] = {
     "debugfs=on": "debugfs restrictions",
     "init_on_free=0": "memory zeroing on free",
     "page_poison=0": "page poisoning",
+    "norandmaps": "address space layout randomisation",
+    "sysrq_always_enabled": "magic SysRq restrictions",
+    "hardened_usercopy=off": "hardened usercopy",
+    "lsm": "the choice of Linux security modules",
 }
 
 # sysctls a profile can never set: the kernel runs the program they name, as root.
@@ -129,18 +138,109 @@ PROTECTIVE_SYSCTL: dict[str, tuple[frozenset[str], str]] = {
 }
 
 
+# Units a profile may never enable (they give a root shell), and services whose masking or
+# disabling switches off a protection.
+FORBIDDEN_UNITS: dict[str, str] = {
+    "debug-shell.service": "opens a root shell on tty9",
+    "emergency.service": "is the emergency root shell",
+    "rescue.service": "is the rescue shell",
+    "emergency.target": "is the emergency root shell",
+    "rescue.target": "is the rescue shell",
+}
+PROTECTIVE_UNITS: dict[str, str] = {
+    "apparmor.service": "AppArmor", "auditd.service": "the audit daemon",
+    "nftables.service": "the nftables firewall", "firewalld.service": "firewalld",
+    "ufw.service": "the ufw firewall", "iptables.service": "the iptables firewall",
+    "ip6tables.service": "the ip6tables firewall", "fail2ban.service": "fail2ban",
+    "selinux-autorelabel.service": "SELinux", "systemd-journald.service": "the journal",
+    "unattended-upgrades.service": "automatic security updates",
+}
+
+# Kernel config symbols a profile's kernel.extra may not set (they would bypass the checks
+# on the command line) and those that switch off mitigations or protections.
+FORBIDDEN_KCONFIG_PREFIXES = ("CONFIG_CMDLINE",)  # a built-in command line
+MITIGATION_KCONFIG_PREFIXES = ("CONFIG_CPU_MITIGATIONS", "CONFIG_SPECULATION_MITIGATIONS",
+                               "CONFIG_MITIGATION_", "CONFIG_PAGE_TABLE_ISOLATION",
+                               "CONFIG_RETPOLINE", "CONFIG_CPU_SRSO", "CONFIG_CPU_UNRET_ENTRY",
+                               "CONFIG_CPU_IBPB_ENTRY", "CONFIG_CPU_IBRS_ENTRY",
+                               "CONFIG_SLS", "CONFIG_GDS_FORCE_MITIGATION")
+WEAKENING_KCONFIG_PREFIXES = ("CONFIG_SECURITY", "CONFIG_MODULE_SIG", "CONFIG_STRICT_",
+                              "CONFIG_RANDOMIZE_", "CONFIG_HARDENED_USERCOPY",
+                              "CONFIG_STACKPROTECTOR", "CONFIG_LOCK_DOWN", "CONFIG_LSM",
+                              "CONFIG_DEFAULT_SECURITY", "CONFIG_AUDIT", "CONFIG_SECCOMP",
+                              "CONFIG_FORTIFY_SOURCE", "CONFIG_INIT_ON_", "CONFIG_DEVMEM",
+                              "CONFIG_DEVKMEM", "CONFIG_IO_STRICT_DEVMEM", "CONFIG_KEXEC",
+                              "CONFIG_BPF_UNPRIV", "CONFIG_BPF_JIT_ALWAYS_ON",
+                              "CONFIG_X86_SMAP", "CONFIG_X86_UMIP", "CONFIG_PROC_KCORE",
+                              "CONFIG_LEGACY_VSYSCALL", "CONFIG_COMPAT_VDSO",
+                              "CONFIG_INIT_STACK", "CONFIG_ZERO_CALL_USED_REGS",
+                              "CONFIG_VMAP_STACK", "CONFIG_SCHED_STACK_END_CHECK",
+                              "CONFIG_DEBUG_WX", "CONFIG_BUG_ON_DATA_CORRUPTION")
+
+
+def kconfig_class(symbol: str) -> tuple[str, str] | None:
+    """('forbidden' | 'mitigation' | 'weakening', why) for a kernel.extra symbol, or None.
+    Any value counts: these symbols are the profile's own typed fields or need the same
+    acknowledgement."""
+    if symbol.startswith(FORBIDDEN_KCONFIG_PREFIXES):
+        return "forbidden", "builds a kernel command line that bypasses boot.cmdline's checks"
+    if symbol.startswith(MITIGATION_KCONFIG_PREFIXES):
+        return "mitigation", "CPU vulnerability mitigations"
+    if symbol.startswith(WEAKENING_KCONFIG_PREFIXES):
+        return "weakening", "a kernel hardening option"
+    return None
+
+
+def unit_class(unit: str, op: str) -> tuple[str, str] | None:
+    """('forbidden' | 'weakening', why) for enabling / masking / disabling a unit."""
+    if op == "enable" and unit in FORBIDDEN_UNITS:
+        return "forbidden", FORBIDDEN_UNITS[unit]
+    if op in ("mask", "disable") and unit in PROTECTIVE_UNITS:
+        return "weakening", PROTECTIVE_UNITS[unit]
+    return None
+
+
+# the values with which the kernel's boolean and mode parsers switch a feature off
+OFF_VALUES = {"off", "0", "n", "no", "false", "force-off", "disable", "disabled", "none"}
+
+
+def _norm_key(key: str) -> str:
+    """The kernel (parameq) and systemd treat '-' and '_' in parameter names alike."""
+    return key.lower().replace("-", "_")
+
+
+def _table_hit(table: dict[str, str], key: str, value: str | None) -> str | None:
+    for entry, why in table.items():
+        e_key, _, e_value = entry.partition("=")
+        if _norm_key(e_key) != key:
+            continue
+        if not e_value or value is None and not e_value:
+            return why
+        if value is not None and (e_value in OFF_VALUES and
+                                  OFF_VALUES & set(value.lower().split(","))
+                                  or value.lower().lstrip("0") == e_value.lstrip("0")
+                                  or e_value in value.lower().split(",")):
+            return why
+    return None
+
+
 def cmdline_class(word: str) -> tuple[str, str] | None:
     """('forbidden' | 'mitigation' | 'weakening', why) for a command line word, or None."""
-    key = word.split("=", 1)[0]
-    if key.lower() in FORBIDDEN_CMDLINE:
-        return "forbidden", FORBIDDEN_CMDLINE[key.lower()]
+    raw_key, eq, raw_value = word.partition("=")
+    key, value = _norm_key(raw_key), (raw_value if eq else None)
+    forbidden = {_norm_key(k): v for k, v in FORBIDDEN_CMDLINE.items()}
+    if key in forbidden or key.isdigit():
+        return "forbidden", forbidden.get(key, "boots another runlevel (a rescue shell)")
     if key.startswith("systemd.") and key.endswith(("_action", ".run")):
         return "forbidden", "makes systemd run or act on a command"
+    if key.startswith("sysctl.") and value is not None:  # the kernel sets sysctls from here
+        sysctl = sysctl_class(key.removeprefix("sysctl.").replace("/", "."), value)
+        if sysctl is not None:
+            return sysctl
     for table, kind in ((MITIGATION_CMDLINE, "mitigation"), (WEAKENING_CMDLINE, "weakening")):
-        if word in table:
-            return kind, table[word]
-        if key in table and "=" not in word:
-            return kind, table[key]
+        why = _table_hit(table, key, value)
+        if why is not None:
+            return kind, why
     return None
 
 

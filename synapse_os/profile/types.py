@@ -32,7 +32,7 @@ def matching(pattern: re.Pattern[str], accepted: str,
 
 # --- sizes ---------------------------------------------------------------------------
 
-SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]i?B?|[KMGT])?", re.IGNORECASE)
+SIZE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?)([KMGT]i?B?|[KMGT])?", re.IGNORECASE)
 
 
 def parse_size(value: str) -> int:
@@ -175,7 +175,8 @@ CpuList = Annotated[str, AfterValidator(matching(
 
 KCONFIG_SYMBOL = re.compile(r"CONFIG_[A-Z0-9_]+")
 # y/n/m, a number (decimal or hex) or a string without quotes, backslashes or control chars
-KCONFIG_VALUE = re.compile(r'[ynm]|-?\d+|0x[0-9a-fA-F]+|"[^"\\\x00-\x1f\x7f]*"')
+# ($ is refused too: kbuild expands $(...) in strings it reads back into make)
+KCONFIG_VALUE = re.compile(r'[ynm]|-?\d+|0x[0-9a-fA-F]+|"[^"\\$\x00-\x1f\x7f]*"')
 KconfigValue = Annotated[str, AfterValidator(matching(
     KCONFIG_VALUE, 'is not a kernel config value; use y, n, m, a number, or a "quoted string" '
     "without quotes or backslashes inside"))]
@@ -249,11 +250,26 @@ Text = Annotated[str, AfterValidator(matching(
 FLAG_WORD = re.compile(r"[A-Za-z0-9_=.,:+/-]+")
 
 
+# Flags that make the compiler, linker or make run another program or load code.
+RUNS_PROGRAMS = re.compile(
+    r"-B.*|-wrapper|-fplugin.*|-specs.*|--?sysroot.*|-iplugindir.*|-fuse-ld.*|.*plugin.*"
+    r"|--?eval.*|-f|--file.*|--makefile.*|--include-dir.*|-e"
+    r"|--environment-overrides|--old-file.*|--what-if.*|--new-file.*|SHELL.*|\.SHELLFLAGS.*"
+    r"|(-C)?linker.*|(-C)?link-arg.*|(-C)?link-args.*|(-C)?link-self-contained.*|-Z.*|-L.*"
+    r"|(-C)?llvm-args.*|(-C)?passes.*|(-C)?profile-use.*|(-C)?profile-generate.*"
+    r"|-Wl,.*|-Xlinker|-Xassembler|-Xpreprocessor|-Wp,.*|-Wa,.*"
+)
+
+
 def _flags(value: str) -> str:
     words = value.split(" ")
     if not value or any(not FLAG_WORD.fullmatch(w) for w in words):
         raise ValueError(f"{value!r} is not a list of compiler flags; use words of letters, "
                          "digits and _ = . , : + / - separated by single spaces")
+    bad = [w for w in words if RUNS_PROGRAMS.fullmatch(w)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is refused in compiler and make flags: it can make the "
+                         "build run another program or load code")
     return value
 
 

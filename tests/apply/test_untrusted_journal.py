@@ -58,6 +58,11 @@ MUTATIONS: dict[str, Callable[[dict[str, Any], Path], None]] = {
     "unit op that is not a unit": lambda d, o: _units_entry(d).update(
         ops=[["enable", "../../outside/victim"]]),
     "id of another directory": lambda d, o: d.update(id="0001-20200101T000000Z"),
+    "unit links that chain out of the root": lambda d, o: _units_entry(d).update(changes={
+        "etc/systemd/system/a": [f"link:{o}", "absent"],
+        "etc/systemd/system/a/pwned.service": ["link:/dev/null", "absent"],
+        "etc/systemd/system/a/newdir": ["dir", "absent"]}),
+    "a state that is not text": lambda d, o: d.update(state=["applied"]),
     "extra field": lambda d, o: d.update(run="rm -rf /"),
 }
 
@@ -73,7 +78,7 @@ def test_planted_journal_is_refused_whole(mutation: str, gpu_profile: Path, root
     before_root = tree_snapshot(root, include_state=True)
     before_outside = tree_snapshot(tmp_path / "outside")
     for command in (["rollback", "--root", root, "--yes"], ["apply", gpu_profile, "--root", root,
-                                                           "--yes"]):
+                                                           "--yes"], ["history", "--root", root]):
         res = synapse(*command)
         assert res.returncode == 2, (mutation, res.stderr)
         assert "refusing the whole journal" in res.stderr or "through a symlink" in res.stderr

@@ -351,3 +351,40 @@ def test_unit_with_edge_values_passes_systemd_analyze(tmp_path: Path) -> None:
                          env=dict(os.environ, SYSTEMD_LOG_LEVEL="notice"))
     assert res.returncode == 0, res.stderr
     assert not [line for line in res.stderr.splitlines() if unit.name in line], res.stderr
+
+
+# --- found by the red-team review ------------------------------------------------------
+
+@pytest.mark.parametrize("body,expect", [
+    ("boot: {cmdline: [systemd.debug-shell]}\n", "a profile never runs code"),
+    ("boot: {cmdline: [systemd.confirm-spawn]}\n", "a profile never runs code"),
+    ("boot: {cmdline: [systemd.wants=debug-shell.service]}\n", "a profile never runs code"),
+    ("boot: {cmdline: ['1']}\n", "a profile never runs code"),
+    ("boot: {cmdline: [break=premount]}\n", "a profile never runs code"),
+    ("boot: {cmdline: [sysctl.kernel.modprobe=/usr/bin/id]}\n", "a profile never runs code"),
+    ("boot: {cmdline: [nospectre-v1]}\n", "boot.mitigations_risk"),
+    ("boot: {cmdline: [tsx-async-abort=off]}\n", "boot.mitigations_risk"),
+    ("boot: {cmdline: ['retbleed=nosmt,off']}\n", "boot.mitigations_risk"),
+    ("boot: {cmdline: [its=off]}\n", "boot.mitigations_risk"),
+    ("boot: {cmdline: [init_on_free=off]}\n", "security_risk"),
+    ("boot: {cmdline: [apparmor=00]}\n", "security_risk"),
+    ("boot: {cmdline: [norandmaps]}\n", "security_risk"),
+    ("boot: {cmdline: [lsm=capability]}\n", "security_risk"),
+    ("boot: {cmdline: [sysctl.kernel.randomize_va_space=0]}\n", "security_risk"),
+    ("services: {enable: [debug-shell.service]}\n", "never opens a shell"),
+    ("services: {mask: [apparmor.service]}\n", "security_risk"),
+    ("services: {mask: [synapse-runtime.service]}\nruntime: {models: {main: {path: /m.gguf}}}\n",
+     "the runtime's own unit"),
+    ("kernel: {source: custom, extra: {CONFIG_CMDLINE_BOOL: y}}\n", "bypasses boot.cmdline"),
+    ("kernel: {source: custom, extra: {CONFIG_CPU_MITIGATIONS: n}}\n", "boot.mitigations_risk"),
+    ("kernel: {source: custom, extra: {CONFIG_SECURITY_APPARMOR: n}}\n", "security_risk"),
+    ("kernel: {source: custom, extra: {CONFIG_LOCALVERSION: '\"$(shell touch x)\"'}}\n",
+     "kernel.extra"),
+    ("makepkg: {makeflags: '--eval=SHELL=/usr/bin/touch'}\n", "makepkg.makeflags"),
+    ("makepkg: {cflags: '-O2 -wrapper /usr/bin/touch,--,x'}\n", "can make the build run"),
+    ("makepkg: {cflags: '-O2 -fplugin=/tmp/x.so'}\n", "can make the build run"),
+    ("makepkg: {rustflags: '-C linker=/usr/bin/id'}\n", "can make the build run"),
+    ("disk: {esp_size: '" + "9" * 400 + "M'}\n", "disk.esp_size"),
+])
+def test_review_findings_are_refused(body: str, expect: str, tmp_path: Path) -> None:
+    refused(tmp_path, HEAD + body, expect)
