@@ -31,6 +31,14 @@ def _one_line(value: object, language: str) -> str:
     return text
 
 
+def _only(value: object, allowed: re.Pattern[str], where: str, chars: str) -> str:
+    text = _one_line(value, where)
+    if not allowed.fullmatch(text):
+        raise UnsafeValue(f"{text!r} cannot be written as {where}: only letters, digits and "
+                          f"{chars} are accepted")
+    return text
+
+
 def shell_word(value: object) -> str:
     """One bash word (single-quoted when needed); newlines refused so no heredoc can end."""
     return shlex.quote(_one_line(value, "a shell script"))
@@ -42,11 +50,7 @@ BARE = re.compile(r"[A-Za-z0-9@._+-]+")
 def bare_word(value: object) -> str:
     """A shell word that must stay unquoted (part of a function name): refused unless it
     needs no quoting at all."""
-    text = _one_line(value, "a shell script")
-    if not BARE.fullmatch(text):
-        raise UnsafeValue(f"{text!r} cannot be part of a shell name: only letters, digits and "
-                          "@ . _ + - are accepted")
-    return text
+    return _only(value, BARE, "part of a shell name", "@ . _ + -")
 
 
 def shell_words(values: Iterable[object]) -> str:
@@ -61,11 +65,7 @@ UNIT_SAFE = re.compile(r"[A-Za-z0-9_.,:/+@=\[\]-]*")
 
 def unit_value(value: object) -> str:
     """A value for a `Key=value` line (a word in ExecStart= included)."""
-    text = _one_line(value, "a systemd unit")
-    if not UNIT_SAFE.fullmatch(text):
-        raise UnsafeValue(f"{text!r} cannot be written into a systemd unit: only letters, "
-                          "digits and _ . , : / + @ = [ ] - are accepted there")
-    return text
+    return _only(value, UNIT_SAFE, "a systemd unit value", "_ . , : / + @ = [ ] -")
 
 
 def unit_text(value: object) -> str:
@@ -79,11 +79,8 @@ FIELD_SAFE = re.compile(r"[A-Za-z0-9_.,:/+@=*?\[\]-]+")
 
 
 def conf_field(value: object) -> str:
-    text = _one_line(value, "a tmpfiles.d/sysusers.d line")
-    if not FIELD_SAFE.fullmatch(text):
-        raise UnsafeValue(f"{text!r} cannot be one field of a tmpfiles.d/sysusers.d line: only "
-                          "letters, digits and _ . , : / + @ = - * ? [ ] are accepted")
-    return text
+    return _only(value, FIELD_SAFE, "one field of a tmpfiles.d/sysusers.d line",
+                 "_ . , : / + @ = - * ? [ ]")
 
 
 def conf_value(value: object) -> str:
