@@ -27,6 +27,7 @@ from synapse_os.kernel.resolve import (
 )
 from synapse_os.kernel.versions import series_of
 from synapse_os.profile import load_profile
+from synapse_os.profile.model import MITIGATIONS_ACK
 from tests.conftest import PROFILES
 from tests.kernel.conftest import synapse, write_profile
 
@@ -58,7 +59,9 @@ def blueprint_run(any_tree: Path, tmp_path_factory: pytest.TempPathFactory
     """The blueprint's table through the real CLI, once per supported tree."""
     tmp = tmp_path_factory.mktemp("blueprint")
     extra = "\n".join(f"  {k}: '{v}'" for k, v in {**BLUEPRINT, **EXTRA_CASES}.items())
-    profile = write_profile(tmp / "blueprint.yaml", f"source: custom\nextra:\n{extra}")
+    # the blueprint switches mitigations off: that needs the acknowledgement
+    ack = f"boot:\n  mitigations_risk: '{MITIGATIONS_ACK}'\n"
+    profile = write_profile(tmp / "blueprint.yaml", f"source: custom\nextra:\n{extra}", ack)
     before = tree_state(any_tree)
     out = tmp / "out"
     result = synapse("kernel", "config", profile, "--source", any_tree, "-o", out, "--json")
