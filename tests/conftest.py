@@ -25,3 +25,29 @@ def small_model() -> tuple[Path, str]:
     from synapse_os.models import default_model
 
     return default_model()
+
+
+_HOST_FILES = ("/dev/null", "/dev/zero", "/dev/urandom", "/tmp")
+
+
+def _host_modes() -> dict[str, int]:
+    import os
+
+    return {p: os.stat(p).st_mode for p in _HOST_FILES}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_baseline() -> dict[str, int]:
+    return _host_modes()
+
+
+@pytest.fixture(autouse=True)
+def _host_untouched(_host_baseline: dict[str, int]):
+    """A test (as root) must never change the host's shared files; chmod through a mask link
+    once made /dev/null 0644, which broke apt's sandbox for every later test. Compared with
+    the session's start, so a change made while building a shared fixture is caught too."""
+    yield
+    after = _host_modes()
+    changed = {p: f"{_host_baseline[p]:o} -> {after[p]:o}"
+               for p in _host_baseline if _host_baseline[p] != after[p]}
+    assert not changed, f"host file modes changed: {changed}"

@@ -223,7 +223,9 @@ def export(profile: Profile, profile_text: str, output: Path, wheel: Path | None
         (new_role / "meta/main.yml").write_text(_dump(role.META))
         for name in ("synapse_apply", "synapse_verify"):
             (new_role / "library" / f"{name}.py").write_text(_module_source(name))
-        for dirpath, _dirs, names in os.walk(work):
+        # The rendered tree keeps the modes render_to gave it (scripts stay executable), and
+        # its symlinks (masks -> /dev/null) are never chmod-ed: chmod follows links.
+        for dirpath, _dirs, names in os.walk(new_role):
             os.chmod(dirpath, 0o755)
             for name in names:
                 os.chmod(Path(dirpath) / name, 0o644)
