@@ -90,12 +90,38 @@ class SystemState:
     zram: ZramState | None = None
     zswap_enabled: bool | None = None
     hostname: str = "synapse"
+    timezone: str = "UTC"
+    service_unit: str | None = None
+    service: dict[str, str] = field(default_factory=dict)  # live property -> expected value
     sources: dict[str, str] = field(default_factory=dict)  # setting id -> profile key
 
     @property
     def is_stock(self) -> bool:
         return not (self.sysctl or self.sysfs or self.cmdline or self.mask or self.disable
                     or self.journald or self.zram)
+
+
+# How the engine's process shows each unit property it was started with: the live value,
+# not the unit file (whose hash the file checks already compare).
+POLICY_CLASS = {"other": "TS", "batch": "B", "idle": "IDL", "fifo": "FF", "rr": "RR"}
+PAGE_SIZE = 4096  # cgroup memory.high is kept in pages and read back rounded down
+_SERVICE_PROBES = {
+    "Nice": 'ps -o ni= -p "$pid"',
+    "CPUSchedulingPolicy": 'ps -o cls= -p "$pid"',
+    "OOMScoreAdjust": 'cat "/proc/$pid/oom_score_adj"',
+    "User": 'ps -o user= -p "$pid"',
+    "MemoryHigh": (f'cg=$(systemctl show -p ControlGroup --value "$unit"); '
+                   f'[ -r "/sys/fs/cgroup$cg/memory.high" ] || exit {UNKNOWN_RC}; '
+                   'cat "/sys/fs/cgroup$cg/memory.high"'),
+}
+
+
+def _service_probe(unit: str, prop: str) -> str:
+    """Runs against the unit's main process; 'unknown' where it is not running."""
+    return (f"{SYSTEMD_UP} unit={shlex.quote(unit)}; "
+            'pid=$(systemctl show -p MainPID --value "$unit" 2>/dev/null); '
+            f'[ "${{pid:-0}}" -gt 0 ] 2>/dev/null || {{ echo "$unit is not running"; '
+            f"exit {UNKNOWN_RC}; }}; {_SERVICE_PROBES[prop]}")
 
 
 def sysctl_path(key: str) -> str:
@@ -182,10 +208,25 @@ def desired_state(profile: Profile) -> SystemState:
             journald[jkey] = jvalue
             sources[f"journald {jkey}"] = src
 
+    service: dict[str, str] = {}
+    rt = profile.runtime
+    if rt is not None:
+        high = profile.memory_high_bytes()
+        for prop, value, src in (
+            ("Nice", rt.nice, "runtime.nice"),
+            ("CPUSchedulingPolicy", rt.cpu_scheduling_policy and
+             POLICY_CLASS[rt.cpu_scheduling_policy], "runtime.cpu_scheduling_policy"),
+            ("OOMScoreAdjust", rt.oom_score_adjust, "runtime.oom_score_adjust"),
+            ("MemoryHigh", high and high // PAGE_SIZE * PAGE_SIZE, "runtime.memory_high"),
+            ("User", None if rt.engine == "ollama" else rt.user, "runtime.user"),
+        ):
+            if value is not None:
+                service[prop] = str(value)
+                sources[f"service {prop}"] = src
+
     zram = None
     if mem.zram is not None and mem.zram.enabled:
         zram = ZramState(mem.zram.size, mem.zram.algorithm, mem.zram.priority)
-        sources["zram"] = "memory.zram"
 
     return SystemState(
         sysctl=sysctl,
@@ -199,6 +240,9 @@ def desired_state(profile: Profile) -> SystemState:
         zram=zram,
         zswap_enabled=mem.zswap,
         hostname=profile.hostname,
+        timezone=profile.timezone,
+        service_unit=ENGINE_UNITS[rt.engine] if rt is not None else None,
+        service=service,
         sources=sources,
     )
 
@@ -251,16 +295,92 @@ def checks(state: SystemState) -> list[Check]:
         ))
     if state.zram is not None:
         z = state.zram
-        out.append(Check("zram0 swap active", "zram", src["zram"], "/dev/zram0",
+        out.append(Check("zram0 swap active", "zram", "memory.zram.enabled", "/dev/zram0",
                          "swapon --noheadings --show=NAME", "token"))
-        out.append(Check("zram0 algorithm", "zram", src["zram"], z.algorithm,
+        out.append(Check("zram0 algorithm", "zram", "memory.zram.algorithm", z.algorithm,
                          _guarded("/sys/block/zram0", "cat /sys/block/zram0/comp_algorithm"),
                          "selected"))
-        out.append(Check("zram0 priority", "zram", src["zram"], str(z.priority),
+        out.append(Check("zram0 priority", "zram", "memory.zram.priority", str(z.priority),
                          "swapon --noheadings --show=NAME,PRIO"
                          " | awk '$1==\"/dev/zram0\"{print $2}'"))
+    for prop, value in state.service.items():
+        assert state.service_unit is not None
+        out.append(Check(f"service {state.service_unit} {prop}", "unit", src[f"service {prop}"],
+                         value, _service_probe(state.service_unit, prop)))
     out.append(Check("hostname", "file", "hostname", state.hostname, "cat /etc/hostname"))
+    # Aliases (UTC, Etc/UTC) are one zone: compare the zone data, show the link otherwise.
+    zone = shlex.quote(f"/usr/share/zoneinfo/{state.timezone}")
+    out.append(Check("timezone", "file", "timezone", state.timezone,
+                     f'[ "$(sha256sum < /etc/localtime)" = "$(sha256sum < {zone})" ] '
+                     f"&& echo {shlex.quote(state.timezone)} "
+                     "|| readlink /etc/localtime | sed 's|^.*/zoneinfo/||'"))
     return out
+
+
+# Reads the running kernel's config (Debian ships /boot/config-*, others /proc/config.gz);
+# "n" for "is not set" or absent, exit UNKNOWN_RC where the kernel exposes no config.
+_KCONFIG = (
+    "f=/boot/config-$(uname -r); "
+    "if [ -r \"$f\" ]; then c=$(cat \"$f\"); "
+    "elif [ -r /proc/config.gz ]; then c=$(zcat /proc/config.gz); "
+    f"else exit {UNKNOWN_RC}; fi; "
+    "v=$(printf '%s\\n' \"$c\" | sed -n 's/^{sym}=//p' | tail -n 1); "
+    "printf '%s\\n' \"${{v:-n}}\""
+)
+
+
+def kernel_checks(profile: Profile, state: SystemState) -> list[Check]:
+    """CONFIG_* values the running kernel must have for the profile to be honoured."""
+    out: list[Check] = []
+    # symbol -> (accepted values, source, only true once the built kernel is booted)
+    wanted: dict[str, tuple[str, str, bool]] = {}
+    if state.zram is not None:
+        wanted["CONFIG_ZRAM"] = ("y|m", "memory.zram", False)
+    if profile.memory.thp is not None:
+        wanted["CONFIG_TRANSPARENT_HUGEPAGE"] = ("y", "memory.thp", False)
+    if profile.memory.zswap is not None:
+        wanted["CONFIG_ZSWAP"] = ("y", "memory.zswap", False)
+    from synapse_os.kernel.fragment import requested_entries  # imports the kernel tables
+
+    for e in requested_entries(profile):  # a custom kernel's build options, by the key behind
+        source = "kernel.source" if e.origin.startswith("required by") else e.origin.split()[0]
+        wanted[f"CONFIG_{e.symbol}"] = (e.value.strip('"'), source, True)
+    for symbol, (accepted, source, after_reboot) in wanted.items():
+        out.append(Check(f"kernel {symbol}", "kernel", source, accepted,
+                         _KCONFIG.format(sym=symbol), "one_of", after_reboot))
+    return out
+
+
+# Mount options the kernel never lists among a mount's options (they steer mount(8),
+# systemd's fstab generator or fsck).
+_UNLISTED_MOUNT_OPTIONS = ("defaults", "auto", "noauto", "nofail", "user", "nouser", "users",
+                           "owner", "group", "_netdev", "x-", "comment=")
+
+
+def install_checks(profile: Profile) -> list[Check]:
+    """What only a machine installed from the profile has (`apply` neither re-mounts the
+    root nor installs packages): the root file system, its mount options as the kernel
+    reports them, and the extra packages."""
+    out = [Check("root file system", "mount", "disk.root_fs", profile.disk.root_fs,
+                 "findmnt -no FSTYPE /", after_reboot=True)]
+    for opt in profile.disk.mount_options:
+        if opt.startswith(_UNLISTED_MOUNT_OPTIONS):
+            continue
+        out.append(Check(f"root mount option {opt}", "mount", "disk.mount_options", opt,
+                         "findmnt -no OPTIONS / | tr ',' ' '", "token", after_reboot=True))
+    for name in profile.packages.extra:
+        pkg = shlex.quote(name)
+        out.append(Check(f"package {name}", "package", "packages.extra", "installed",
+                         f"if command -v pacman >/dev/null; then pacman -Q {pkg} >/dev/null 2>&1;"
+                         f" else dpkg-query -W -f='${{Status}}' {pkg} 2>/dev/null"
+                         " | grep -q ' installed$'; fi && echo installed || echo missing"))
+    return out
+
+
+def live_checks(profile: Profile) -> list[Check]:
+    """Every live check of a profile: what `synapse verify` runs and the VM asserts."""
+    state = desired_state(profile)
+    return [*checks(state), *kernel_checks(profile, state)]
 
 
 def file_checks(files: Mapping[str, tuple[int, str, str | None]],

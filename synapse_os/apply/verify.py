@@ -14,7 +14,7 @@ from synapse_os import proc
 from synapse_os.apply.plan import rootfs_files
 from synapse_os.profile.model import Profile
 from synapse_os.render import render_profile
-from synapse_os.state import Check, checks, desired_state, file_checks
+from synapse_os.state import Check, file_checks, live_checks
 
 PROBE_TIMEOUT_S = 20
 
@@ -69,7 +69,7 @@ def profile_checks(profile: Profile, root: Path, settings_only: bool) -> tuple[l
     notes: list[str] = []
     out: list[Check] = []
     if live:
-        out.extend(checks(desired_state(profile)))
+        out.extend(live_checks(profile))
     else:
         notes.append(f"{root} is not the running system: only the files placed there are "
                      "checked; run verify on the booted machine for live settings")

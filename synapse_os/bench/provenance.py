@@ -15,12 +15,15 @@ from typing import Any
 import psutil
 
 from synapse_os import __version__
+from synapse_os.profile.model import NUMA_SYSCTLS, OWNED_SYSCTL
 from synapse_os.revision import git_revision
+from synapse_os.state import sysctl_path
 
 SYS_CPU = Path("/sys/devices/system/cpu")
 THP = Path("/sys/kernel/mm/transparent_hugepage")
-SYSCTLS = ("vm/swappiness", "vm/page-cluster", "vm/overcommit_memory", "kernel/numa_balancing",
-           "kernel/nmi_watchdog", "kernel/sched_autogroup_enabled")
+# Every sysctl a profile field owns, plus the ones inference results are known to follow.
+SYSCTLS = tuple(sorted({*OWNED_SYSCTL, "vm.overcommit_memory", "vm.max_map_count",
+                        *NUMA_SYSCTLS, "kernel.nmi_watchdog", "kernel.sched_autogroup_enabled"}))
 
 
 def _read(path: Path) -> str | None:
@@ -129,7 +132,7 @@ def collect() -> dict[str, Any]:
         "vulnerabilities": _vulnerabilities(),
         "thp": {"enabled": _bracketed(_read(THP / "enabled")),
                 "defrag": _bracketed(_read(THP / "defrag"))},
-        "sysctl": {name.replace("/", "."): _read(Path("/proc/sys") / name) for name in SYSCTLS},
+        "sysctl": {key: _read(Path(sysctl_path(key))) for key in SYSCTLS},
         "memory": {"total_bytes": psutil.virtual_memory().total},
         "swap": _swap(),
         "synapse": {"version": __version__, **git_revision()},

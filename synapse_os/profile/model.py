@@ -486,6 +486,16 @@ class Profile(Strict):
             )
         return self
 
+    def memory_high_bytes(self) -> int | None:
+        """The engine's MemoryHigh= in bytes (`auto` = RAM minus the reserve; the validator
+        guarantees RAM is known and larger than the reserve)."""
+        rt = self.runtime
+        if rt is None or rt.memory_high is None:
+            return None
+        if rt.memory_high != "auto":
+            return parse_size(rt.memory_high)
+        return parse_size(self.hardware.ram) - parse_size(rt.memory_reserve)
+
     def hash(self) -> str:
         """sha256 of the canonical JSON form: identical for identical resolved profiles."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

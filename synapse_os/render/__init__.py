@@ -19,7 +19,7 @@ from synapse_os import __version__
 from synapse_os.distro import distro_for
 from synapse_os.errors import UserError
 from synapse_os.outdir import File, write_dir
-from synapse_os.profile.model import Profile, parse_size
+from synapse_os.profile.model import Profile
 from synapse_os.render.escape import FILTERS
 from synapse_os.resources import data_dir
 from synapse_os.state import ENGINE_UNITS, SystemState, cmdline_string, desired_state
@@ -106,24 +106,8 @@ class Context:
 
     @property
     def memory_high(self) -> str | None:
-        rt = self.profile.runtime
-        if rt is None or rt.memory_high is None:
-            return None
-        if rt.memory_high != "auto":
-            return str(parse_size(rt.memory_high))
-        ram = self.profile.hardware.ram
-        if ram == "auto":
-            raise UserError(
-                "runtime.memory_high: auto needs the machine's RAM; set hardware.ram "
-                "(synapse init fills it in) or give memory_high a size"
-            )
-        high = parse_size(ram) - parse_size(rt.memory_reserve)
-        if high <= 0:
-            raise UserError(
-                f"runtime.memory_reserve ({rt.memory_reserve}) is not smaller than "
-                f"hardware.ram ({ram}); lower the reserve"
-            )
-        return str(high)
+        high = self.profile.memory_high_bytes()
+        return None if high is None else str(high)
 
     @property
     def listen(self) -> str | None:

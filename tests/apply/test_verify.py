@@ -36,11 +36,11 @@ def by_id(report: dict[str, object]) -> dict[str, dict[str, str]]:
     return {c["id"]: c for c in report["checks"]}  # type: ignore[attr-defined, index]
 
 
-def test_stock_baseline_has_only_the_hostname_setting() -> None:
+def test_stock_baseline_has_only_hostname_and_timezone() -> None:
     from synapse_os.profile import load_profile
 
     state = desired_state(load_profile(PROFILES / "stock-baseline.yaml"))
-    assert [c.id for c in checks(state)] == ["hostname"]
+    assert [c.id for c in checks(state)] == ["hostname", "timezone"]
 
 
 def test_current_swappiness_passes_and_another_value_fails(tmp_path: Path) -> None:
@@ -78,7 +78,7 @@ def test_table_output(tmp_path: Path) -> None:
     lines = res.stdout.splitlines()
     assert lines[0].split() == ["STATUS", "CHECK", "EXPECTED", "ACTUAL"]
     assert any(line.startswith("PASS") and "vm.swappiness" in line for line in lines)
-    assert "2 pass, 0 fail, 0 unknown" in res.stdout
+    assert "3 pass, 0 fail, 0 unknown" in res.stdout
 
 
 def test_files_on_a_target_tree(gpu_profile: Path, root: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from synapse_os.profile import load_profile
-from synapse_os.state import Check, checks, desired_state, matches
+from synapse_os.state import _SERVICE_PROBES, Check, checks, desired_state, matches
 from tests.conftest import PROFILES
 
 
@@ -37,6 +37,52 @@ def test_every_tuned_setting_gets_a_check() -> None:
     assert "unit bluetooth.service masked" in ids and "unit synapse-runtime.service active" in ids
     for check in checks(state):
         assert check.source, check.id  # every check names the profile key behind it
+    service = {c.id.rsplit(" ", 1)[1]: c.expected for c in checks(state)
+               if c.id.startswith("service synapse-runtime.service ")}
+    # nice -5, batch, -500, MemoryHigh auto = 32G RAM - 4G reserve (page-aligned already)
+    assert service == {"Nice": "-5", "CPUSchedulingPolicy": "B", "OOMScoreAdjust": "-500",
+                       "MemoryHigh": str(28 * 2**30)}
+
+
+def test_service_properties_are_read_from_the_running_process() -> None:
+    """The probe bodies against a real process started the way systemd would start it
+    (systemd itself cannot run here: the booted VM test runs the whole probe)."""
+    proc = subprocess.Popen(["chrt", "--batch", "0", "nice", "-n", "7", "sleep", "60"])
+    try:
+        Path(f"/proc/{proc.pid}/oom_score_adj").write_text("321")  # raising needs no privilege
+        for prop, want in (("Nice", "7"), ("CPUSchedulingPolicy", "B"),
+                           ("OOMScoreAdjust", "321")):
+            probe = Check(prop, "unit", "runtime", want, f"pid={proc.pid}; "
+                          + _SERVICE_PROBES[prop])
+            assert run_probe(probe) == ("pass", want)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_service_checks_are_unknown_without_systemd(tmp_path: Path) -> None:
+    body = ("runtime:\n  engine: synapse-runtime\n  nice: 3\n  models:\n    main:\n"
+            "      path: /var/lib/synapse/models/m.gguf\n")
+    (check,) = [c for c in profile_with(tmp_path, body) if c.id.endswith(" Nice")]
+    status, actual = run_probe(check)
+    if not Path("/run/systemd/system").is_dir():  # no systemd as PID 1 (containers, CI)
+        assert (status, actual) == ("unknown", "not readable on this machine")
+    else:  # the engine is not installed on a development host
+        assert (status, actual) == ("unknown", "synapse-runtime.service is not running")
+
+
+def test_timezone_is_compared_by_zone_data(tmp_path: Path) -> None:
+    link = Path("/etc/localtime").readlink().as_posix().split("zoneinfo/", 1)[1]
+    other = "Asia/Tokyo" if link != "Asia/Tokyo" else "Europe/Paris"
+    for zone, want in ((link, ("pass", link)), (other, ("fail", link))):
+        (check,) = [c for c in profile_with(tmp_path, f"timezone: {zone}\n")
+                    if c.id == "timezone"]
+        assert run_probe(check) == want
+    if link in ("Etc/UTC", "UTC"):  # an alias of the live zone is the same zone
+        alias = "UTC" if link == "Etc/UTC" else "Etc/UTC"
+        (check,) = [c for c in profile_with(tmp_path, f"timezone: {alias}\n")
+                    if c.id == "timezone"]
+        assert run_probe(check) == ("pass", alias)
 
 
 def test_sysctl_matching_the_live_value_passes_and_another_fails(tmp_path: Path) -> None:
