@@ -109,7 +109,7 @@ _SERVICE_PROBES = {
     "Nice": 'ps -o ni= -p "$pid"',
     "CPUSchedulingPolicy": 'ps -o cls= -p "$pid"',
     "OOMScoreAdjust": 'cat "/proc/$pid/oom_score_adj"',
-    "User": 'ps -o user= -p "$pid"',
+    "User": 'ps -o user:64= -p "$pid"',  # wide enough that ps never shows a uid instead
     "MemoryHigh": (f'cg=$(systemctl show -p ControlGroup --value "$unit"); '
                    f'[ -r "/sys/fs/cgroup$cg/memory.high" ] || exit {UNKNOWN_RC}; '
                    'cat "/sys/fs/cgroup$cg/memory.high"'),

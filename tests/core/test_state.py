@@ -41,7 +41,7 @@ def test_every_tuned_setting_gets_a_check() -> None:
                if c.id.startswith("service synapse-runtime.service ")}
     # nice -5, batch, -500, MemoryHigh auto = 32G RAM - 4G reserve (page-aligned already)
     assert service == {"Nice": "-5", "CPUSchedulingPolicy": "B", "OOMScoreAdjust": "-500",
-                       "MemoryHigh": str(28 * 2**30)}
+                       "MemoryHigh": str(28 * 2**30), "User": "synapse"}
 
 
 def test_service_properties_are_read_from_the_running_process() -> None:
@@ -51,7 +51,7 @@ def test_service_properties_are_read_from_the_running_process() -> None:
     try:
         Path(f"/proc/{proc.pid}/oom_score_adj").write_text("321")  # raising needs no privilege
         for prop, want in (("Nice", "7"), ("CPUSchedulingPolicy", "B"),
-                           ("OOMScoreAdjust", "321")):
+                           ("OOMScoreAdjust", "321"), ("User", "root")):
             probe = Check(prop, "unit", "runtime", want, f"pid={proc.pid}; "
                           + _SERVICE_PROBES[prop])
             assert run_probe(probe) == ("pass", want)

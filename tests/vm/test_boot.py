@@ -46,7 +46,13 @@ def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path,
     for must in ("zram0 swap active", "zram0 algorithm", "journald Storage",
                  "cmdline mitigations=off", "sysfs /sys/kernel/mm/transparent_hugepage/enabled",
                  "unit bluetooth.service masked", "kernel CONFIG_ZRAM",
-                 "service /health", "service completion"):
+                 "service /health", "service completion", "service listening address",
+                 "service synapse-runtime.service Nice",
+                 "service synapse-runtime.service CPUSchedulingPolicy",
+                 "service synapse-runtime.service OOMScoreAdjust",
+                 "service synapse-runtime.service MemoryHigh",
+                 "service synapse-runtime.service User", "timezone", "root file system",
+                 "root mount option noatime", "package htop"):
         assert statuses[must] == "pass", must
     completion = next(a for a in report["assertions"] if a["id"] == "service completion")
     assert completion["actual"].startswith("answered")
