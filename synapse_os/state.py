@@ -141,7 +141,7 @@ def desired_state(profile: Profile) -> SystemState:
     for key, src in OWNED_SYSCTL.items():
         value = getattr(mem, src.removeprefix("memory."))
         if value is not None:
-            sysctl[key] = str(value)
+            sysctl[key] = str(parse_size(value) if isinstance(value, str) else value)
             sources[f"sysctl {key}"] = src
     for extra_key, extra_value in sorted(profile.sysctl.items()):
         sysctl[extra_key] = str(extra_value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -68,16 +68,6 @@ ENGINE_UNITS = {
 BOGUS_CMDLINE = {
     "auditing": "the kernel parameter is 'audit=0'",
     "logic": "there is no such kernel parameter",
-}
-# Sysctls with a dedicated profile field (memory.<field>): the free `sysctl:` map may not
-# set them too (one would silently override the other). state.py renders them from here.
-OWNED_SYSCTL = {
-    "vm.swappiness": "memory.swappiness",
-    "vm.page-cluster": "memory.page_cluster",
-    "vm.nr_hugepages": "memory.hugepages",
-    "vm.vfs_cache_pressure": "memory.vfs_cache_pressure",
-    "vm.dirty_ratio": "memory.dirty_ratio",
-    "vm.dirty_background_ratio": "memory.dirty_background_ratio",
 }
 # Sysctls that exist only in a kernel built with NUMA.
 NUMA_SYSCTLS = ("kernel.numa_balancing",)
@@ -265,17 +255,45 @@ class Zram(Strict):
         return v
 
 
+def _sysctl(key: str, description: str = "", ge: int | None = None,
+            le: int | None = None) -> Any:
+    """A memory field that *is* one sysctl: state.py renders, verifies and records it."""
+    return Field(None, description=f"sysctl {key}. {description}".strip(),
+                 json_schema_extra={"sysctl": key}, ge=ge, le=le)
+
+
 class Memory(Strict):
     thp: Literal["always", "madvise", "never"] | None = None
     thp_defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] | None = None
     zram: Zram | None = None
     zswap: bool | None = Field(None, description="False writes zswap.enabled=0 on the cmdline.")
-    swappiness: int | None = Field(None, ge=0, le=200)
-    page_cluster: int | None = Field(None, ge=0, le=10)
-    hugepages: int | None = Field(None, ge=0, description="vm.nr_hugepages (2 MiB pages).")
-    vfs_cache_pressure: int | None = Field(None, ge=0, le=1000)
-    dirty_ratio: int | None = Field(None, ge=1, le=100)
-    dirty_background_ratio: int | None = Field(None, ge=1, le=100)
+    swappiness: int | None = _sysctl("vm.swappiness", ge=0, le=200)
+    page_cluster: int | None = _sysctl("vm.page-cluster", ge=0, le=10)
+    hugepages: int | None = _sysctl("vm.nr_hugepages", ge=0, description="2 MiB pages.")
+    vfs_cache_pressure: int | None = _sysctl("vm.vfs_cache_pressure", ge=0, le=1000)
+    dirty_ratio: int | None = _sysctl("vm.dirty_ratio", ge=1, le=100)
+    dirty_background_ratio: int | None = _sysctl("vm.dirty_background_ratio", ge=1, le=100)
+    dirty_bytes: Size | None = _sysctl(
+        "vm.dirty_bytes", description="Instead of dirty_ratio: a fixed amount, whatever the RAM.")
+    dirty_background_bytes: Size | None = _sysctl(
+        "vm.dirty_background_bytes", description="Instead of dirty_background_ratio.")
+
+    @model_validator(mode="after")
+    def _dirty(self) -> Memory:
+        for what in ("dirty", "dirty_background"):
+            if getattr(self, f"{what}_ratio") is not None and \
+                    getattr(self, f"{what}_bytes") is not None:
+                raise ValueError(f"memory.{what}_ratio and memory.{what}_bytes are one kernel "
+                                 "setting (writing one zeroes the other); set only one")
+        return self
+
+
+# Sysctls with a dedicated profile field (memory.<field>), from the fields' own metadata: the
+# free `sysctl:` map may not set them too (one would silently override the other).
+OWNED_SYSCTL: dict[str, str] = {
+    str(info.json_schema_extra["sysctl"]): f"memory.{name}"
+    for name, info in Memory.model_fields.items()
+    if isinstance(info.json_schema_extra, dict) and "sysctl" in info.json_schema_extra}
 
 
 class Cpu(Strict):

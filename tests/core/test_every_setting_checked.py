@@ -7,8 +7,10 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
+from synapse_os.errors import UserError
 from synapse_os.profile import load_profile
 from synapse_os.profile.model import Profile
 from synapse_os.state import install_checks, live_checks
@@ -94,13 +96,25 @@ def leaves(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
             yield prefix + name
 
 
+# The settings that exclude ones EVERYTHING sets (one kernel value, two spellings).
+EVERYTHING_ELSE = f"""\
+extends: {PROFILES / "cpu-avx2.yaml"}
+name: everything-else
+memory:
+  dirty_bytes: 256M
+  dirty_background_bytes: 64M
+"""
+
+
 def test_every_setting_has_a_live_check_or_a_reason(tmp_path: Path) -> None:
-    path = tmp_path / "everything.yaml"
-    path.write_text(EVERYTHING)
-    profile = load_profile(path)
-    checked = {c.source.split(".")[0] if c.source.startswith("sysctl.") else c.source
-               for c in [*live_checks(profile), *install_checks(profile),
-                         *service_checks(profile)]}
+    checked: set[str] = set()
+    for name, text in (("everything", EVERYTHING), ("else", EVERYTHING_ELSE)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        profile = load_profile(path)
+        checked |= {c.source.split(".")[0] if c.source.startswith("sysctl.") else c.source
+                    for c in [*live_checks(profile), *install_checks(profile),
+                              *service_checks(profile)]}
     every = set(leaves(Profile))
     assert "runtime.models.sha256" in every and "memory.zram.priority" in every
     unaccounted = sorted(every - checked - set(NOT_LIVE))
@@ -108,3 +122,23 @@ def test_every_setting_has_a_live_check_or_a_reason(tmp_path: Path) -> None:
     stale = sorted(set(NOT_LIVE) & checked)
     assert not stale, f"checked live now; remove them from NOT_LIVE: {stale}"
     assert set(NOT_LIVE) <= every, sorted(set(NOT_LIVE) - every)
+
+
+def test_a_sysctl_field_is_rendered_checked_and_owned_from_its_one_declaration(
+        tmp_path: Path) -> None:
+    from synapse_os.render import render_profile
+    from synapse_os.state import checks, desired_state
+
+    path = tmp_path / "p.yaml"
+    path.write_text(EVERYTHING_ELSE)
+    profile = load_profile(path)
+    sysctl_d = render_profile(profile).files["rootfs/etc/sysctl.d/90-synapse.conf"].content
+    assert b"vm.dirty_bytes = 268435456\n" in sysctl_d
+    (check,) = [c for c in checks(desired_state(profile)) if c.id == "sysctl vm.dirty_bytes"]
+    assert (check.expected, check.source) == ("268435456", "memory.dirty_bytes")
+    path.write_text(EVERYTHING_ELSE + "sysctl:\n  vm.dirty_bytes: 1\n")
+    with pytest.raises(UserError, match="vm.dirty_bytes is set through memory.dirty_bytes"):
+        load_profile(path)
+    path.write_text(EVERYTHING_ELSE + "  dirty_ratio: 10\n")
+    with pytest.raises(UserError, match="dirty_ratio and memory.dirty_bytes are one kernel"):
+        load_profile(path)
