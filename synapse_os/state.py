@@ -23,6 +23,7 @@ UNKNOWN_RC = 100
 RUNTIME_UNIT = ENGINE_UNITS["synapse-runtime"]
 LLAMA_SERVER_UNIT = ENGINE_UNITS["llama-server"]
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
+KSM_RUN = "/sys/kernel/mm/ksm/run"
 CPUFREQ_GLOB = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq"
 # Whether a unit is active can only be read where systemd is PID 1 (not in a chroot/container).
 SYSTEMD_UP = f"[ -d /run/systemd/system ] || exit {UNKNOWN_RC};"
@@ -154,6 +155,9 @@ def desired_state(profile: Profile) -> SystemState:
     if mem.thp_defrag is not None:
         sysfs[f"{THP_DIR}/defrag"] = mem.thp_defrag
         sources[f"sysfs {THP_DIR}/defrag"] = "memory.thp_defrag"
+    if mem.ksm is not None:
+        sysfs[KSM_RUN] = "1" if mem.ksm else "0"
+        sources[f"sysfs {KSM_RUN}"] = "memory.ksm"
     if profile.cpu.governor is not None:
         sysfs[f"{CPUFREQ_GLOB}/scaling_governor"] = profile.cpu.governor
         sources[f"sysfs {CPUFREQ_GLOB}/scaling_governor"] = "cpu.governor"

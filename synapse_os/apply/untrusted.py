@@ -24,6 +24,7 @@ UNIT_DIR = "etc/systemd/system/"
 LIVE_PATH = re.compile(
     r"/proc/sys/[a-z0-9_]+(/[a-z0-9_-]+)+"
     r"|/sys/kernel/mm/transparent_hugepage/(enabled|defrag)"
+    r"|/sys/kernel/mm/ksm/run"
     r"|/sys/devices/system/cpu/cpu\d+/cpufreq/(scaling_governor|energy_performance_preference)"
 )
 LIVE_VALUE = re.compile(r"[A-Za-z0-9_ \t.,:/+@=\[\]-]{0,256}")

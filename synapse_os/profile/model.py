@@ -267,6 +267,10 @@ class Memory(Strict):
     thp_defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] | None = None
     zram: Zram | None = None
     zswap: bool | None = Field(None, description="False writes zswap.enabled=0 on the cmdline.")
+    ksm: bool | None = Field(
+        None, description="Kernel samepage merging (/sys/kernel/mm/ksm/run): false stops ksmd, "
+        "which scans anonymous memory for duplicates; model weights are file-backed and never "
+        "merge, so on an inference box it only costs CPU.")
     swappiness: int | None = _sysctl("vm.swappiness", ge=0, le=200)
     page_cluster: int | None = _sysctl("vm.page-cluster", ge=0, le=10)
     hugepages: int | None = _sysctl("vm.nr_hugepages", ge=0, description="2 MiB pages.")

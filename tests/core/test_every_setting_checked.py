@@ -22,6 +22,7 @@ EVERYTHING = f"""\
 extends: {PROFILES / "cpu-avx2.yaml"}
 name: everything
 memory:
+  ksm: false
   dirty_ratio: 20
   dirty_background_ratio: 5
 services:

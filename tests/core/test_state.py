@@ -105,6 +105,14 @@ def test_thp_choice_file_is_read_for_its_selected_value(tmp_path: Path) -> None:
         assert run_probe(check)[0] == status
 
 
+def test_ksm_run_file_is_read_live(tmp_path: Path) -> None:
+    running = live("/sys/kernel/mm/ksm/run") == "1"
+    for ksm, status in ((running, "pass"), (not running, "fail")):
+        (check,) = [c for c in profile_with(tmp_path, f"memory:\n  ksm: {str(ksm).lower()}\n")
+                    if c.id == "sysfs /sys/kernel/mm/ksm/run"]
+        assert (check.source, run_probe(check)[0]) == ("memory.ksm", status)
+
+
 def test_unreadable_setting_is_unknown_not_pass(tmp_path: Path) -> None:
     (check,) = [c for c in profile_with(tmp_path, "cpu:\n  governor: performance\n")
                 if "scaling_governor" in c.id]

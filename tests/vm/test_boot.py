@@ -52,7 +52,7 @@ def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path,
                  "service synapse-runtime.service OOMScoreAdjust",
                  "service synapse-runtime.service MemoryHigh",
                  "service synapse-runtime.service User", "timezone", "root file system",
-                 "root mount option noatime", "package htop"):
+                 "root mount option noatime", "package htop", "sysfs /sys/kernel/mm/ksm/run"):
         assert statuses[must] == "pass", must
     completion = next(a for a in report["assertions"] if a["id"] == "service completion")
     assert completion["actual"].startswith("answered")
