@@ -17,6 +17,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# A kernel without vfat (some CI and container kernels) cannot mount an ESP; give mount(8)
+# a FUSE helper so install.sh runs unchanged on the images it builds.
+if ! grep -qw vfat /proc/filesystems && ! $SUDO modprobe -q vfat 2>/dev/null \
+   && [ ! -e /usr/sbin/mount.vfat ]; then
+  echo "setup: this kernel has no vfat; installing the FUSE mount.vfat helper"
+  $SUDO install -m 0755 scripts/mount.vfat-fuse /usr/sbin/mount.vfat
+fi
+
 echo "setup: installing synapse with its runtime, bench, model, fleet and dev extras (llama-cpp-python builds from source: ~8 min on 2 cores the first time, cached after)"
 python3 -m pip install -q --disable-pip-version-check -e ".[runtime,bench,model,fleet,dev]"
 # archinstall's own example configuration, which the rendered archinstall config is checked

@@ -27,6 +27,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "history": "synapse_os.apply.cli:history_cmd",
     "image": "synapse_os.image.cli:group",
     "build-iso": "synapse_os.image.cli:build_iso_cmd",
+    "bundle": "synapse_os.image.cli:bundle_cmd",
     "vm": "synapse_os.vm.cli:group",
     "bench": "synapse_os.bench.cli:group",
     "runtime": "synapse_os.runtime.cli:group",

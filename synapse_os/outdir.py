@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +58,10 @@ def check_output_dir(out: Path, marker: str, listed: bool = False) -> None:
                         "and files in it); choose an empty or new directory")
 
 
-def write_dir(out: Path, files: Mapping[str, File], marker: str, listed: bool = False) -> None:
-    """Write `files` (relative paths) as directory `out`; `files` must include `marker`."""
+def write_dir(out: Path, files: Mapping[str, File], marker: str, listed: bool = False,
+              fill: Callable[[Path], None] | None = None) -> None:
+    """Write `files` (relative paths) as directory `out`; `files` must include `marker`.
+    `fill(new_dir)` may add more before the directory is renamed into place."""
     out = Path(out)
     check_output_dir(out, marker, listed)
     parent = out.resolve().parent
@@ -77,6 +79,8 @@ def write_dir(out: Path, files: Mapping[str, File], marker: str, listed: bool = 
             else:
                 dest.write_bytes(f.content)
                 os.chmod(dest, f.mode)
+        if fill is not None:
+            fill(tmp)
         for dirpath, _dirs, _files in os.walk(tmp):
             os.chmod(dirpath, 0o755)
         if out.exists():

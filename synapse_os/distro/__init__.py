@@ -22,6 +22,8 @@ class Distro:
     filesystem_tools: dict[str, str]
     kernel_build: tuple[str, ...]  # what building a custom kernel needs on the target
     grub_config: str  # where grub-mkconfig reads the command line (relative to /)
+    esp_mount: str  # where the installed system mounts the EFI system partition
+    default_entry: str  # loader.conf's default: the entry (or glob) the install writes
 
     def packages(self, profile: Profile) -> list[str]:
         """The full package list for a profile, sorted and without duplicates."""
@@ -59,22 +61,29 @@ ARCH = Distro(
     kernel_build=("base-devel", "bc", "cpio", "gettext", "libelf", "pahole", "perl", "python",
                   "tar", "xz", "zstd"),
     grub_config="etc/default/grub",  # Arch's grub-mkconfig reads only this file
+    esp_mount="/boot",  # kernels live on the ESP; the rendered entries name them
+    default_entry="synapse.conf",
 )
 
 DEBIAN = Distro(
     name="debian",
     base_packages=("systemd-sysv", "udev", "dbus", "sudo", "openssh-server", "iproute2",
-                   "procps", "util-linux", "dosfstools", "kmod", "ca-certificates"),
+                   "procps", "util-linux", "dosfstools", "kmod", "ca-certificates",
+                   "initramfs-tools", "zstd"),
     default_kernel="linux-image-amd64",
     microcode={"intel": "intel-microcode", "amd": "amd64-microcode"},
     zram_generator="systemd-zram-generator",
-    python=("python3", "python3-venv", "python3-pip"),
+    python=("python3", "python3-venv", "python3-pip", "libgomp1"),  # llama.cpp links libgomp
     bootloader={"systemd-boot": ("systemd-boot",), "grub": ("grub-efi-amd64",)},
     filesystem_tools={"xfs": "xfsprogs", "ext4": "e2fsprogs"},
     # what `make bindeb-pkg` (build/linux-synapse/build-deb.sh) needs
     kernel_build=("build-essential", "bc", "bison", "flex", "libelf-dev", "libssl-dev", "cpio",
                   "kmod", "rsync", "dwarves", "python3", "debhelper"),
     grub_config="etc/default/grub.d/90-synapse.cfg",  # Debian's grub-mkconfig sources grub.d
+    # Debian's layout: /boot on the root file system, kernel-install copies each kernel
+    # to the ESP under the entry token "synapse" (install.sh sets it)
+    esp_mount="/boot/efi",
+    default_entry="synapse-*",
 )
 
 BACKENDS = {"arch": ARCH, "debian": DEBIAN}

@@ -1,10 +1,12 @@
-"""`synapse image build`: a profile becomes a bootable GPT disk image, in small named steps.
+"""`synapse image build`: a profile becomes a bootable GPT disk image by the very install
+path a user runs on a bare disk.
 
-    bootstrap base (cached) → unpack → runtime venv + model → overlay → users, units,
-    fstab → [test access] → ESP (systemd-boot, kernel, initrd, entry) → disk image
+    synapse bundle (cached packages and wheels) → sparse image file attached as a disk
+    (loopdisk) → the bundle's install/partition.sh → its install/install.sh --removable,
+    offline (its own network namespace) → models at runtime.models → boot metadata
 
-The result is written to a temp file beside OUTPUT and renamed into place, so a failed
-build leaves nothing behind; the working root lives under the cache directory and is
+The image is written to a temp file beside OUTPUT and renamed into place, so a failed
+build leaves nothing behind; the bundle and mount point live in a work directory that is
 removed on every exit path.
 """
 
@@ -15,27 +17,30 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from synapse_os import __version__
-from synapse_os.errors import UserError
-from synapse_os.image import arch, debian, disk, rootfs
+from synapse_os.errors import OperationError, UserError
+from synapse_os.image import disk, loopdisk
+from synapse_os.image.bundle import build_bundle
 from synapse_os.image.cache import LayerCache
 from synapse_os.image.progress import Progress
-from synapse_os.image.runtime import install_venv
-from synapse_os.proc import require_tool
+from synapse_os.models import default_model
+from synapse_os.proc import require_tool, run
 from synapse_os.profile.model import Profile, parse_size
-from synapse_os.render import Tree, render_profile
-from synapse_os.state import desired_state
 
 # Extra kernel words every image boots with: the serial console is how a VM is watched.
 CONSOLE_WORDS = ("console=tty0", "console=ttyS0,115200")
-ENTRY = "synapse.conf"
+ESP = "boot/efi"  # where the Debian install mounts the ESP (distro.esp_mount)
 BUILD_TOOLS = (
-    ("mmdebstrap", "mmdebstrap"), ("sfdisk", "fdisk"), ("mkfs.fat", "dosfstools"),
-    ("mcopy", "mtools"), ("mkfs.ext4", "e2fsprogs"), ("tar", "tar"), ("chroot", "coreutils"),
+    ("mmdebstrap", "mmdebstrap"), ("arch-chroot", "arch-install-scripts"),
+    ("sgdisk", "gdisk"), ("sfdisk", "fdisk"), ("mkfs.vfat", "dosfstools"),
+    ("mcopy", "mtools"), ("mkfs.ext4", "e2fsprogs"), ("unshare", "util-linux"),
+    ("losetup", "mount"),
 )
+HEADROOM = 1536 * 1024 * 1024  # initramfs, apt state, and free space for the running system
 
 
 @dataclass
@@ -89,152 +94,155 @@ def build_image(
             f"boot.loader: {profile.boot.loader} is not supported by image builds; "
             "images boot with systemd-boot (set boot.loader: systemd-boot)"
         )
-    if profile.base == "arch":
-        arch.require_arch_host()
     if os.geteuid() != 0:
         raise UserError(
-            "image build must run as root (mmdebstrap and chroot need it); rerun with sudo"
+            "image build must run as root (it attaches loop devices and mounts them); "
+            "rerun with sudo"
         )
-    if profile.disk.root_fs != "ext4":
-        raise UserError(
-            f"disk.root_fs: {profile.disk.root_fs} images cannot be filled without mounting on "
-            "this host (mkfs.xfs has no directory import here); set disk.root_fs: ext4"
-        )
-
     for tool, package in BUILD_TOOLS:
         require_tool(tool, f"apt-get install {package}")
-    tree = render_profile(profile)
-    state = desired_state(profile)
-    base_key = debian.base_key(profile)
-    base_tar = debian.bootstrap_base(profile, cache, progress)
+    require_vfat()
 
-    needed = base_tar.stat().st_size * 2 + 1024 * disk.MIB
-    work_parent = work_dir_parent(cache, needed)
-    disk.check_space(work_parent, needed, "the image root")
+    work_parent = cache.root / "tmp"
+    work_parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build.", dir=work_parent))
+    tmp: Path | None = None
     try:
-        root = work / "root"
-        esp = work / "esp"
-        root.mkdir()
-        esp.mkdir()
-        with progress.step("unpacking the base root"):
-            rootfs.unpack(base_tar, root)
-        if profile.runtime is not None:
-            install_venv(root, base_key, cache, progress, profile.hardware.isa)
-        with progress.step("laying the rendered overlay, users, units and fstab"):
-            rootfs.system_basics(root, profile)
-            boot_files = rootfs.lay_overlay(tree, root)
-            rootfs.create_users(root)
-            rootfs.apply_units(root, state)
-            rootfs.write_fstab(root, profile)
-            if test:
-                rootfs.add_test_access(root)
-        if profile.runtime is not None:
-            with progress.step("placing the model at the profile's runtime.models paths"):
-                models = rootfs.install_models(root, profile)
-            progress.note("models: " + ", ".join(models))
-        with progress.step("preparing the EFI system partition (systemd-boot)"):
-            info = _prepare_esp(profile, tree, root, esp, boot_files, output, test)
-        with progress.step("writing the GPT disk image (mkfs.fat + mtools, mkfs.ext4 -d)"):
-            _write_disk(profile, root, esp, output)
+        tree = work / "tree"
+        bundle = build_bundle(profile, tree, test=test, cache=cache, progress=progress)
+        size = image_size(profile, tree)
+        parent = output.resolve().parent
+        disk.check_space(parent, size, f"the disk image {output.name}")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        os.truncate(tmp, size)  # sparse
+        esp_size = parse_size(profile.disk.esp_size)
+        mnt = work / "mnt"
+        # the image stands in for the profile's target disk, under its name when it has one
+        target_name = Path(profile.disk.target).name if profile.disk.target \
+            else f"synapse-image-{tmp.name.strip('.')}"
+        with loopdisk.attach(tmp, esp_size, target_name) as target:
+            try:
+                with progress.step("install/partition.sh on the image (GPT, ESP, root)"):
+                    run(["bash", tree / "install/partition.sh", "--yes", target.link,
+                         "--mnt", mnt], timeout=600)
+                    target.check_table()
+                with progress.step("install/install.sh --removable, offline (no network)"):
+                    run(["unshare", "--net", "--", "bash", tree / "install/install.sh",
+                         "--mnt", mnt, "--removable"], timeout=3600)
+                if profile.runtime is not None:
+                    with progress.step("placing the model at the profile's runtime.models paths"):
+                        models = install_models(mnt, profile)
+                    progress.note("models: " + ", ".join(models))
+                info = boot_metadata(profile, mnt / ESP, output, test)
+            finally:
+                unmount(mnt)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, output)
         info.size_bytes = output.stat().st_size
+        progress.note(f"bundle: {bundle.debs} packages, {bundle.wheels} wheels")
     finally:
-        with progress.step("removing the working root"):
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        with progress.step("removing the work directory"):
             shutil.rmtree(work, ignore_errors=True)
     info.timings = dict(progress.timings)
     return info
 
 
-def work_dir_parent(cache: LayerCache, needed: int) -> Path:
-    """Where the image root is assembled: RAM (/dev/shm) when there is plenty of it.
-
-    Unpacking a root takes seconds anywhere, but deleting 20,000 files again can take
-    minutes on a disk mounted with `discard`; on tmpfs both are instant.
-    """
-    override = os.environ.get("SYNAPSE_WORKDIR")
-    if override:
-        path = Path(override)
-    else:
-        shm = Path("/dev/shm")
-        path = cache.root / "tmp"
-        if shm.is_dir() and os.access(shm, os.W_OK) and _mem_available() > needed * 3:
-            with contextlib.suppress(OSError):
-                if shutil.disk_usage(shm).free > needed * 2:
-                    path = shm
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def unmount(mnt: Path) -> None:
+    """Unmount everything under mnt. A FUSE-mounted ESP (stacked: see
+    scripts/mount.vfat-fuse) stays busy until its upper daemon has exited, so retry a
+    while, then unmount lazily; the error that got us here, if any, is the one to report."""
+    for _ in range(40):
+        if not os.path.ismount(mnt) or run(["umount", "-R", mnt], check=False).returncode == 0:
+            return
+        time.sleep(0.25)
+    run(["umount", "-R", "--lazy", mnt], check=False)
 
 
-def _mem_available() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _prepare_esp(
-    profile: Profile, tree: Tree, root: Path, esp: Path, boot_files: list[str], output: Path,
-    test: bool,
-) -> ImageInfo:
-    rootfs.move_boot(root, esp)
-    kernels = sorted(p.name for p in esp.glob("vmlinuz-*"))
-    if not kernels:
-        raise UserError(f"profile {profile.name}: the bootstrapped root has no kernel in /boot")
-    kernel = kernels[-1]
-    version = kernel[len("vmlinuz-"):]
-    initrd = f"initrd.img-{version}"
-    if not (esp / initrd).is_file():
-        raise UserError(f"profile {profile.name}: no initramfs for kernel {version} in /boot")
-    loader_efi = root / "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
-    for name in ("EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi"):
-        (esp / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(loader_efi, esp / name)
-    for rel in boot_files:  # rootfs/boot/... from the render (loader.conf)
-        dest = esp / rel[len("rootfs/boot/"):]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(tree.files[rel].content)
-    words = tree.files["rootfs/etc/kernel/cmdline"].content.decode().split()
-    cmdline = " ".join([*words, *CONSOLE_WORDS])
-    entries = esp / "loader/entries"
-    entries.mkdir(parents=True, exist_ok=True)
-    (entries / ENTRY).write_text(
-        f"# Written by synapse image build for profile {profile.name}.\n"
-        f"title   Synapse {profile.name} (Debian, {version})\n"
-        f"linux   /{kernel}\ninitrd  /{initrd}\noptions {cmdline}\n"
+def require_vfat() -> None:
+    """The ESP is mounted like on any machine: by the kernel, or a mount.vfat helper."""
+    with contextlib.suppress(OSError):
+        if "vfat" in Path("/proc/filesystems").read_text().split():
+            return
+    if any(Path(d, "mount.vfat").exists() for d in ("/sbin", "/usr/sbin")):
+        return
+    raise UserError(
+        "this host cannot mount FAT file systems (its kernel has no vfat and there is no "
+        "mount.vfat helper), so no ESP can be installed; load the vfat module, or run "
+        "scripts/setup.sh, which installs a FUSE mount.vfat helper on such hosts"
     )
+
+
+def image_size(profile: Profile, tree: Path) -> int:
+    """Bytes for the disk: the ESP, what the packages unpack to (their Installed-Size),
+    the runtime's wheels three times over (unpacked plus bytecode), the models, headroom."""
+    installed = 0
+    for line in (tree / "bundle/debs/Packages").read_text().splitlines():
+        if line.startswith("Installed-Size:"):
+            installed += int(line.split()[1]) * 1024
+    wheels = sum(p.stat().st_size for p in (tree / "bundle/wheels").glob("*.whl")) \
+        if (tree / "bundle/wheels").is_dir() else 0
+    models = 0
+    if profile.runtime is not None and profile.runtime.models:
+        models = default_model()[0].stat().st_size
+    total = parse_size(profile.disk.esp_size) + installed + 3 * wheels + models + HEADROOM
+    mib = 1024 * 1024
+    return (total + mib - 1) // mib * mib + 2 * mib  # partition alignment and the GPTs
+
+
+def install_models(root: Path, profile: Profile) -> list[str]:
+    """Copy the real small model to every runtime.models path (hard links share one copy).
+
+    Models stay root's and world-readable, as tmpfiles.d makes their directory: the
+    service only reads them.
+    """
+    rt = profile.runtime
+    if rt is None or not rt.models:
+        return []
+    source, _sha = default_model()
+    placed: dict[str, Path] = {}
+    for ref in rt.models.values():
+        if ref.path in placed:
+            continue
+        dest = root / ref.path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists() or dest.is_symlink():
+            dest.unlink()
+        first = next(iter(placed.values()), None)
+        if first is not None:
+            os.link(first, dest)
+        else:
+            shutil.copyfile(source, dest)
+        os.chmod(dest, 0o644)
+        placed[ref.path] = dest
+    return sorted(placed)
+
+
+def boot_metadata(profile: Profile, esp: Path, output: Path, test: bool) -> ImageInfo:
+    """Read the entry kernel-install wrote and leave on the ESP what the VM driver needs
+    to boot the image directly (kernel, initrd, command line plus the serial console)."""
+    entries = sorted((esp / "loader/entries").glob("synapse-*.conf"))
+    if not entries:
+        raise OperationError(f"install.sh wrote no boot entry into {esp}/loader/entries")
+    fields: dict[str, str] = {}
+    for line in entries[-1].read_text().splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key and not key.startswith("#"):
+            fields.setdefault(key, value.strip())
+    for key in ("linux", "initrd", "options", "version"):
+        if key not in fields:
+            raise OperationError(f"{entries[-1]}: the boot entry has no {key} line")
+    cmdline = " ".join([*fields["options"].split(), *CONSOLE_WORDS])
     rt = profile.runtime
     info = ImageInfo(
         path=str(output), profile=profile.name, profile_hash=profile.hash(), base=profile.base,
-        test=test, kernel=kernel, initrd=initrd, kernel_version=version, cmdline=cmdline,
-        size_bytes=0, runtime_port=rt.port if rt is not None else None,
+        test=test, kernel=fields["linux"].lstrip("/"), initrd=fields["initrd"].lstrip("/"),
+        kernel_version=fields["version"], cmdline=cmdline, size_bytes=0,
+        runtime_port=rt.port if rt is not None else None,
     )
     meta = {k: v for k, v in info.as_dict().items() if k not in ("path", "size_bytes", "timings")}
     (esp / disk.METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return info
-
-
-def _write_disk(profile: Profile, root: Path, esp: Path, output: Path) -> None:
-    esp_size = parse_size(profile.disk.esp_size)
-    used = disk.tree_size(esp)
-    if used > esp_size * 0.9:
-        raise UserError(
-            f"disk.esp_size: {profile.disk.esp_size} is too small for the kernel and initramfs "
-            f"({used // disk.MIB} MiB); raise it"
-        )
-    lay = disk.layout(esp_size, disk.root_size_for(disk.tree_size(root)))
-    parent = output.resolve().parent
-    disk.check_space(parent, lay.total, f"the disk image {output.name}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        disk.partition(tmp, lay)
-        disk.make_esp(tmp, lay, esp)
-        disk.make_root(tmp, lay, root, profile.disk.root_fs)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,11 +67,9 @@ class LayerCache:
             tmp.unlink(missing_ok=True)
 
 
-def sha256_of_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for p in sorted(paths, key=lambda x: x.name):
-        digest.update(p.name.encode() + b"\0")
-        with p.open("rb") as fh:
-            while block := fh.read(1024 * 1024):
-                digest.update(block)
-    return digest.hexdigest()
+def link_or_copy(src: Path, dest: Path) -> None:
+    """A hard link to a cached file (instant, no space), or a copy across file systems."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)

@@ -44,6 +44,38 @@ def build_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
                    f"kernel {info.kernel_version}{kind}) in {total:.0f} s")
 
 
+@click.command("bundle")
+@click.argument("profile", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Directory for the rendered tree and its bundle (replaced atomically).")
+@click.option("--test", "test", is_flag=True,
+              help="Add the VM test driver's root shell (virtio port) and serial autologin. "
+                   "Never for machines you deploy.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+              help="Layer cache directory (default ~/.cache/synapse/images).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def bundle_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
+               as_json: bool) -> None:
+    """Render PROFILE with everything its install needs offline into OUTPUT.
+
+    Then, on the target booted from any live medium: OUTPUT/install/partition.sh --yes
+    /dev/disk/by-id/DISK, and OUTPUT/install/install.sh (no network needed).
+    """
+    from synapse_os.image.bundle import build_bundle
+    from synapse_os.image.cache import LayerCache
+    from synapse_os.image.progress import Progress
+    from synapse_os.profile import load_profile
+
+    info = build_bundle(load_profile(profile), output, test=test, cache=LayerCache(cache_dir),
+                        progress=Progress(quiet=as_json))
+    if as_json:
+        emit_json(info.as_dict())
+    else:
+        click.echo(f"bundled {output}: {info.files} files, {info.size_bytes / 1024**2:.0f} MiB "
+                   f"({info.debs} packages, {info.wheels} wheels) in "
+                   f"{sum(info.timings.values()):.0f} s")
+
+
 @click.command("build-iso")
 @click.argument("profile", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,

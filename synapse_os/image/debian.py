@@ -1,12 +1,16 @@
-"""Debian backend: bootstrap the base root with mmdebstrap, cached by its inputs."""
+"""Debian backend: the bundle's packages, downloaded by mmdebstrap and cached by their inputs."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from synapse_os.distro import distro_for
-from synapse_os.image.cache import LayerCache, layer_key
+from synapse_os.errors import OperationError
+from synapse_os.image.cache import LayerCache, layer_key, link_or_copy
 from synapse_os.image.progress import Progress
 from synapse_os.proc import require_tool, run
 from synapse_os.profile.model import Profile
@@ -15,21 +19,14 @@ SUITE = "bookworm"
 COMPONENTS = ("main", "non-free-firmware")  # intel/amd microcode live in non-free-firmware
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
-# What a bootable image needs beyond the profile's own package list.
-BOOT_PACKAGES = ("initramfs-tools", "zstd", "systemd-boot-efi")
-# What the synapse runtime venv needs from the system (llama.cpp links libgomp).
-RUNTIME_PACKAGES = ("python3-venv", "libgomp1", "libstdc++6")
-
 
 def mirror() -> str:
     return os.environ.get("SYNAPSE_DEBIAN_MIRROR", DEFAULT_MIRROR)
 
 
 def image_packages(profile: Profile) -> list[str]:
-    pkgs = set(distro_for(profile).packages(profile)) | set(BOOT_PACKAGES)
-    if profile.runtime is not None:
-        pkgs |= set(RUNTIME_PACKAGES)
-    return sorted(pkgs)
+    """What install.sh bootstraps: the rendered package list (install/packages.debian)."""
+    return distro_for(profile).packages(profile)
 
 
 def mmdebstrap_version() -> str:
@@ -38,7 +35,7 @@ def mmdebstrap_version() -> str:
 
 
 def base_key(profile: Profile) -> str:
-    return layer_key("debian-base", {
+    return layer_key("debian-debs", {
         "suite": SUITE,
         "components": list(COMPONENTS),
         "mirror": mirror(),
@@ -47,24 +44,59 @@ def base_key(profile: Profile) -> str:
     })
 
 
-def bootstrap_base(profile: Profile, cache: LayerCache, progress: Progress) -> Path:
-    """The cached base root tarball for this profile's package set (built when missing)."""
+def fetch_debs(profile: Profile, cache: LayerCache, progress: Progress) -> Path:
+    """A cached directory of every .deb the profile's bootstrap installs (minbase + the
+    package list), downloaded once by mmdebstrap itself so the set resolves the same way
+    when install.sh bootstraps from it offline."""
     require_tool("mmdebstrap", "apt-get install mmdebstrap")
     key = base_key(profile)
-    hit = cache.get("debian-base", key)
-    if hit is not None:
-        progress.note(f"base root: cached ({hit.name})")
-        return hit
+    final = cache.path("debian-debs", key, suffix="")
+    if (final / ".complete").is_file():
+        progress.note(f"Debian packages: cached ({final.name})")
+        return final
     packages = image_packages(profile)
-    what = f"bootstrapping Debian {SUITE} with mmdebstrap ({len(packages)} packages)"
-    with progress.step(what), cache.put("debian-base", key) as tmp:
-        run([
-            "mmdebstrap", "--mode=root", "--variant=minbase", "--format=tar",
-            f"--components={','.join(COMPONENTS)}",
-            f"--include={','.join(packages)}",
-            "--aptopt=Acquire::Retries \"3\"",
-            # the image never runs apt against this cache: keep the tarball small
-            "--customize-hook=rm -rf \"$1\"/var/cache/apt/*.bin \"$1\"/var/lib/apt/lists/*",
-            SUITE, str(tmp), mirror(),
-        ], timeout=3600)
-    return cache.path("debian-base", key)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    what = f"downloading Debian {SUITE} packages with mmdebstrap ({len(packages)} listed)"
+    try:
+        with progress.step(what):
+            run([
+                "mmdebstrap", "--mode=root", "--variant=minbase", "--format=null",
+                f"--components={','.join(COMPONENTS)}",
+                f"--include={','.join(packages)}",
+                "--aptopt=Acquire::Retries \"3\"",
+                "--skip=essential/unlink", "--skip=download/empty",
+                f"--customize-hook=sync-out /var/cache/apt/archives {tmp}",
+                SUITE, "/dev/null", mirror(),
+            ], timeout=3600)
+        for junk in ("lock", "partial"):
+            p = tmp / junk
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+        if not any(tmp.glob("*.deb")):
+            raise OperationError(f"mmdebstrap downloaded no packages into {tmp}")
+        (tmp / ".complete").write_text("\n".join(packages) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def write_repository(debs: Path, dest: Path) -> None:
+    """A flat apt repository in `dest`: the .debs and a Packages index (sha256 of each)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for deb in sorted(debs.glob("*.deb")):
+        link_or_copy(deb, dest / deb.name)
+    require_tool("dpkg-scanpackages", "apt-get install dpkg-dev")
+    index = run(["dpkg-scanpackages", "--multiversion", "."], cwd=dest, timeout=600).stdout
+    (dest / "Packages").write_text(index)
+    # Suite and codename as the mirror's: mmdebstrap's minbase selects the required
+    # packages by ?archive(^bookworm$) or ?codename(^bookworm$)
+    digest = hashlib.sha256(index.encode()).hexdigest()
+    (dest / "Release").write_text(
+        f"Suite: {SUITE}\nCodename: {SUITE}\nArchitectures: amd64\n"
+        f"Date: Thu, 01 Jan 1970 00:00:00 UTC\nSHA256:\n {digest} {len(index.encode())} Packages\n"
+    )

@@ -1,16 +1,10 @@
-"""Assemble a GPT disk image (ESP + root) without mounting anything.
-
-The partition table is written by sfdisk from an explicit script, the ESP is formatted in
-place with `mkfs.fat --offset` and filled with mtools, and the root file system is
-created in place from a directory with `mkfs.ext4 -E offset=… -d DIR`.
-"""
+"""Read a built disk image without mounting it: its ESP (sfdisk), the boot metadata the
+VM driver needs, and the kernel and initramfs for direct kernel boot (mtools)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from synapse_os.errors import UserError
@@ -23,47 +17,6 @@ ROOT_X86_64_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 METADATA = "synapse-image.json"  # on the ESP: what the VM driver needs to boot the image
 
 
-@dataclass(frozen=True)
-class Layout:
-    esp_start: int  # bytes
-    esp_size: int
-    root_start: int
-    root_size: int
-    total: int
-
-
-def layout(esp_size: int, root_size: int) -> Layout:
-    esp_size = _round_mib(esp_size)
-    root_size = _round_mib(root_size)
-    esp_start = MIB
-    root_start = esp_start + esp_size
-    total = root_start + root_size + MIB  # the backup GPT lives in the last MiB
-    return Layout(esp_start, esp_size, root_start, root_size, total)
-
-
-def _round_mib(n: int) -> int:
-    return (n + MIB - 1) // MIB * MIB
-
-
-def tree_size(path: Path) -> int:
-    """Bytes used by a directory tree (apparent sizes, 4 KiB blocks per file)."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        total += 4096 * (len(dirnames) + 1)
-        for name in filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            total += (st.st_size + 4095) // 4096 * 4096
-    return total
-
-
-def root_size_for(used: int) -> int:
-    """Room for the root tree, ext4 metadata and 1 GiB free for the running system."""
-    return int(used * 1.12) + 1024 * MIB
-
-
 def check_space(directory: Path, needed: int, what: str) -> None:
     free = shutil.disk_usage(directory).free
     if free < needed:
@@ -72,47 +25,6 @@ def check_space(directory: Path, needed: int, what: str) -> None:
             f"{needed / 1024**3:.1f} GiB, {free / 1024**3:.1f} GiB free; "
             "free some space or choose another output or cache directory (SYNAPSE_CACHE)"
         )
-
-
-def partition(image: Path, lay: Layout) -> None:
-    require_tool("sfdisk", "apt-get install fdisk")
-    with image.open("wb") as fh:
-        fh.truncate(lay.total)  # sparse
-    script = "\n".join([
-        "label: gpt",
-        f"first-lba: {MIB // SECTOR}",
-        f"start={lay.esp_start // SECTOR}, size={lay.esp_size // SECTOR}, "
-        f'type={ESP_TYPE}, name="synapse-esp"',
-        f"start={lay.root_start // SECTOR}, size={lay.root_size // SECTOR}, "
-        f'type={ROOT_X86_64_TYPE}, name="synapse-root"',
-    ]) + "\n"
-    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(image)], input=script)
-
-
-def make_esp(image: Path, lay: Layout, files: Path) -> None:
-    """FAT32 at the ESP offset, filled with the contents of `files`."""
-    require_tool("mkfs.fat", "apt-get install dosfstools")
-    require_tool("mcopy", "apt-get install mtools")
-    run(["mkfs.fat", "-F", "32", "-n", "SYNAPSE-ESP", f"--offset={lay.esp_start // SECTOR}",
-         str(image), str(lay.esp_size // 1024)])
-    target = f"{image}@@{lay.esp_start}"
-    env = {"MTOOLS_SKIP_CHECK": "1"}
-    entries = sorted(p.name for p in files.iterdir())
-    if entries:
-        run(["mcopy", "-s", "-p", "-i", target, *[str(files / e) for e in entries], "::/"],
-            env=env, timeout=600)
-
-
-def make_root(image: Path, lay: Layout, root: Path, fs: str) -> None:
-    if fs != "ext4":
-        raise UserError(
-            f"disk.root_fs: {fs} images cannot be filled without mounting on this host "
-            "(mkfs.xfs here has no directory import); set disk.root_fs: ext4 for image builds"
-        )
-    require_tool("mkfs.ext4", "apt-get install e2fsprogs")
-    run(["mkfs.ext4", "-q", "-F", "-L", "synapse-root", "-E",
-         f"offset={lay.root_start},root_owner=0:0", "-d", str(root), str(image),
-         f"{lay.root_size // 1024}k"], timeout=1800)
 
 
 def read_metadata(image: Path) -> dict[str, object]:
@@ -157,10 +69,12 @@ def find_esp(image: Path) -> int:
 
 
 def extract(image: Path, names: list[str], dest: Path) -> None:
-    """Copy files from the image's ESP into dest (for direct kernel boot)."""
+    """Copy files from the image's ESP into dest, by their base names (for direct kernel
+    boot)."""
     esp = find_esp(image)
     for name in names:
-        res = run(["mcopy", "-n", "-i", f"{image}@@{esp}", f"::/{name}", str(dest / name)],
+        res = run(["mcopy", "-n", "-i", f"{image}@@{esp}", f"::/{name}",
+                   str(dest / Path(name).name)],
                   env={"MTOOLS_SKIP_CHECK": "1"}, check=False)
         if res.returncode != 0:
             raise UserError(f"{image}: not bootable: {name} is missing from its ESP")

@@ -8,6 +8,7 @@ the command exits 2 with the install command, so the profile can be checked or c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from synapse_os import __version__
 from synapse_os.errors import UserError
+from synapse_os.image.bundle import SUMS, sums_text
 from synapse_os.outdir import File, write_dir
 from synapse_os.proc import run
 from synapse_os.profile.model import Profile
@@ -55,6 +57,11 @@ def iso_files(profile: Profile) -> dict[str, File]:
         files[f"{TREE_IN_ISO}/{rel}"] = f
     manifest = json.dumps(tree.manifest(profile), indent=2, sort_keys=True) + "\n"
     add(f"{TREE_IN_ISO}/manifest.json", manifest)
+    # the scripts check every file of the tree they run from (pacstrap still downloads:
+    # an offline pacman repository is made by repo-add on an Arch host, not here)
+    sums = [(rel[len(TREE_IN_ISO) + 1:], hashlib.sha256(f.content).hexdigest())
+            for rel, f in files.items() if f.link is None]
+    add(f"{TREE_IN_ISO}/{SUMS}", sums_text(sums))
     executables = [f"/root/synapse/{rel}" for rel, f in sorted(tree.files.items())
                    if f.link is None and f.mode & 0o111]
     label = "".join(c for c in profile.name.upper() if c.isalnum())[:20]

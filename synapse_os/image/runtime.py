@@ -1,11 +1,10 @@
-"""The synapse runtime inside an image: a venv at /opt/synapse with the real model.
+"""The runtime's wheels for a bundle: install.sh makes /opt/synapse from them offline.
 
-The venv is built from wheels pinned to the versions installed on the build host (the
-guest is Debian bookworm with CPython 3.11 like the host, so the host's wheels fit,
-including the llama-cpp-python wheel pip built and cached when synapse was installed).
-Two cached pieces keep rebuilds fast: the wheelhouse (keyed by the pinned requirement
-list) and the dependency venv layer (keyed by the base root and the wheelhouse); only
-synapse's own wheel is installed fresh on every build.
+The wheels are pinned to the versions installed on the build host (the target is Debian
+bookworm with CPython 3.11 like the host, so the host's wheels fit, including the
+llama-cpp-python wheel pip built and cached when synapse was installed). The wheelhouse
+is cached, keyed by the pinned requirement list; synapse's own wheel is built fresh for
+every bundle.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from packaging.requirements import Requirement
 
 import synapse_os
 from synapse_os.errors import OperationError, UserError
-from synapse_os.image.cache import LayerCache, layer_key, sha256_of_files
+from synapse_os.image.cache import LayerCache, layer_key
 from synapse_os.image.progress import Progress
 from synapse_os.proc import run
 
@@ -143,44 +142,3 @@ def wheelhouse(cache: LayerCache, progress: Progress, isa: str = "native") -> Pa
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def install_venv(root: Path, base_key: str, cache: LayerCache, progress: Progress,
-                 isa: str = "native") -> None:
-    """Lay /opt/synapse into `root`: the cached dependency venv, then synapse's wheel."""
-    wheels_dir = wheelhouse(cache, progress, isa)
-    wheels = sorted(wheels_dir.glob("*.whl"))
-    key = layer_key("venv", {"base": base_key, "wheels": sha256_of_files(wheels),
-                             "bytecode": True})
-    layer = cache.get("venv", key)
-    if layer is None:
-        with progress.step("building the runtime venv (python3 -m venv + pip, in the image)"):
-            staging = root / "var/tmp/synapse-wheels"
-            staging.mkdir(parents=True)
-            for w in wheels:
-                shutil.copy2(w, staging / w.name)
-            chroot(root, ["python3", "-m", "venv", VENV])
-            # with bytecode: the service's root is read-only and imports under TCG are slow
-            chroot(root, [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--no-deps",
-                          "--disable-pip-version-check",
-                          *[f"/var/tmp/synapse-wheels/{w.name}" for w in wheels]])
-            shutil.rmtree(staging)
-            with cache.put("venv", key) as tmp:
-                run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tmp),
-                     VENV.lstrip("/")])
-    else:
-        with progress.step("runtime venv: unpacking the cached layer"):
-            run(["tar", "-C", str(root), "--numeric-owner", "-xpf", str(layer)])
-    with progress.step("installing synapse into the image's venv"):
-        staging = root / "var/tmp/synapse-wheel"
-        staging.mkdir(parents=True)
-        wheel = build_synapse_wheel(staging)
-        chroot(root, [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--no-deps",
-                      "--disable-pip-version-check", f"/var/tmp/synapse-wheel/{wheel.name}"])
-        shutil.rmtree(staging)
-
-
-def chroot(root: Path, argv: list[str]) -> None:
-    run(["chroot", str(root), *argv], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                                            "HOME": "/root", "LC_ALL": "C.UTF-8"},
-        timeout=1800)

@@ -164,7 +164,9 @@ def step_boot(ctx: Context, tree: Tree) -> None:
         tree.add(f"rootfs/{distro.grub_config}",
                  template("grub.cfg.j2", **ctx.vars(cmdline=cmdline, whole=distro.name == "arch")))
         return
-    tree.add("rootfs/boot/loader/loader.conf", template("loader.conf.j2", **ctx.vars()))
+    distro = distro_for(ctx.profile)
+    tree.add(f"rootfs{distro.esp_mount}/loader/loader.conf",
+             template("loader.conf.j2", **ctx.vars(default_entry=distro.default_entry)))
     if ctx.profile.base != "arch":
         return  # Debian's kernel-install writes entries from etc/kernel/cmdline
     entry = {"microcode_images": ctx.microcode_images, "full_cmdline": full}
@@ -211,9 +213,10 @@ def step_install(ctx: Context, tree: Tree) -> None:
     if distro.name == "arch":
         tree.add("install/pacman.conf", template("pacman.conf.j2", **ctx.vars()))
     options = ",".join(ctx.profile.disk.mount_options) or "defaults"
-    tree.add("install/partition.sh",
-             template("partition.sh.j2", **ctx.vars(mount_options=options)), 0o755)
-    tree.add("install/install.sh", template("install.sh.j2", **ctx.vars()), 0o755)
+    layout = ctx.vars(mount_options=options, esp_mount=distro.esp_mount)
+    tree.add("install/fstab", template("fstab.j2", **layout))
+    tree.add("install/partition.sh", template("partition.sh.j2", **layout), 0o755)
+    tree.add("install/install.sh", template("install.sh.j2", **layout), 0o755)
 
 
 def step_kernel(ctx: Context, tree: Tree) -> None:
@@ -255,10 +258,13 @@ def render_profile(profile: Profile) -> Tree:
     return tree
 
 
-def write_tree(tree: Tree, output: Path, manifest: dict[str, object]) -> None:
-    """Write the tree and its manifest into `output` atomically (see synapse_os.outdir)."""
+def write_tree(tree: Tree, output: Path, manifest: dict[str, object],
+               fill: Callable[[Path], None] | None = None) -> None:
+    """Write the tree and its manifest into `output` atomically (see synapse_os.outdir);
+    `fill` adds more files to the new directory before it takes output's place."""
     blob = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    write_dir(output, tree.files | {MANIFEST: File(blob)}, marker=MANIFEST, listed=True)
+    write_dir(output, tree.files | {MANIFEST: File(blob)}, marker=MANIFEST, listed=True,
+              fill=fill)
 
 
 def render_to(profile: Profile, output: Path) -> Tree:

@@ -92,8 +92,8 @@ def run_cmd(image: Path, uefi: bool, memory_mb: int, cpus: int, persist: bool) -
                             snapshot=not persist)
         if not uefi:
             disk.extract(image, [str(meta["kernel"]), str(meta["initrd"])], Path(tmp))
-            config.kernel = Path(tmp) / str(meta["kernel"])
-            config.initrd = Path(tmp) / str(meta["initrd"])
+            config.kernel = Path(tmp) / Path(str(meta["kernel"])).name
+            config.initrd = Path(tmp) / Path(str(meta["initrd"])).name
             config.append = str(meta["cmdline"])
         click.echo(f"booting {image} ({'kvm' if config.kvm else 'tcg'}); Ctrl-a x quits",
                    err=True)

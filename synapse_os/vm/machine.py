@@ -145,8 +145,8 @@ class Machine:
         if not self.uefi:
             disk.extract(self.image, [str(self.meta["kernel"]), str(self.meta["initrd"])],
                          self.workdir)
-            config.kernel = self.workdir / str(self.meta["kernel"])
-            config.initrd = self.workdir / str(self.meta["initrd"])
+            config.kernel = self.workdir / Path(str(self.meta["kernel"])).name
+            config.initrd = self.workdir / Path(str(self.meta["initrd"])).name
             config.append = self.append
         self.serial_log.touch()
         self._started = time.monotonic()

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from synapse_os.errors import UserError
+from synapse_os.image.bundle import write_sums
 from synapse_os.profile.loader import load_profile
 from synapse_os.render import render_profile
 from synapse_os.state import desired_state
@@ -114,8 +115,9 @@ def _check_shell(profile: Any, files: dict[str, Any], work: Path) -> None:
     marker = work / "PWNED"
     tree = work / "tree"
     write_tree(files, tree)
+    write_sums(tree)  # the bundle's checksums, so the scripts go past their bundle check
     mnt = work / "mnt"
-    (mnt / "etc").mkdir(parents=True, exist_ok=True)
+    (mnt / "etc/apt").mkdir(parents=True, exist_ok=True)
     disk = profile.disk.target or "/dev/disk/by-id/none"
     part, _ = run_script(tree / "install/partition.sh", ["--yes", disk, "--mnt", str(mnt)],
                          work, marker, mnt)

@@ -26,8 +26,9 @@ KEY, VALUE = "<key>", "<value>"
 # Commands the scripts need to really run (reading the rendered tree); every other
 # command name the scripts call becomes a recorder.
 PASSTHROUGH = ("bash", "sh", "dirname", "grep", "paste", "cat", "sed", "tr", "id", "readlink",
-               "basename", "env", "printf", "sort", "cut", "head", "tail", "wc")
-RECORDED = ("sgdisk", "partprobe", "udevadm", "mkfs.xfs", "mkfs.ext4", "mkfs.vfat", "mount",
+               "basename", "env", "printf", "sort", "cut", "head", "tail", "wc", "sha256sum",
+               "comm", "find")
+RECORDED = ("sgdisk", "partprobe", "udevadm", "blockdev", "seq", "sleep", "kernel-install", "mkfs.xfs", "mkfs.ext4", "mkfs.vfat", "mount",
             "umount", "mkdir", "lsblk", "swapon", "findmnt", "mountpoint", "pacstrap",
             "mmdebstrap", "install", "genfstab", "cp", "arch-chroot", "useradd", "chown",
             "runuser", "makepkg", "pacman", "bootctl", "grub-install", "grub-mkconfig",

@@ -42,10 +42,10 @@ def test_debian_variant_keeps_every_setting_of_the_cpu_profile() -> None:
     assert deb.runtime.models == arch.runtime.models
 
 
-def test_image_packages_add_what_boot_and_the_runtime_need() -> None:
+def test_image_packages_are_the_rendered_list_with_what_boot_and_the_runtime_need() -> None:
     tuned = debian.image_packages(load_profile(DEBIAN_CPU))
     stock = debian.image_packages(load_profile(PROFILES / "stock-baseline-debian.yaml"))
-    for pkg in ("linux-image-amd64", "initramfs-tools", "systemd-boot-efi", "systemd-sysv"):
+    for pkg in ("linux-image-amd64", "initramfs-tools", "zstd", "systemd-boot", "systemd-sysv"):
         assert pkg in tuned and pkg in stock
     assert "systemd-zram-generator" in tuned and "systemd-zram-generator" not in stock
     assert "libgomp1" in tuned and "libgomp1" not in stock  # llama.cpp links it
@@ -77,22 +77,17 @@ def test_runtime_wheels_are_pinned_to_this_host() -> None:
     assert f"llama-cpp-python=={version('llama-cpp-python')}" in pins
 
 
-def test_arch_base_needs_an_arch_host() -> None:
-    res = synapse("image", "build", str(PROFILES / "cpu-avx2.yaml"), "-o", "/tmp/never.img")
+def test_arch_base_needs_an_arch_host(tmp_path: Path) -> None:
+    res = synapse("image", "build", str(PROFILES / "cpu-avx2.yaml"), "-o",
+                  str(tmp_path / "never.img"))
     assert res.returncode == 2, res.stderr
     assert "Arch Linux build host" in res.stderr
-    assert not Path("/tmp/never.img").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_output_that_is_a_directory_is_refused(tmp_path: Path) -> None:
     res = synapse("image", "build", str(DEBIAN_CPU), "-o", str(tmp_path))
     assert res.returncode == 2 and "is a directory" in res.stderr
-
-
-def test_xfs_root_is_refused_with_the_key(tmp_path: Path) -> None:
-    child = write_child(tmp_path, "disk:\n  root_fs: xfs\n")
-    res = synapse("image", "build", str(child), "-o", str(tmp_path / "x.img"))
-    assert res.returncode == 2 and "disk.root_fs: xfs" in res.stderr
 
 
 def test_missing_mmdebstrap_names_the_package(tmp_path: Path) -> None:

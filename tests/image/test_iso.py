@@ -104,3 +104,12 @@ def test_debian_profiles_are_refused(tmp_path: Path) -> None:
     res = build_iso(PROFILES / "cpu-avx2-debian.yaml", tmp_path / "o")
     assert res.returncode == 2 and "base: debian" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_tree_in_the_iso_passes_the_scripts_bundle_check(iso_profile: Path) -> None:
+    tree = iso_profile / "airootfs/root/synapse"
+    subprocess.run(["sha256sum", "--check", "--strict", "--quiet", "bundle/SHA256SUMS"],
+                   cwd=tree, check=True)
+    listed = {line.split("  ", 1)[1] for line in
+              (tree / "bundle/SHA256SUMS").read_text().splitlines()}
+    assert {"install/install.sh", "install/partition.sh", "manifest.json"} <= listed

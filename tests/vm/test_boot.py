@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from synapse_os.image import disk
 from synapse_os.profile import load_profile
 from synapse_os.vm.assertions import vm_assertions
 from synapse_os.vm.machine import Machine
@@ -65,9 +66,11 @@ def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path,
 
 
 def test_uefi_boot_and_drift_is_caught_by_both_vm_and_verify(tuned_image: Path) -> None:
-    """systemd-boot under OVMF boots the entry; a setting changed live fails its assertion
-    and `synapse verify` in the guest fails it too (the assertions can fail)."""
+    """systemd-boot under OVMF boots the entry install.sh had kernel-install write; a setting
+    changed live fails its assertion and `synapse verify` in the guest fails it too (the
+    assertions can fail)."""
     profile = load_profile(TUNED)
+    version = disk.read_metadata(tuned_image)["kernel_version"]
     checks = {c.id: c for c in vm_assertions(profile)}
     with Machine(tuned_image, uefi=True) as m:
         m.start()
@@ -77,7 +80,7 @@ def test_uefi_boot_and_drift_is_caught_by_both_vm_and_verify(tuned_image: Path) 
             assert word in cmdline
         entry = m.succeed("tr -d '\\000' < /sys/firmware/efi/efivars/"
                           "LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f | cut -c2-")
-        assert entry.strip() == "synapse.conf"
+        assert entry.strip() == f"synapse-{version}.conf"
         m.wait_for_unit("multi-user.target", 600)
         swappiness = checks["sysctl vm.swappiness"]
         assert run_checks(m, [swappiness])[0].status == "pass"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from synapse_os.image import rootfs
+from synapse_os.image import bundle
 from synapse_os.vm import qemu
 from tests.conftest import REPO, need_tool
 from tests.image.tiny import make_tiny_image
@@ -63,7 +63,7 @@ def test_tcg_and_kvm_command_lines(tmp_path: Path) -> None:
     argv = cfg.argv()
     assert argv[argv.index("-machine") + 1] == "q35,accel=tcg"
     assert argv[argv.index("-cpu") + 1] == "max"  # AVX2 for llama.cpp under TCG
-    assert f"virtserialport,chardev=shell,name={rootfs.TEST_PORT}" in argv
+    assert f"virtserialport,chardev=shell,name={bundle.TEST_PORT}" in argv
     assert "snapshot=on" in argv[argv.index("-drive") + 1]
     assert argv[argv.index("-append") + 1] == "root=x"
     cfg.kvm, cfg.kernel = True, None

@@ -1,0 +1,175 @@
+"""`synapse bundle`: the rendered tree plus everything its install needs offline.
+
+    out/install/, rootfs/, …   the render: install/partition.sh and install/install.sh
+    out/bundle/debs/           Debian base: a flat apt repository of every package the
+                               bootstrap installs (the Packages index pins each by sha256)
+    out/bundle/wheels/         the runtime's wheels: synapse, llama-cpp-python built for the
+                               profile's ISA, and their dependencies (pip --no-index)
+    out/bundle/SHA256SUMS      every file of out/; both scripts check it before they act
+
+`--test` adds the VM test driver's root shell and serial autologin to the overlay, so
+the installed system can be driven by `synapse vm` (never for machines you deploy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from synapse_os import __version__
+from synapse_os.errors import UserError
+from synapse_os.image import debian
+from synapse_os.image.cache import LayerCache, link_or_copy
+from synapse_os.image.progress import Progress
+from synapse_os.image.runtime import build_synapse_wheel, wheelhouse
+from synapse_os.outdir import check_output_dir
+from synapse_os.profile.model import Profile
+from synapse_os.render import MANIFEST, Tree, render_profile, write_tree
+from synapse_os.vm.qemu import SHELL_PORT
+
+SUMS = "bundle/SHA256SUMS"
+TEST_PORT = SHELL_PORT  # the port the VM driver connects to
+TEST_SHELL_UNIT = "synapse-test-shell.service"
+
+# Test bundles only: a root shell on a virtio serial port (no tty in between, so no echo
+# and no line-length limit), which the VM test driver talks to. A plain virtserialport
+# allows one opener, hence one `<>` and dup'ed stdout/stderr.
+TEST_SHELL = f"""\
+# Test images only: a root shell for the synapse VM test driver on a virtio port.
+[Unit]
+Description=Synapse VM test root shell on /dev/virtio-ports/{TEST_PORT}
+DefaultDependencies=no
+After=systemd-udevd.service systemd-udev-trigger.service
+StartLimitIntervalSec=0
+
+[Service]
+Type=simple
+ExecStart=/bin/bash --noprofile --norc -c 'exec 0<>/dev/virtio-ports/{TEST_PORT} 1>&0 2>&0; \\
+echo; echo @@SYNAPSE-SHELL-READY@@; exec /bin/bash --noprofile --norc'
+Restart=always
+RestartSec=1
+KillMode=process
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+# Test images: log in on the serial console without a password (`synapse vm run`).
+SERIAL_AUTOLOGIN = """\
+# Test images only: root autologin on the serial console for `synapse vm run`.
+[Service]
+ExecStart=
+ExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 %I $TERM
+"""
+
+
+@dataclass
+class BundleInfo:
+    output: str
+    profile: str
+    profile_hash: str
+    base: str
+    test: bool
+    files: int
+    size_bytes: int
+    debs: int
+    wheels: int
+    synapse_version: str = __version__
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def add_test_access(tree: Tree) -> None:
+    system = "rootfs/etc/systemd/system"
+    tree.add(f"{system}/{TEST_SHELL_UNIT}", TEST_SHELL)
+    tree.link(f"{system}/sysinit.target.wants/{TEST_SHELL_UNIT}",
+              f"/etc/systemd/system/{TEST_SHELL_UNIT}")
+    tree.add(f"{system}/serial-getty@ttyS0.service.d/autologin.conf", SERIAL_AUTOLOGIN)
+
+
+def build_bundle(
+    profile: Profile,
+    output: Path,
+    *,
+    test: bool = False,
+    cache: LayerCache | None = None,
+    progress: Progress | None = None,
+) -> BundleInfo:
+    progress = progress or Progress()
+    cache = cache or LayerCache()
+    output = Path(output)
+    if profile.base != "debian":
+        raise UserError(
+            f"base: {profile.base}: its bundle needs a local pacman repository made with "
+            "repo-add on an Arch Linux build host, and this host is not one; bundles are "
+            "made here for base: debian"
+        )
+    check_output_dir(output, MANIFEST, listed=True)
+    tree = render_profile(profile)
+    if test:
+        add_test_access(tree)
+    debs = debian.fetch_debs(profile, cache, progress)
+    wheels = wheelhouse(cache, progress, profile.hardware.isa) if profile.runtime else None
+    counts = {"debs": 0, "wheels": 0}
+
+    def fill(root: Path) -> None:
+        with progress.step("laying the bundle: local apt repository and Packages index"):
+            debian.write_repository(debs, root / "bundle/debs")
+            counts["debs"] = len(list((root / "bundle/debs").glob("*.deb")))
+        if wheels is not None:
+            with progress.step("laying the bundle: runtime wheels and synapse's own wheel"):
+                dest = root / "bundle/wheels"
+                dest.mkdir(parents=True)
+                for w in sorted(wheels.glob("*.whl")):
+                    link_or_copy(w, dest / w.name)
+                build_synapse_wheel(dest)
+                counts["wheels"] = len(list(dest.glob("*.whl")))
+        with progress.step("checksumming every file (bundle/SHA256SUMS)"):
+            write_sums(root)
+
+    write_tree(tree, output, tree.manifest(profile), fill=fill)
+    files, size = 0, 0
+    for dirpath, _dirs, names in os.walk(output):
+        for name in names:
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                files += 1
+                size += p.stat().st_size
+    return BundleInfo(
+        output=str(output), profile=profile.name, profile_hash=profile.hash(),
+        base=profile.base, test=test, files=files, size_bytes=size, debs=counts["debs"],
+        wheels=counts["wheels"], timings=dict(progress.timings),
+    )
+
+
+def write_sums(root: Path) -> None:
+    """bundle/SHA256SUMS in sha256sum's format: every regular file, sorted, but itself."""
+    lines = []
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames.sort()
+        for name in names:
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            if rel == SUMS or p.is_symlink():
+                continue
+            lines.append((rel, _sha256(p)))
+    (root / SUMS).parent.mkdir(parents=True, exist_ok=True)
+    (root / SUMS).write_text(sums_text(lines))
+
+
+def sums_text(entries: list[tuple[str, str]]) -> str:
+    """(relative path, sha256) pairs as sha256sum --check reads them."""
+    return "".join(f"{digest}  {rel}\n" for rel, digest in sorted(entries))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
