@@ -14,10 +14,11 @@ from pathlib import Path
 from synapse_os import proc
 from synapse_os.apply import activate
 from synapse_os.apply.fsops import FileState, sha256_bytes, snapshot
+from synapse_os.apply.hostboot import fitted_tree
 from synapse_os.apply.journal import APPLIED, UNFINISHED, all_journals
 from synapse_os.errors import OperationError
 from synapse_os.profile.model import Profile
-from synapse_os.render import File, Tree, render_profile
+from synapse_os.render import File, Tree
 from synapse_os.state import SystemState, desired_state, sysctl_path
 
 ROOTFS = "rootfs/"
@@ -166,7 +167,7 @@ def make_plan(profile: Profile, root: Path, tree: Tree | None = None) -> Plan:
     root = Path(root)
     live = root.resolve() == Path("/")
     state = desired_state(profile)
-    tree = tree if tree is not None else render_profile(profile)
+    tree = tree if tree is not None else fitted_tree(profile, root)
     files = rootfs_files(tree)
     plan = Plan(root, live, profile, state)
     unfinished = [j for j in all_journals(root) if j.state in UNFINISHED]

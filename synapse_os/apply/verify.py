@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synapse_os import proc
+from synapse_os.apply.hostboot import fitted_tree
 from synapse_os.apply.plan import rootfs_files
 from synapse_os.profile.model import Profile
-from synapse_os.render import render_profile
 from synapse_os.state import Check, file_checks, live_checks
 
 PROBE_TIMEOUT_S = 20
@@ -75,7 +75,7 @@ def profile_checks(profile: Profile, root: Path, settings_only: bool) -> tuple[l
                      "checked; run verify on the booted machine for live settings")
     if not settings_only:
         files = {rel: (f.mode, f.digest(), f.link)
-                 for rel, f in rootfs_files(render_profile(profile)).items()}
+                 for rel, f in rootfs_files(fitted_tree(profile, root)).items()}
         out.extend(file_checks(files, str(root)))
     return out, notes
 

@@ -29,7 +29,8 @@ def test_dry_run_shows_plan_and_changes_nothing(gpu_profile: Path, root: Path) -
     assert "symlink -> ../sysctl.conf" in out  # the replaced symlink, described
     assert "vm.swappiness: (unset) -> 150" in out
     assert "enable synapse-runtime.service" in out and "mask cups.service" in out
-    assert "wanted: root=PARTLABEL=synapse-root rw nowatchdog" in out
+    # the machine's own root= is kept: it has no partition labelled synapse-root
+    assert "wanted: root=/dev/sda1 rw nowatchdog" in out
     assert "reboot needed:" in out and "kernel command line changed" in out
     assert tree_snapshot(root, include_state=True) == before
 
@@ -270,3 +271,30 @@ def test_planted_journal_and_lock_symlink_refused(gpu_profile: Path, root: Path,
     assert res.returncode == 1 and "refusing to trust" in res.stderr
     os.chown(transactions, 0, 0)
     assert synapse("rollback", "--root", root, "--yes").returncode == 0
+
+
+def test_kernel_cmdline_keeps_the_machines_root_or_the_install_label(
+        gpu_profile: Path, root: Path) -> None:
+    """A machine synapse did not install keeps its root= (kernel-install writes entries
+    from this file); a target without one gets the label partition.sh gives the root."""
+    apply_ok(gpu_profile, root)
+    words = (root / "etc/kernel/cmdline").read_text().split()
+    assert [w for w in words if w.startswith("root=")] == ["root=/dev/sda1"]
+    assert "nowatchdog" in words
+    verify = synapse("verify", gpu_profile, "--root", root, "--json")
+    assert verify.returncode == 0, verify.stdout  # verify expects the same fitted file
+    fresh = root.parent / "fresh"
+    (fresh / "etc").mkdir(parents=True)
+    res = synapse("apply", gpu_profile, "--root", fresh, "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "wanted: root=PARTLABEL=synapse-root rw" in res.stdout
+
+
+def test_a_hostile_root_word_on_the_target_is_refused(gpu_profile: Path, root: Path) -> None:
+    cmdline = root / "etc/kernel/cmdline"
+    cmdline.write_text("root=/dev/sda1;reboot quiet\n")
+    before = tree_snapshot(root)
+    res = synapse("apply", gpu_profile, "--root", root, "--yes")
+    assert res.returncode == 2
+    assert "root= word is not a plain root file system specification" in res.stderr
+    assert tree_snapshot(root) == before

@@ -1,0 +1,61 @@
+"""The rendered tree, fitted to the machine apply and verify work on.
+
+The rendered etc/kernel/cmdline names the root file system by the partition label that
+install/partition.sh gives it (root=PARTLABEL=synapse-root). A machine synapse did not
+install has no such partition, and kernel-install would write a boot entry that cannot
+find its root; so the machine's own root= word is kept: from its etc/kernel/cmdline, or
+(on the running system) from the kernel's command line. What is read there is untrusted:
+only a regular file inside the root, and only a plain root= word is taken; anything else
+is refused, never copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from synapse_os.errors import UserError
+from synapse_os.profile.model import Profile
+from synapse_os.render import Tree, render_profile
+
+CMDLINE = "rootfs/etc/kernel/cmdline"
+ROOT_WORD = re.compile(r"root=[A-Za-z0-9_./:=+-]{1,200}")
+
+
+def fitted_tree(profile: Profile, root: Path) -> Tree:
+    tree = render_profile(profile)
+    rendered = tree.files.get(CMDLINE)
+    own = machine_root_word(Path(root))
+    if rendered is None or own is None:
+        return tree
+    words = [own if w.startswith("root=") else w for w in rendered.content.decode().split()]
+    tree.files[CMDLINE] = dataclasses.replace(rendered, content=(" ".join(words) + "\n").encode())
+    return tree
+
+
+def machine_root_word(root: Path) -> str | None:
+    """The target's own root= word, or None when it has none (a fresh install keeps the
+    rendered partition label)."""
+    sources = [root / "etc/kernel/cmdline"]
+    if root.resolve() == Path("/"):
+        sources.append(Path("/proc/cmdline"))
+    for source in sources:
+        if source.is_symlink() or not source.is_file():
+            continue
+        try:
+            with source.open("rb") as fh:
+                text = fh.read(8192).decode("utf-8", "replace")
+        except OSError:
+            continue
+        words = [w for w in text.split() if w.startswith("root=")]
+        if not words:
+            continue
+        if not ROOT_WORD.fullmatch(words[0]):
+            raise UserError(
+                f"{source}: its root= word is not a plain root file system specification "
+                "(letters, digits and _ . / : = + - only); refusing to copy it into the "
+                "kernel command line: fix that file first"
+            )
+        return words[0]
+    return None
