@@ -363,8 +363,8 @@ _UNLISTED_MOUNT_OPTIONS = ("defaults", "auto", "noauto", "nofail", "user", "nous
 
 def install_checks(profile: Profile) -> list[Check]:
     """What only a machine installed from the profile has (`apply` neither re-mounts the
-    root nor installs packages): the root file system, its mount options as the kernel
-    reports them, and the extra packages."""
+    root, installs packages or touches networking): the root file system, its mount
+    options as the kernel reports them, the wired network, and the extra packages."""
     out = [Check("root file system", "mount", "disk.root_fs", profile.disk.root_fs,
                  "findmnt -no FSTYPE /", after_reboot=True)]
     for opt in profile.disk.mount_options:
@@ -372,6 +372,13 @@ def install_checks(profile: Profile) -> list[Check]:
             continue
         out.append(Check(f"root mount option {opt}", "mount", "disk.mount_options", opt,
                          "findmnt -no OPTIONS / | tr ',' ' '", "token", after_reboot=True))
+    if profile.network.wired == "dhcp":
+        out.append(Check("network wired link configured", "network", "network.wired",
+                         "configured", "networkctl list --no-legend 2>/dev/null"
+                         " | awk '$3 == \"ether\" {print $5; exit}'", after_reboot=True))
+        out.append(Check("network resolver active", "network", "network.wired", "active",
+                         f"{SYSTEMD_UP} systemctl is-active systemd-resolved.service"
+                         " 2>/dev/null; true", after_reboot=True))
     for name in profile.packages.extra:
         pkg = shlex.quote(name)
         out.append(Check(f"package {name}", "package", "packages.extra", "installed",

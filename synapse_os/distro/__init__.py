@@ -22,6 +22,7 @@ class Distro:
     filesystem_tools: dict[str, str]
     kernel_build: tuple[str, ...]  # what building a custom kernel needs on the target
     grub_config: str  # where grub-mkconfig reads the command line (relative to /)
+    network: tuple[str, ...]  # what network.wired: dhcp needs beyond systemd
     esp_mount: str  # where the installed system mounts the EFI system partition
     default_entry: str  # loader.conf's default: the entry (or glob) the install writes
 
@@ -43,6 +44,8 @@ class Distro:
             pkgs.update(self.python)
         pkgs.update(self.bootloader[profile.boot.loader])
         pkgs.add(self.filesystem_tools[profile.disk.root_fs])
+        if profile.network.wired == "dhcp":
+            pkgs.update(self.network)
         pkgs.update(profile.packages.extra)
         return sorted(pkgs)
 
@@ -61,6 +64,7 @@ ARCH = Distro(
     kernel_build=("base-devel", "bc", "cpio", "gettext", "libelf", "pahole", "perl", "python",
                   "tar", "xz", "zstd"),
     grub_config="etc/default/grub",  # Arch's grub-mkconfig reads only this file
+    network=(),  # Arch's systemd package has networkd and resolved
     esp_mount="/boot",  # kernels live on the ESP; the rendered entries name them
     default_entry="synapse.conf",
 )
@@ -82,6 +86,7 @@ DEBIAN = Distro(
     grub_config="etc/default/grub.d/90-synapse.cfg",  # Debian's grub-mkconfig sources grub.d
     # Debian's layout: /boot on the root file system, kernel-install copies each kernel
     # to the ESP under the entry token "synapse" (install.sh sets it)
+    network=("systemd-resolved",),
     esp_mount="/boot/efi",
     default_entry="synapse-*",
 )

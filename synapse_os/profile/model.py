@@ -404,6 +404,13 @@ class Packages(Strict):
     extra: list[PackageName] = Field(default_factory=list)
 
 
+class Network(Strict):
+    wired: Literal["dhcp", "none"] = Field(
+        "dhcp", description="What install.sh sets up for the installed system: DHCP on every "
+        "wired Ethernet link with systemd-networkd and systemd-resolved, or none (yours to "
+        "configure). `apply` never changes a machine's networking.")
+
+
 class Profile(Strict):
     """A fully resolved profile (after `extends:` is merged)."""
 
@@ -428,6 +435,7 @@ class Profile(Strict):
     )
     runtime: Runtime | None = Field(None, description="The inference service; None = none.")
     packages: Packages = Field(default_factory=Packages)
+    network: Network = Field(default_factory=Network)
     security_risk: str | None = Field(
         None, description=f"Must read exactly {SECURITY_ACK!r} when a boot.cmdline word or a "
         "sysctl switches off a protection (see synapse_os/profile/risks.py).")

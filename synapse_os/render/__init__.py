@@ -215,6 +215,8 @@ def step_install(ctx: Context, tree: Tree) -> None:
     options = ",".join(ctx.profile.disk.mount_options) or "defaults"
     layout = ctx.vars(mount_options=options, esp_mount=distro.esp_mount)
     tree.add("install/fstab", template("fstab.j2", **layout))
+    if ctx.profile.network.wired == "dhcp":
+        tree.add("install/network/20-wired.network", template("wired.network.j2", **layout))
     tree.add("install/partition.sh", template("partition.sh.j2", **layout), 0o755)
     tree.add("install/install.sh", template("install.sh.j2", **layout), 0o755)
 

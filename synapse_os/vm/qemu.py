@@ -83,6 +83,9 @@ class QemuConfig:
             + (",snapshot=on" if self.snapshot else ""),
             "-object", "rng-random,filename=/dev/urandom,id=rng0",
             "-device", "virtio-rng-pci,rng=rng0",
+            # one wired link for network.wired (DHCP from QEMU itself); restrict=on: the
+            # guest reaches nothing outside
+            "-nic", "user,model=virtio-net-pci,restrict=on",
         ]
         if self.serial_log is not None:
             argv += ["-chardev", f"file,id=serial0,path={self.serial_log}",
