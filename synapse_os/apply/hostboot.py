@@ -7,6 +7,10 @@ find its root; so the machine's own root= word is kept: from its etc/kernel/cmdl
 (on the running system) from the kernel's command line. What is read there is untrusted:
 only a regular file inside the root, and only a plain root= word is taken; anything else
 is refused, never copied.
+
+Boot loader entries (Arch renders them) name their kernel; an entry whose kernel image the
+target does not have would be a dead menu line, and the default one an unbootable
+machine, so it is left out, with a note that says which package to install first.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+from synapse_os.distro import distro_for
 from synapse_os.errors import UserError
 from synapse_os.profile.model import Profile
 from synapse_os.render import Tree, render_profile
@@ -23,14 +28,30 @@ CMDLINE = "rootfs/etc/kernel/cmdline"
 ROOT_WORD = re.compile(r"root=[A-Za-z0-9_./:=+-]{1,200}")
 
 
-def fitted_tree(profile: Profile, root: Path) -> Tree:
+def fitted_tree(profile: Profile, root: Path, notes: list[str] | None = None) -> Tree:
+    """The render for this target; why anything was left out is appended to `notes`."""
+    root = Path(root)
     tree = render_profile(profile)
     rendered = tree.files.get(CMDLINE)
-    own = machine_root_word(Path(root))
-    if rendered is None or own is None:
-        return tree
-    words = [own if w.startswith("root=") else w for w in rendered.content.decode().split()]
-    tree.files[CMDLINE] = dataclasses.replace(rendered, content=(" ".join(words) + "\n").encode())
+    own = machine_root_word(root)
+    if rendered is not None and own is not None:
+        words = [own if w.startswith("root=") else w for w in rendered.content.decode().split()]
+        tree.files[CMDLINE] = dataclasses.replace(
+            rendered, content=(" ".join(words) + "\n").encode())
+    esp = distro_for(profile).esp_mount.lstrip("/")
+    entries = f"rootfs/{esp}/loader/entries/"
+    for rel, f in sorted(tree.files.items()):
+        if not rel.startswith(entries) or f.link is not None:
+            continue
+        kernel = next((line.split(None, 1)[1].strip() for line in f.content.decode().splitlines()
+                       if line.startswith("linux ") and len(line.split()) > 1), None)
+        if kernel is not None and not (root / esp / kernel.lstrip("/")).is_file():
+            del tree.files[rel]
+            if notes is not None:
+                notes.append(f"/{rel[len('rootfs/'):]} is left out: its kernel /{esp}/"
+                             f"{kernel.lstrip('/')} is not on this machine; install "
+                             f"{kernel.rsplit('/', 1)[-1].removeprefix('vmlinuz-')} first, then "
+                             "apply again")
     return tree
 
 

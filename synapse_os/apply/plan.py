@@ -65,6 +65,7 @@ class Plan:
     reboot_reasons: list[str] = field(default_factory=list)
     activations: list[activate.Activation] = field(default_factory=list)
     interrupted: str | None = None  # an unfinished transaction that will be rolled back first
+    notes: list[str] = field(default_factory=list)  # what was left out for this machine, why
 
     @property
     def empty(self) -> bool:
@@ -88,6 +89,7 @@ class Plan:
             "reboot_needed": bool(self.reboot_reasons), "reboot_reasons": self.reboot_reasons,
             "activations": [a.as_dict() for a in self.activations],
             "interrupted_transaction": self.interrupted,
+            "notes": self.notes,
         }
 
 
@@ -167,9 +169,10 @@ def make_plan(profile: Profile, root: Path, tree: Tree | None = None) -> Plan:
     root = Path(root)
     live = root.resolve() == Path("/")
     state = desired_state(profile)
-    tree = tree if tree is not None else fitted_tree(profile, root)
+    notes: list[str] = []
+    tree = tree if tree is not None else fitted_tree(profile, root, notes)
     files = rootfs_files(tree)
-    plan = Plan(root, live, profile, state)
+    plan = Plan(root, live, profile, state, notes=notes)
     unfinished = [j for j in all_journals(root) if j.state in UNFINISHED]
     plan.interrupted = unfinished[-1].id if unfinished else None
 
@@ -255,6 +258,7 @@ def plan_text(plan: Plan, diffs: bool = True) -> str:
     if plan.interrupted:
         out.append(f"transaction {plan.interrupted} was interrupted; it will be rolled back "
                    "first, then this plan applies\n")
+    out.extend(f"note: {n}\n" for n in plan.notes)
     if plan.empty:
         out.append(f"nothing to do: {where} already matches profile {plan.profile.name}\n")
         return "".join(out)

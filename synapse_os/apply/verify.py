@@ -75,7 +75,7 @@ def profile_checks(profile: Profile, root: Path, settings_only: bool) -> tuple[l
                      "checked; run verify on the booted machine for live settings")
     if not settings_only:
         files = {rel: (f.mode, f.digest(), f.link)
-                 for rel, f in rootfs_files(fitted_tree(profile, root)).items()}
+                 for rel, f in rootfs_files(fitted_tree(profile, root, notes)).items()}
         out.extend(file_checks(files, str(root)))
     return out, notes
 

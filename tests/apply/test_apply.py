@@ -298,3 +298,20 @@ def test_a_hostile_root_word_on_the_target_is_refused(gpu_profile: Path, root: P
     assert res.returncode == 2
     assert "root= word is not a plain root file system specification" in res.stderr
     assert tree_snapshot(root) == before
+
+
+def test_an_entry_whose_kernel_is_missing_is_left_out_with_a_note(gpu_profile: Path,
+                                                                  root: Path) -> None:
+    (root / "boot/vmlinuz-linux").unlink()
+    res = synapse("apply", gpu_profile, "--root", root, "--dry-run", "--json")
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    assert "/boot/loader/entries/synapse.conf" not in {f["path"] for f in plan["files"]}
+    assert any("/boot/vmlinuz-linux is not on this machine; install linux first" in n
+               for n in plan["notes"])
+    apply_ok(gpu_profile, root)
+    assert not (root / "boot/loader/entries/synapse.conf").exists()
+    assert synapse("verify", gpu_profile, "--root", root).returncode == 0
+    (root / "boot/vmlinuz-linux").write_bytes(b"installed now\n")
+    apply_ok(gpu_profile, root)
+    assert "linux   /vmlinuz-linux" in (root / "boot/loader/entries/synapse.conf").read_text()
