@@ -45,8 +45,9 @@ def test_a_changed_setting_changes_the_assertion(tmp_path) -> None:  # type: ign
 def test_stock_baseline_asserts_only_what_it_declares() -> None:
     checks = vm_assertions(load_profile(PROFILES / "stock-baseline-debian.yaml"))
     kinds = {c.kind for c in checks}
-    # hostname, timezone, rendered files and the installed root's file system: nothing tuned
-    assert kinds <= {"file", "mount"}, kinds
+    # hostname, timezone, rendered files, the installed root's file system and its wired
+    # network (every install gets one: network.wired): nothing tuned
+    assert kinds <= {"file", "mount", "network"}, kinds
     assert not any(c.id.startswith(("sysctl", "cmdline", "service", "zram")) for c in checks)
 
 
