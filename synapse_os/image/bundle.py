@@ -13,7 +13,6 @@ the installed system can be driven by `synapse vm` (never for machines you deplo
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from synapse_os.image import debian
 from synapse_os.image.cache import LayerCache, link_or_copy
 from synapse_os.image.progress import Progress
 from synapse_os.image.runtime import build_synapse_wheel, wheelhouse
+from synapse_os.models import sha256_file
 from synapse_os.outdir import check_output_dir
 from synapse_os.profile.model import Profile
 from synapse_os.render import MANIFEST, Tree, render_profile, write_tree
@@ -156,7 +156,7 @@ def write_sums(root: Path) -> None:
             rel = p.relative_to(root).as_posix()
             if rel == SUMS or p.is_symlink():
                 continue
-            lines.append((rel, _sha256(p)))
+            lines.append((rel, sha256_file(p)))
     (root / SUMS).parent.mkdir(parents=True, exist_ok=True)
     (root / SUMS).write_text(sums_text(lines))
 
@@ -164,12 +164,4 @@ def write_sums(root: Path) -> None:
 def sums_text(entries: list[tuple[str, str]]) -> str:
     """(relative path, sha256) pairs as sha256sum --check reads them."""
     return "".join(f"{digest}  {rel}\n" for rel, digest in sorted(entries))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 

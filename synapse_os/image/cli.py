@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from synapse_os.cli import emit_json
+
+
+def install_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--test, --cache and --json, shared by `image build` and `bundle`."""
+    for option in reversed([
+        click.option("--test", "test", is_flag=True,
+                     help="Add the VM test driver's root shell (virtio port) and serial "
+                          "autologin. Never for machines you deploy."),
+        click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+                     help="Layer cache directory (default ~/.cache/synapse/images)."),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]):
+        command = option(command)
+    return command
 
 
 @click.group()
@@ -18,12 +33,7 @@ def group() -> None:
 @click.argument("profile", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="The disk image file to write (raw, GPT: ESP + root).")
-@click.option("--test", "test", is_flag=True,
-              help="Add the VM test driver's root shell (virtio port) and serial autologin. "
-                   "Never for machines you deploy.")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="Layer cache directory (default ~/.cache/synapse/images).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@install_options
 def build_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
               as_json: bool) -> None:
     """Build a bootable disk image of PROFILE into OUTPUT."""
@@ -48,12 +58,7 @@ def build_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
 @click.argument("profile", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Directory for the rendered tree and its bundle (replaced atomically).")
-@click.option("--test", "test", is_flag=True,
-              help="Add the VM test driver's root shell (virtio port) and serial autologin. "
-                   "Never for machines you deploy.")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="Layer cache directory (default ~/.cache/synapse/images).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@install_options
 def bundle_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
                as_json: bool) -> None:
     """Render PROFILE with everything its install needs offline into OUTPUT.
