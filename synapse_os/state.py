@@ -364,7 +364,10 @@ _UNLISTED_MOUNT_OPTIONS = ("defaults", "auto", "noauto", "nofail", "user", "nous
 def install_checks(profile: Profile) -> list[Check]:
     """What only a machine installed from the profile has (`apply` neither re-mounts the
     root, installs packages or touches networking): the root file system, its mount
-    options as the kernel reports them, the wired network, and the extra packages."""
+    options as the kernel reports them, the locale, the wired network, and the extra
+    packages."""
+    from synapse_os.distro import distro_for
+
     out = [Check("root file system", "mount", "disk.root_fs", profile.disk.root_fs,
                  "findmnt -no FSTYPE /", after_reboot=True)]
     for opt in profile.disk.mount_options:
@@ -372,6 +375,13 @@ def install_checks(profile: Profile) -> list[Check]:
             continue
         out.append(Check(f"root mount option {opt}", "mount", "disk.mount_options", opt,
                          "findmnt -no OPTIONS / | tr ',' ' '", "token", after_reboot=True))
+    # LANG as login sessions get it, and only when glibc has that locale (else programs
+    # silently fall back to C): "<locale> (not generated)" otherwise.
+    locale_file = shlex.quote("/" + distro_for(profile).locale_file)
+    out.append(Check("locale", "file", "locale", profile.locale,
+                     f"l=$(sed -n 's/^LANG=//p' {locale_file} | tail -n 1); "
+                     'if [ -n "$(LC_ALL="$l" locale 2>&1 >/dev/null)" ]; '
+                     'then echo "$l (not generated)"; else echo "$l"; fi'))
     if profile.network.wired == "dhcp":
         out.append(Check("network wired link configured", "network", "network.wired",
                          "configured", "networkctl list --no-legend 2>/dev/null"

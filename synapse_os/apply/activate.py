@@ -101,7 +101,8 @@ def _boot_activations(changed: list[str]) -> list[Activation]:
         elif shutil.which("grub-mkconfig"):
             out.append(Activation("grub", ("grub-mkconfig", "-o", "/boot/grub/grub.cfg"),
                                   "etc/default/grub.d"))
-    if any(r.startswith(("boot/loader/", "boot/efi/loader/")) or r == "etc/kernel/cmdline"
+    if any(r.startswith(("boot/loader/", "boot/efi/loader/", "efi/loader/"))
+           or r == "etc/kernel/cmdline"
            for r in changed) \
             and shutil.which("bootctl") \
             and proc.run(["bootctl", "is-installed"], check=False).returncode == 0:

@@ -8,9 +8,12 @@ find its root; so the machine's own root= word is kept: from its etc/kernel/cmdl
 only a regular file inside the root, and only a plain root= word is taken; anything else
 is refused, never copied.
 
-Boot loader entries (Arch renders them) name their kernel; an entry whose kernel image the
-target does not have would be a dead menu line, and the default one an unbootable
-machine, so it is left out, with a note that says which package to install first.
+The boot loader's files go to the EFI system partition where the target mounts it (/efi,
+/boot or /boot/efi: the running system's mounts, else the target's fstab), not where a
+fresh install of the profile would mount it. Boot loader entries (Arch renders them) name
+their kernel; an entry whose kernel image the target's ESP does not have would be a dead
+menu line, and the default one an unbootable machine, so it is left out, with a note that
+says which package to install first.
 """
 
 from __future__ import annotations
@@ -38,7 +41,15 @@ def fitted_tree(profile: Profile, root: Path, notes: list[str] | None = None) ->
         words = [own if w.startswith("root=") else w for w in rendered.content.decode().split()]
         tree.files[CMDLINE] = dataclasses.replace(
             rendered, content=(" ".join(words) + "\n").encode())
-    esp = distro_for(profile).esp_mount.lstrip("/")
+    rendered_esp = distro_for(profile).esp_mount.strip("/")
+    esp = target_esp(root) or rendered_esp
+    if esp != rendered_esp:
+        moved = f"rootfs/{rendered_esp}/loader/"
+        for rel in [r for r in tree.files if r.startswith(moved)]:
+            tree.files[f"rootfs/{esp}/loader/{rel[len(moved):]}"] = tree.files.pop(rel)
+        if notes is not None:
+            notes.append(f"this machine's EFI system partition is /{esp} (a fresh install "
+                         f"mounts it at /{rendered_esp}): the boot loader files go there")
     entries = f"rootfs/{esp}/loader/entries/"
     for rel, f in sorted(tree.files.items()):
         if not rel.startswith(entries) or f.link is not None:
@@ -53,6 +64,33 @@ def fitted_tree(profile: Profile, root: Path, notes: list[str] | None = None) ->
                              f"{kernel.rsplit('/', 1)[-1].removeprefix('vmlinuz-')} first, then "
                              "apply again")
     return tree
+
+
+ESP_MOUNTS = ("efi", "boot", "boot/efi")  # where systemd-boot and distributions mount it
+
+
+def target_esp(root: Path) -> str | None:
+    """Where the target mounts its EFI system partition (relative to its root), from the
+    running system's mount table when the target is the running system, else from its
+    fstab: the first vfat mount at one of ESP_MOUNTS. None when neither names one."""
+    sources = [root / "etc/fstab"]
+    if root.resolve() == Path("/"):
+        sources.insert(0, Path("/proc/self/mounts"))
+    for source in sources:
+        if source.is_symlink() or not source.is_file():
+            continue
+        try:
+            with source.open("rb") as fh:
+                text = fh.read(65536).decode("utf-8", "replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and not fields[0].startswith("#") and fields[2] == "vfat":
+                mount = fields[1].strip("/")
+                if mount in ESP_MOUNTS:
+                    return mount
+    return None
 
 
 def machine_root_word(root: Path) -> str | None:

@@ -25,6 +25,7 @@ class Distro:
     network: tuple[str, ...]  # what network.wired: dhcp needs beyond systemd
     esp_mount: str  # where the installed system mounts the EFI system partition
     default_entry: str  # loader.conf's default: the entry (or glob) the install writes
+    locale_file: str  # where the system's LANG is read at login (relative to /)
 
     def packages(self, profile: Profile) -> list[str]:
         """The full package list for a profile, sorted and without duplicates."""
@@ -67,13 +68,14 @@ ARCH = Distro(
     network=(),  # Arch's systemd package has networkd and resolved
     esp_mount="/boot",  # kernels live on the ESP; the rendered entries name them
     default_entry="synapse.conf",
+    locale_file="etc/locale.conf",
 )
 
 DEBIAN = Distro(
     name="debian",
     base_packages=("systemd-sysv", "udev", "dbus", "sudo", "openssh-server", "iproute2",
                    "procps", "util-linux", "dosfstools", "kmod", "ca-certificates",
-                   "initramfs-tools", "zstd"),
+                   "initramfs-tools", "zstd", "locales"),
     default_kernel="linux-image-amd64",
     microcode={"intel": "intel-microcode", "amd": "amd64-microcode"},
     zram_generator="systemd-zram-generator",
@@ -89,6 +91,7 @@ DEBIAN = Distro(
     network=("systemd-resolved",),
     esp_mount="/boot/efi",
     default_entry="synapse-*",
+    locale_file="etc/default/locale",  # pam_env and Debian's systemd read this, not locale.conf
 )
 
 BACKENDS = {"arch": ARCH, "debian": DEBIAN}

@@ -18,6 +18,7 @@ from synapse_os.errors import UserError
 from synapse_os.kernel.configfile import format_assignment
 from synapse_os.kernel.fragment import kernel_fragment
 from synapse_os.kernel.resolve import Resolution
+from synapse_os.kernel.versions import load_versions, series_of
 from synapse_os.profile.model import Profile
 from synapse_os.render.escape import FILTERS
 from synapse_os.resources import data_dir
@@ -43,12 +44,12 @@ def pkgbase_for(profile: Profile) -> str:
 
 
 def upstream_version(kernel_version: str) -> str:
-    """kernel.org tarball version: 6.12.0 -> 6.12, 6.1.192 -> 6.1.192."""
-    m = re.match(r"^(\d+)\.(\d+)\.(\d+)(.*)$", kernel_version)
+    """kernel.org tarball version: 6.12.0 and 6.12 -> 6.12, 6.1.192 -> 6.1.192."""
+    m = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?(.*)$", kernel_version)
     if not m:
         raise UserError(f"kernel version {kernel_version!r} is not of the form X.Y.Z")
     major, minor, sub, extra = m.groups()
-    base = f"{major}.{minor}" if sub == "0" else f"{major}.{minor}.{sub}"
+    base = f"{major}.{minor}" if sub in (None, "0") else f"{major}.{minor}.{sub}"
     return base + extra
 
 
@@ -71,8 +72,7 @@ def check_resolution(profile: Profile, resolution: Resolution, profile_hash: str
             f", this profile {profile_hash[:12]}); {again}"
         )
     pinned = profile.kernel.version
-    if pinned is not None and upstream_version(_full(pinned)) != upstream_version(
-            resolution.kernel_version):
+    if pinned is not None and not _same_release(pinned, resolution.kernel_version):
         raise UserError(
             f"{where} was resolved against Linux {resolution.kernel_version}, but "
             f"kernel.version pins {pinned}; {again} against a {pinned} tree"
@@ -91,8 +91,41 @@ def check_resolution(profile: Profile, resolution: Resolution, profile_hash: str
         )
 
 
-def _full(version: str) -> str:
-    return version if version.count(".") >= 2 else version + ".0"
+def _same_release(pinned: str, resolved: str) -> bool:
+    """A pinned line (6.12) takes any of its releases; a pinned release only itself."""
+    if pinned.count(".") == 1:
+        return series_of(resolved) == pinned
+    return upstream_version(pinned) == upstream_version(resolved)
+
+
+def source_tarball(profile: Profile, resolution: Resolution | None) -> tuple[str, str]:
+    """(kernel version, sha256 of its kernel.org tarball) the recipes build: the resolved
+    tree's version, else the release the profile pins (or its line's, or the default
+    line's); the sha256 from the version table or the profile, never unchecked."""
+    table = load_versions()
+    if resolution is not None:
+        version, known = resolution.kernel_version, None
+        for s in table.series:
+            if upstream_version(s.release) == upstream_version(version):
+                known = s.tarball_sha256
+    else:
+        version, known = table.release_for(profile.kernel.version)
+    given = profile.kernel.tarball_sha256
+    tarball = f"linux-{upstream_version(version)}.tar.xz"
+    if known and given and known != given:
+        raise UserError(
+            f"kernel.tarball_sha256 {given} is not the sha256 of {tarball} ({known}, as "
+            "kernel.org publishes it); remove kernel.tarball_sha256 or correct it"
+        )
+    sha = known or given
+    if sha is None:
+        pinned = ", ".join(s.release for s in table.series)
+        raise UserError(
+            f"no sha256 is known for {tarball}; set kernel.tarball_sha256 to the value "
+            f"kernel.org's sha256sums.asc lists for it, or build a release Synapse pins "
+            f"({pinned})"
+        )
+    return version, sha
 
 
 def expected_config_text(resolution: Resolution) -> str:
@@ -110,16 +143,8 @@ def render_recipes(profile: Profile, resolution: Resolution | None = None) -> Re
     from the profile alone (fragment merged onto the build host's config at build time;
     needs kernel.version)."""
     pkgbase = pkgbase_for(profile)
-    if resolution is not None:
-        version = resolution.kernel_version
-    elif profile.kernel.version is not None:
-        version = profile.kernel.version
-    else:
-        raise UserError(
-            "kernel.version is not set; set it (e.g. 6.12.10) or resolve first with "
-            "`synapse kernel config` and pass --resolved"
-        )
-    upstream = upstream_version(_full(version))
+    version, tarball_sha256 = source_tarball(profile, resolution)
+    upstream = upstream_version(version)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(data_dir("build") / "linux-synapse")),
         undefined=jinja2.StrictUndefined,
@@ -152,6 +177,7 @@ def render_recipes(profile: Profile, resolution: Resolution | None = None) -> Re
     pkgbuild = env.get_template("PKGBUILD.in").render(
         **values,
         config_name=config_name,
+        tarball_sha256=tarball_sha256,
         config_sha256=_sha256(config),
         expected_sha256=_sha256(expected),
         install_sha256=_sha256(install),
@@ -168,9 +194,10 @@ def render_recipes(profile: Profile, resolution: Resolution | None = None) -> Re
 
 
 def pkgbuild_files(profile: Profile) -> dict[str, tuple[str, int]]:
-    """For the renderer (pure): name -> (content, mode) of the recipes, or nothing when
-    the profile does not pin kernel.version (then `synapse kernel pkgbuild` makes them)."""
-    if profile.kernel.source != "custom" or profile.kernel.version is None:
+    """For the renderer (pure): name -> (content, mode) of the recipes of a custom kernel
+    (the profile's fragment merged at build time; `synapse kernel pkgbuild --resolved`
+    makes them from a resolution instead)."""
+    if profile.kernel.source != "custom":
         return {}
     recipe = render_recipes(profile)
     return {

@@ -26,6 +26,8 @@ def series_of(version: str) -> str:
 class Series:
     series: str
     debian_package: str
+    release: str  # the kernel.org release built when a profile pins only the line
+    tarball_sha256: str  # of linux-<release>.tar.xz
     note: str = ""
 
 
@@ -39,6 +41,17 @@ class KconfigBehaviour:
 class VersionTable:
     series: tuple[Series, ...]
     kconfig: tuple[KconfigBehaviour, ...]
+    default_series: str
+
+    def release_for(self, pinned: str | None) -> tuple[str, str | None]:
+        """(kernel.org release, its tarball sha256 when the table pins it) for a profile's
+        kernel.version: none = the default line's release, "X.Y" of a supported line = that
+        line's release, anything else as written (sha256 known only for a table release)."""
+        wanted = pinned or self.default_series
+        for s in self.series:
+            if wanted in (s.series, s.release):
+                return s.release, s.tarball_sha256
+        return wanted, None
 
     def supported(self, version: str) -> Series | None:
         wanted = series_of(version)
@@ -58,8 +71,9 @@ class VersionTable:
 def load_versions() -> VersionTable:
     with (data_dir("kernel-config") / "versions.toml").open("rb") as f:
         data = tomllib.load(f)
-    series = tuple(Series(s["series"], s["debian_package"], s.get("note", ""))
+    series = tuple(Series(s["series"], s["debian_package"], s["release"], s["tarball_sha256"],
+                          s.get("note", ""))
                    for s in data.get("series", []))
     kconfig = tuple(KconfigBehaviour(str(k["since"]), k["choice_member_dependency"])
                     for k in data.get("kconfig", []))
-    return VersionTable(series, kconfig)
+    return VersionTable(series, kconfig, data["default_series"])

@@ -188,8 +188,13 @@ class Kernel(Strict):
     )
     version: str | None = Field(
         None, pattern=r"^\d+\.\d+(\.\d+)?$",
-        description="kernel.org version a custom kernel is built from (e.g. 6.12.10); "
-        "None = take it from `synapse kernel config --source`.",
+        description="kernel.org release a custom kernel is built from: X.Y.Z exactly, or a "
+        "supported line X.Y (its release pinned in kernel-config/versions.toml); None = the "
+        "default line, or the tree `synapse kernel config --source` resolved against.",
+    )
+    tarball_sha256: Sha256 | None = Field(
+        None, description="sha256 of linux-<version>.tar.xz (kernel.org's sha256sums.asc), "
+        "pinned in the PKGBUILD; needed only for a release Synapse does not pin itself.",
     )
     preempt: Literal["none", "voluntary", "full", "dynamic"] | None = Field(
         None, description="Preemption model built into the kernel; none/voluntary/full build "

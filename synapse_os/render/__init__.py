@@ -213,7 +213,8 @@ def step_install(ctx: Context, tree: Tree) -> None:
     if distro.name == "arch":
         tree.add("install/pacman.conf", template("pacman.conf.j2", **ctx.vars()))
     options = ",".join(ctx.profile.disk.mount_options) or "defaults"
-    layout = ctx.vars(mount_options=options, esp_mount=distro.esp_mount)
+    layout = ctx.vars(mount_options=options, esp_mount=distro.esp_mount,
+                      locale_file=distro.locale_file)
     tree.add("install/fstab", template("fstab.j2", **layout))
     if ctx.profile.network.wired == "dhcp":
         tree.add("install/network/20-wired.network", template("wired.network.j2", **layout))

@@ -315,3 +315,29 @@ def test_an_entry_whose_kernel_is_missing_is_left_out_with_a_note(gpu_profile: P
     (root / "boot/vmlinuz-linux").write_bytes(b"installed now\n")
     apply_ok(gpu_profile, root)
     assert "linux   /vmlinuz-linux" in (root / "boot/loader/entries/synapse.conf").read_text()
+
+
+def test_the_boot_loader_files_go_to_the_esp_the_target_mounts(gpu_profile: Path,
+                                                               root: Path) -> None:
+    """A target whose fstab mounts its ESP at /efi (kernels in /boot, not on the ESP) gets
+    loader.conf there; the entries naming /vmlinuz-linux on the ESP are left out."""
+    (root / "etc/fstab").write_text(
+        "# a hand-made fstab\nUUID=1234 / ext4 rw 0 1\n"
+        "UUID=ABCD-1234  /efi  vfat  umask=0077 0 2\n/dev/sdb1 /boot/efi ext4 rw 0 0\n")
+    res = synapse("apply", gpu_profile, "--root", root, "--dry-run", "--json")
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    paths = {f["path"] for f in plan["files"]}
+    assert "/efi/loader/loader.conf" in paths
+    assert not any(p.startswith("/boot/loader/") for p in paths)
+    assert any("EFI system partition is /efi" in n for n in plan["notes"])
+    assert any("/efi/vmlinuz-linux is not on this machine" in n for n in plan["notes"])
+    apply_ok(gpu_profile, root)
+    assert (root / "efi/loader/loader.conf").is_file()
+    assert not (root / "boot/loader").exists()
+    assert synapse("verify", gpu_profile, "--root", root).returncode == 0
+    # an fstab that is not a regular file is not read: the distribution's place is kept
+    (root / "etc/fstab").unlink()
+    os.symlink("/proc/self/mounts", root / "etc/fstab")
+    res = synapse("apply", gpu_profile, "--root", root, "--dry-run", "--json")
+    assert "/boot/loader/loader.conf" in {f["path"] for f in json.loads(res.stdout)["files"]}

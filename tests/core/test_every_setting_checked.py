@@ -40,8 +40,6 @@ NOT_LIVE = {
     "name": "names the profile (manifest, bench records, fleet reports)",
     "description": "free text for people",
     "base": "chooses the distribution backend: what renders (checked by hash) and installs",
-    "locale": "written by install.sh into /etc/locale.conf; image builds keep the base's "
-              "C.UTF-8 until they install through install.sh (issue 11)",
     "hardware.cpu_vendor": "describes the machine: chooses the microcode images (files)",
     "hardware.cpu_model": "describes the machine, for people",
     "hardware.physical_cores": "describes the machine: derives runtime threads",
@@ -59,6 +57,8 @@ NOT_LIVE = {
     "kernel.package": "the built kernel package's name; its config is checked symbol by symbol",
     "kernel.version": "which source the kernel is built from; its config is checked symbol "
                       "by symbol",
+    "kernel.tarball_sha256": "pins the kernel source in the PKGBUILD; makepkg checks it before "
+                             "anything is built",
     "kernel.localmodconfig": "trims modules at build time; the required symbols are checked",
     "memory.zram.size": "an expression zram-generator evaluates against the RAM it sees at "
                         "boot; its rendered configuration is checked by hash",

@@ -5,30 +5,77 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from synapse_os.kernel.hw import capture, lsmod_text
 from synapse_os.kernel.pkgbuild import pkgbuild_files, upstream_version
+from synapse_os.models import sha256_file
 from synapse_os.profile import load_profile
 from tests.conftest import PROFILES, need_tool
 from tests.kernel.conftest import synapse, write_profile
 
 
 @pytest.fixture(scope="module")
-def recipes(kernel_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def local_tarball(kernel_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 6.1 tree packed under the name and top directory of kernel.org's tarball of its
+    version (uncompressed: makepkg's bsdtar reads the format, not the name), in a source
+    directory makepkg can read; with the empty signature file it would download."""
+    version = subprocess.run(["make", "-s", "kernelversion"], cwd=kernel_tree,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    srcdest = tmp_path_factory.mktemp("srcdest")
+    name = f"linux-{upstream_version(version)}"
+    subprocess.run(["tar", "-cf", srcdest / f"{name}.tar.xz", "-C", kernel_tree.parent,
+                    f"--transform=s,^{kernel_tree.name},{name},", kernel_tree.name], check=True)
+    (srcdest / f"{name}.tar.sign").write_text("")
+    return srcdest / f"{name}.tar.xz"
+
+
+@pytest.fixture(scope="module")
+def recipes(kernel_tree: Path, local_tarball: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cpu-avx2's kernel resolved against the 6.1 tree and turned into recipes; the profile
+    pins the sha256 of the local tarball, as a user building a release Synapse does not
+    pin would pin kernel.org's."""
     tmp = tmp_path_factory.mktemp("recipes")
+    profile = tmp / "cpu-avx2-local.yaml"
+    profile.write_text(f"extends: {PROFILES / 'cpu-avx2.yaml'}\nname: cpu-avx2\n"
+                       f"kernel:\n  tarball_sha256: {sha256_file(local_tarball)}\n")
     resolved = tmp / "resolved"
-    r = synapse("kernel", "config", PROFILES / "cpu-avx2.yaml", "--source", kernel_tree,
-                "-o", resolved)
+    r = synapse("kernel", "config", profile, "--source", kernel_tree, "-o", resolved)
     assert r.returncode == 0, r.stderr
     out = tmp / "linux-synapse"
-    r = synapse("kernel", "pkgbuild", PROFILES / "cpu-avx2.yaml", "--resolved", resolved,
-                "-o", out)
+    r = synapse("kernel", "pkgbuild", profile, "--resolved", resolved, "-o", out)
     assert r.returncode == 0, r.stderr
     return out
+
+
+def makepkg(recipe: Path, *args: str, srcdest: Path | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    """Arch's own makepkg (Debian's package) on a copy of `recipe`, as an unprivileged user
+    (makepkg refuses root), with sources taken from `srcdest` and no network."""
+    need_tool("makepkg", "apt-get install makepkg pacman-package-manager libarchive-tools")
+    need_tool("pacman", "apt-get install pacman-package-manager")
+    need_tool("bsdtar", "apt-get install libarchive-tools")
+    work = Path(tempfile.mkdtemp(prefix="makepkg-"))
+    shutil.copytree(recipe, work / "recipe")
+    (work / "sources").mkdir()  # makepkg wants its SRCDEST writable: link the files in
+    for source in srcdest.iterdir() if srcdest else ():
+        os.link(source, work / "sources" / source.name)
+    subprocess.run(["chown", "-R", "nobody:nogroup", work], check=True)
+    work.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "HOME": str(work), "LC_ALL": "C.UTF-8",
+           "SRCDEST": str(work / "sources"), "BUILDDIR": str(work / "build")}
+    try:
+        return subprocess.run(["unshare", "--net", "runuser", "-u", "nobody", "--", "makepkg",
+                               *args], cwd=work / "recipe", env=env, capture_output=True,
+                              text=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def bash_vars(pkgbuild: Path, *names: str) -> list[str]:
@@ -55,6 +102,82 @@ def test_pkgbuild_has_its_own_pkgbase_and_checksums_of_what_it_ships(recipes: Pa
         capture_output=True, text=True, check=True).stdout
     for fn in ("prepare", "build", "package_linux-synapse", "package_linux-synapse-headers"):
         assert f"declare -f {fn}\n" in functions
+
+
+def srcinfo(text: str) -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(" = ")
+        if sep:
+            fields.setdefault(key, []).append(value)
+    return fields
+
+
+def test_makepkg_reads_every_rendered_pkgbuild(recipes: Path, tmp_path: Path) -> None:
+    """makepkg --printsrcinfo on each PKGBUILD Synapse writes: the kernel of every Arch
+    profile with a custom kernel (rendered with the release Synapse pins), the resolved
+    recipe, and llama.cpp's."""
+    from synapse_os.bench import arch
+    from synapse_os.kernel.versions import load_versions
+    from synapse_os.render import render_profile
+
+    default = next(s for s in load_versions().series
+                   if s.series == load_versions().default_series)
+    rendered = 0
+    for path in sorted(PROFILES.glob("*.yaml")):
+        profile = load_profile(path)
+        if profile.base != "arch" or profile.kernel.source != "custom":
+            continue
+        recipe = tmp_path / path.stem
+        recipe.mkdir()
+        for rel, entry in render_profile(profile).files.items():
+            if rel.startswith("kernel/"):
+                (recipe / rel.removeprefix("kernel/")).write_bytes(entry.content)
+        r = makepkg(recipe, "--printsrcinfo")
+        assert r.returncode == 0, r.stderr
+        info = srcinfo(r.stdout)
+        assert info["pkgbase"] == ["linux-synapse"] and info["pkgver"] == [default.release]
+        assert info["source"][0].endswith(f"/linux-{default.release}.tar.xz")
+        assert info["sha256sums"][0] == default.tarball_sha256  # pinned, not SKIP
+        assert info["pkgname"] == ["linux-synapse", "linux-synapse-headers"]
+        rendered += 1
+    assert rendered >= 1
+    r = makepkg(recipes, "--printsrcinfo")
+    assert r.returncode == 0, r.stderr
+    assert srcinfo(r.stdout)["sha256sums"][0] != "SKIP"
+    llama = tmp_path / "llama.cpp"
+    llama.mkdir()
+    sdist = tmp_path / "llama_cpp_python-0.3.16.tar.gz"
+    sdist.write_bytes(b"stand-in sdist: only its sha256 is read")
+    (llama / "PKGBUILD").write_text(arch.render_pkgbuild(sdist))
+    r = makepkg(llama, "--printsrcinfo")
+    assert r.returncode == 0, r.stderr
+    info = srcinfo(r.stdout)
+    assert info["pkgname"] == [arch.PKGNAME] and info["pkgver"] == ["0.3.16"]
+    assert info["sha256sums"] == [sha256_file(sdist)]
+
+
+def test_makepkg_prepares_the_kernel_from_the_pinned_tarball(recipes: Path,
+                                                             local_tarball: Path) -> None:
+    """makepkg --nobuild: the tarball's sha256 checked against the pin, the source
+    extracted, prepare() run on the real tree (version check, the resolved .config,
+    olddefconfig, every expected setting kept). The signature needs kernel.org's keys and
+    file, which this machine cannot fetch: only that check is skipped."""
+    r = makepkg(recipes, "--nobuild", "--nodeps", "--skippgpcheck", srcdest=local_tarball.parent)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{local_tarball.name} ... Passed" in r.stdout + r.stderr
+    version = upstream_version(local_tarball.name.removeprefix("linux-").removesuffix(".tar.xz"))
+    assert f"Prepared linux-synapse version {version}-1-synapse" in r.stdout
+    # a tarball that is not the pinned one is refused before anything is extracted
+    tampered = recipes.parent / "tampered"
+    shutil.copytree(recipes, tampered)
+    text = (tampered / "PKGBUILD").read_text()
+    pinned = sha256_file(local_tarball)
+    (tampered / "PKGBUILD").write_text(text.replace(pinned, "0" * 64, 1))
+    r = makepkg(tampered, "--nobuild", "--nodeps", "--skippgpcheck", srcdest=local_tarball.parent)
+    assert r.returncode != 0
+    assert f"{local_tarball.name} ... FAILED" in r.stdout + r.stderr
+    assert "Prepared" not in r.stdout
 
 
 def test_recipes_pass_shellcheck(recipes: Path) -> None:
@@ -134,16 +257,39 @@ def test_pkgbuild_refuses_a_resolution_of_another_profile(recipes: Path,
         check_resolution(load_profile(other), resolution, resolution.profile_hash, "x")
 
 
-def test_renderer_recipes_need_a_pinned_version(tmp_path: Path) -> None:
-    assert pkgbuild_files(load_profile(PROFILES / "cpu-avx2.yaml")) == {}
-    profile = load_profile(write_profile(tmp_path / "p.yaml",
-                                         "source: custom\nversion: '6.12'\nhz: 300"))
-    files = pkgbuild_files(profile)
+def test_renderer_recipes_pin_the_release_and_its_tarball(tmp_path: Path) -> None:
+    """Every custom kernel renders its recipes: the release the profile pins (a line means
+    the release Synapse pins for it; none, the default line's) with the tarball's sha256."""
+    from synapse_os.errors import UserError
+    from synapse_os.kernel.versions import load_versions
+
+    table = {s.series: s for s in load_versions().series}
+    default = table[load_versions().default_series]
+
+    def pkgbuild(kernel_yaml: str) -> str:
+        path = write_profile(tmp_path / "p.yaml", "source: custom\nhz: 300\n" + kernel_yaml)
+        return pkgbuild_files(load_profile(path))["PKGBUILD"][0]
+
+    shipped = pkgbuild_files(load_profile(PROFILES / "cpu-avx2.yaml"))
+    assert f"pkgver={default.release}\n" in shipped["PKGBUILD"][0]
+    assert f"sha256sums=({default.tarball_sha256}\n" in shipped["PKGBUILD"][0]
+    for line, series in table.items():
+        text = pkgbuild(f"version: '{line}'")
+        assert f"pkgver={series.release}\n" in text
+        assert f"sha256sums=({series.tarball_sha256}\n" in text
+    with pytest.raises(UserError, match=r"no sha256 is known for linux-6\.12\.10\.tar\.xz; "
+                                        r"set kernel\.tarball_sha256"):
+        pkgbuild("version: 6.12.10")
+    assert f"sha256sums=({'ab' * 32}\n" in pkgbuild(f"version: 6.12.10\ntarball_sha256: {'ab' * 32}")
+    with pytest.raises(UserError, match="is not the sha256 of linux-6.12.64.tar.xz"):
+        pkgbuild(f"version: 6.12.64\ntarball_sha256: {'ab' * 32}")
+    files = pkgbuild_files(load_profile(write_profile(tmp_path / "q.yaml",
+                                                      "source: custom\nversion: '6.12'\nhz: 300")))
     assert files["build-deb.sh"][1] == 0o755 and files["PKGBUILD"][1] == 0o644
     assert "CONFIG_HZ_300=y" in files["synapse.config"][0]
-    assert "pkgver=6.12\n" in files["PKGBUILD"][0]
     assert "merge_config.sh" in files["PKGBUILD"][0]
     assert upstream_version("6.12.0") == "6.12" and upstream_version("6.1.192") == "6.1.192"
+    assert upstream_version("6.13") == "6.13"
     shellcheck = need_tool("shellcheck", "apt-get install shellcheck")
     for name, extra in (("PKGBUILD", ["-e", "SC2034,SC2154"]), ("build-deb.sh", [])):
         (tmp_path / name).write_text(files[name][0])
