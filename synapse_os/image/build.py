@@ -141,7 +141,7 @@ def build_image(
         os.chmod(tmp, 0o644)
         os.replace(tmp, output)
         info.size_bytes = output.stat().st_size
-        progress.note(f"bundle: {bundle.debs} packages, {bundle.wheels} wheels")
+        progress.note(f"bundle: {bundle.packages} packages, {bundle.wheels} wheels")
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

@@ -3,6 +3,9 @@
     out/install/, rootfs/, …   the render: install/partition.sh and install/install.sh
     out/bundle/debs/           Debian base: a flat apt repository of every package the
                                bootstrap installs (the Packages index pins each by sha256)
+    out/bundle/pkgs/           Arch base: the same as a pacman repository (repo-add's
+                               database pins each by sha256), made on an Arch host
+    out/bundle/kernel-src/     a custom kernel's kernel.org tarball and signature
     out/bundle/wheels/         the runtime's wheels: synapse, llama-cpp-python built for the
                                profile's ISA, and their dependencies (pip --no-index)
     out/bundle/SHA256SUMS      every file of out/; both scripts check it before they act
@@ -18,8 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from synapse_os import __version__
-from synapse_os.errors import UserError
-from synapse_os.image import debian
+from synapse_os.image import archrepo, debian
 from synapse_os.image.cache import LayerCache, link_or_copy
 from synapse_os.image.progress import Progress
 from synapse_os.image.runtime import build_synapse_wheel, wheelhouse
@@ -74,7 +76,7 @@ class BundleInfo:
     test: bool
     files: int
     size_bytes: int
-    debs: int
+    packages: int
     wheels: int
     synapse_version: str = __version__
     timings: dict[str, float] = field(default_factory=dict)
@@ -102,24 +104,34 @@ def build_bundle(
     progress = progress or Progress()
     cache = cache or LayerCache()
     output = Path(output)
-    if profile.base != "debian":
-        raise UserError(
-            f"base: {profile.base}: its bundle needs a local pacman repository made with "
-            "repo-add on an Arch Linux build host, and this host is not one; bundles are "
-            "made here for base: debian"
-        )
+    if profile.base == "arch":
+        archrepo.require_arch_host(profile)
     check_output_dir(output, MANIFEST, listed=True)
     tree = render_profile(profile)
     if test:
         add_test_access(tree)
-    debs = debian.fetch_debs(profile, cache, progress)
+    if profile.base == "arch":
+        packages = archrepo.fetch_packages(profile, tree.files["install/pacman.conf"].content,
+                                           cache, progress)
+        kernel_sources = archrepo.fetch_kernel_sources(profile, cache, progress)
+    else:
+        packages = debian.fetch_debs(profile, cache, progress)
+        kernel_sources = []
     wheels = wheelhouse(cache, progress, profile.hardware.isa) if profile.runtime else None
-    counts = {"debs": 0, "wheels": 0}
+    counts = {"packages": 0, "wheels": 0}
 
     def fill(root: Path) -> None:
-        with progress.step("laying the bundle: local apt repository and Packages index"):
-            debian.write_repository(debs, root / "bundle/debs")
-            counts["debs"] = len(list((root / "bundle/debs").glob("*.deb")))
+        if profile.base == "arch":
+            with progress.step("laying the bundle: local pacman repository (repo-add)"):
+                counts["packages"] = archrepo.write_repository(packages, root / "bundle/pkgs")
+        else:
+            with progress.step("laying the bundle: local apt repository and Packages index"):
+                debian.write_repository(packages, root / "bundle/debs")
+                counts["packages"] = len(list((root / "bundle/debs").glob("*.deb")))
+        if kernel_sources:
+            (root / "bundle/kernel-src").mkdir(parents=True)
+            for source in kernel_sources:
+                link_or_copy(source, root / "bundle/kernel-src" / source.name)
         if wheels is not None:
             with progress.step("laying the bundle: runtime wheels and synapse's own wheel"):
                 dest = root / "bundle/wheels"
@@ -141,7 +153,7 @@ def build_bundle(
                 size += p.stat().st_size
     return BundleInfo(
         output=str(output), profile=profile.name, profile_hash=profile.hash(),
-        base=profile.base, test=test, files=files, size_bytes=size, debs=counts["debs"],
+        base=profile.base, test=test, files=files, size_bytes=size, packages=counts["packages"],
         wheels=counts["wheels"], timings=dict(progress.timings),
     )
 

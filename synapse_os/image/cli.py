@@ -77,7 +77,7 @@ def bundle_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
         emit_json(info.as_dict())
     else:
         click.echo(f"bundled {output}: {info.files} files, {info.size_bytes / 1024**2:.0f} MiB "
-                   f"({info.debs} packages, {info.wheels} wheels) in "
+                   f"({info.packages} packages, {info.wheels} wheels) in "
                    f"{sum(info.timings.values()):.0f} s")
 
 

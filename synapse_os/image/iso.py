@@ -1,9 +1,11 @@
 """`synapse build-iso`: an archiso profile (releng layout) that installs the profile.
 
 The profile directory is rendered from `iso/` templates and the rendered tree (which
-lands in the live system at /root/synapse), written atomically, then handed to
-`mkarchiso`. Without mkarchiso (any non-Arch host) the directory is still written and
-the command exits 2 with the install command, so the profile can be checked or copied.
+lands in the live system at /root/synapse), written atomically; on an Arch host the tree
+is then replaced by the profile's whole bundle (`synapse bundle`: its pacman repository,
+kernel source and wheels) and the directory handed to `mkarchiso`. Without mkarchiso (any
+non-Arch host) the directory is still written and the command exits 2 with the install
+command, so the profile can be checked or copied.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 from synapse_os import __version__
 from synapse_os.errors import UserError
-from synapse_os.image.bundle import SUMS, sums_text
+from synapse_os.image.bundle import SUMS, build_bundle, sums_text
+from synapse_os.image.cache import link_or_copy
 from synapse_os.outdir import File, write_dir
 from synapse_os.proc import run
 from synapse_os.profile.model import Profile
@@ -57,8 +60,8 @@ def iso_files(profile: Profile) -> dict[str, File]:
         files[f"{TREE_IN_ISO}/{rel}"] = f
     manifest = json.dumps(tree.manifest(profile), indent=2, sort_keys=True) + "\n"
     add(f"{TREE_IN_ISO}/manifest.json", manifest)
-    # the scripts check every file of the tree they run from (pacstrap still downloads:
-    # an offline pacman repository is made by repo-add on an Arch host, not here)
+    # the scripts check every file of the tree they run from; build_iso replaces this tree
+    # by the whole bundle (packages, kernel source, wheels) before mkarchiso runs
     sums = [(rel[len(TREE_IN_ISO) + 1:], hashlib.sha256(f.content).hexdigest())
             for rel, f in files.items() if f.link is None]
     add(f"{TREE_IN_ISO}/{SUMS}", sums_text(sums))
@@ -116,6 +119,13 @@ def build_iso(profile: Profile, output: Path) -> dict[str, str]:
         )
     if os.geteuid() != 0:
         raise UserError("mkarchiso must run as root; rerun build-iso with sudo")
+    # the installer carries the bundle, so install.sh runs offline from the ISO: the same
+    # render, plus its pacman repository, kernel source and wheels, and their checksums
+    bundle = output / "bundle"
+    build_bundle(profile, bundle)
+    tree_in_iso = profile_dir / TREE_IN_ISO
+    shutil.rmtree(tree_in_iso)
+    shutil.copytree(bundle, tree_in_iso, symlinks=True, copy_function=link_or_copy)
     work = Path(tempfile.mkdtemp(prefix="archiso-work.", dir=output))
     try:
         before = set(output.glob("*.iso"))

@@ -24,6 +24,7 @@ from synapse_os.render.escape import FILTERS
 from synapse_os.resources import data_dir
 
 DEFAULT_PKGBASE = "linux-synapse"
+KERNEL_ORG = "https://cdn.kernel.org/pub/linux/kernel"
 PKGBASE = re.compile(r"^linux-[a-z0-9][a-z0-9-]*$")
 
 
@@ -51,6 +52,14 @@ def upstream_version(kernel_version: str) -> str:
     major, minor, sub, extra = m.groups()
     base = f"{major}.{minor}" if sub in (None, "0") else f"{major}.{minor}.{sub}"
     return base + extra
+
+
+def tarball_sources(version: str, sha256: str) -> list[tuple[str, str | None]]:
+    """(url, pinned sha256 or None) of what the PKGBUILD downloads from kernel.org: the
+    tarball and its signature."""
+    upstream = upstream_version(version)
+    base = f"{KERNEL_ORG}/v{upstream.split('.')[0]}.x/linux-{upstream}"
+    return [(f"{base}.tar.xz", sha256), (f"{base}.tar.sign", None)]
 
 
 def _sha256(text: str) -> str:
@@ -177,7 +186,7 @@ def render_recipes(profile: Profile, resolution: Resolution | None = None) -> Re
     pkgbuild = env.get_template("PKGBUILD.in").render(
         **values,
         config_name=config_name,
-        tarball_sha256=tarball_sha256,
+        kernel_org=tarball_sources(version, tarball_sha256),
         config_sha256=_sha256(config),
         expected_sha256=_sha256(expected),
         install_sha256=_sha256(install),

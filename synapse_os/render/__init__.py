@@ -212,6 +212,7 @@ def step_install(ctx: Context, tree: Tree) -> None:
     tree.add(f"install/{manifest_name}", header + "\n".join(distro.packages(ctx.profile)) + "\n")
     if distro.name == "arch":
         tree.add("install/pacman.conf", template("pacman.conf.j2", **ctx.vars()))
+        tree.add("install/pacman-bundle.conf", template("pacman-bundle.conf.j2", **ctx.vars()))
     options = ",".join(ctx.profile.disk.mount_options) or "defaults"
     layout = ctx.vars(mount_options=options, esp_mount=distro.esp_mount,
                       locale_file=distro.locale_file)

@@ -115,6 +115,9 @@ def _check_shell(profile: Any, files: dict[str, Any], work: Path) -> None:
     marker = work / "PWNED"
     tree = work / "tree"
     write_tree(files, tree)
+    if profile.base == "arch":  # stands in for the repository repo-add makes on an Arch host
+        (tree / "bundle/pkgs").mkdir(parents=True)
+        (tree / "bundle/pkgs/synapse-bundle.db").write_bytes(b"")
     write_sums(tree)  # the bundle's checksums, so the scripts go past their bundle check
     mnt = work / "mnt"
     (mnt / "etc/apt").mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ KEY, VALUE = "<key>", "<value>"
 # command name the scripts call becomes a recorder.
 PASSTHROUGH = ("bash", "sh", "dirname", "grep", "paste", "cat", "sed", "tr", "id", "readlink",
                "basename", "env", "printf", "sort", "cut", "head", "tail", "wc", "sha256sum",
-               "comm", "find")
+               "comm", "find", "mktemp")
 RECORDED = ("sgdisk", "partprobe", "udevadm", "blockdev", "seq", "sleep", "kernel-install", "mkfs.xfs", "mkfs.ext4", "mkfs.vfat", "mount",
             "umount", "mkdir", "lsblk", "swapon", "findmnt", "mountpoint", "pacstrap",
             "mmdebstrap", "install", "genfstab", "cp", "arch-chroot", "useradd", "chown",
@@ -161,7 +161,7 @@ def run_script(script: Path, args: list[str], work: Path, marker: Path,
         stub_dir(work, marker)
     calls = work / "calls"
     calls.write_text("")
-    env = {"PATH": str(bindir), "HOME": str(work), "LC_ALL": "C"}
+    env = {"PATH": str(bindir), "HOME": str(work), "LC_ALL": "C", "TMPDIR": str(work)}
     result = subprocess.run([str(bindir / "bash"), str(script), *args], cwd=work, env=env,
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     recorded = [line.split("\0")[:-1] for line in calls.read_text().split("\0\n") if line]

@@ -69,7 +69,7 @@ def test_the_local_repository_pins_every_package_it_holds(stock_bundle: Path) ->
 def test_arch_base_cannot_be_bundled_here(tmp_path: Path) -> None:
     res = synapse("bundle", str(PROFILES / "cpu-avx2.yaml"), "-o", str(tmp_path / "b"))
     assert res.returncode == 2
-    assert "repo-add on an Arch Linux build host" in res.stderr
+    assert "indexed with repo-add on an Arch Linux build host" in res.stderr
     assert not (tmp_path / "b").exists()
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from synapse_os.models import sha256_file
 from synapse_os.profile import load_profile
 from tests.conftest import PROFILES, need_tool
 from tests.kernel.conftest import synapse, write_profile
+from tests.makepkg import makepkg
 
 
 @pytest.fixture(scope="module")
@@ -52,30 +52,6 @@ def recipes(kernel_tree: Path, local_tarball: Path,
     r = synapse("kernel", "pkgbuild", profile, "--resolved", resolved, "-o", out)
     assert r.returncode == 0, r.stderr
     return out
-
-
-def makepkg(recipe: Path, *args: str, srcdest: Path | None = None,
-            ) -> subprocess.CompletedProcess[str]:
-    """Arch's own makepkg (Debian's package) on a copy of `recipe`, as an unprivileged user
-    (makepkg refuses root), with sources taken from `srcdest` and no network."""
-    need_tool("makepkg", "apt-get install makepkg pacman-package-manager libarchive-tools")
-    need_tool("pacman", "apt-get install pacman-package-manager")
-    need_tool("bsdtar", "apt-get install libarchive-tools")
-    work = Path(tempfile.mkdtemp(prefix="makepkg-"))
-    shutil.copytree(recipe, work / "recipe")
-    (work / "sources").mkdir()  # makepkg wants its SRCDEST writable: link the files in
-    for source in srcdest.iterdir() if srcdest else ():
-        os.link(source, work / "sources" / source.name)
-    subprocess.run(["chown", "-R", "nobody:nogroup", work], check=True)
-    work.chmod(0o755)
-    env = {"PATH": os.environ["PATH"], "HOME": str(work), "LC_ALL": "C.UTF-8",
-           "SRCDEST": str(work / "sources"), "BUILDDIR": str(work / "build")}
-    try:
-        return subprocess.run(["unshare", "--net", "runuser", "-u", "nobody", "--", "makepkg",
-                               *args], cwd=work / "recipe", env=env, capture_output=True,
-                              text=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def bash_vars(pkgbuild: Path, *names: str) -> list[str]:
@@ -272,15 +248,15 @@ def test_renderer_recipes_pin_the_release_and_its_tarball(tmp_path: Path) -> Non
 
     shipped = pkgbuild_files(load_profile(PROFILES / "cpu-avx2.yaml"))
     assert f"pkgver={default.release}\n" in shipped["PKGBUILD"][0]
-    assert f"sha256sums=({default.tarball_sha256}\n" in shipped["PKGBUILD"][0]
+    assert f"sha256sums=(\n  {default.tarball_sha256}\n" in shipped["PKGBUILD"][0]
     for line, series in table.items():
         text = pkgbuild(f"version: '{line}'")
         assert f"pkgver={series.release}\n" in text
-        assert f"sha256sums=({series.tarball_sha256}\n" in text
+        assert f"sha256sums=(\n  {series.tarball_sha256}\n" in text
     with pytest.raises(UserError, match=r"no sha256 is known for linux-6\.12\.10\.tar\.xz; "
                                         r"set kernel\.tarball_sha256"):
         pkgbuild("version: 6.12.10")
-    assert f"sha256sums=({'ab' * 32}\n" in pkgbuild(f"version: 6.12.10\ntarball_sha256: {'ab' * 32}")
+    assert f"sha256sums=(\n  {'ab' * 32}\n" in pkgbuild(f"version: 6.12.10\ntarball_sha256: {'ab' * 32}")
     with pytest.raises(UserError, match="is not the sha256 of linux-6.12.64.tar.xz"):
         pkgbuild(f"version: 6.12.64\ntarball_sha256: {'ab' * 32}")
     files = pkgbuild_files(load_profile(write_profile(tmp_path / "q.yaml",

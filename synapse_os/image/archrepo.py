@@ -1,0 +1,130 @@
+"""Arch backend: the bundle's packages as a local pacman repository, made on an Arch host.
+
+pacman downloads every package the bootstrap installs (the rendered list and all it
+depends on) into a database of its own, empty, so nothing the build host has installed is
+left out, and checks each against the host's keyring as it does for any download;
+repo-add indexes them into the `synapse-bundle` repository, whose database records every
+package's sha256 (pacman checks it before installing). install.sh's pacstrap reads only
+that repository (install/pacman-bundle.conf). A custom kernel's kernel.org tarball and
+signature travel too, checked against the sha256 the PKGBUILD pins, so makepkg builds
+offline. pacman's mirrors and keyring are the host's: this needs an Arch Linux host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from synapse_os.distro import distro_for
+from synapse_os.errors import OperationError, UserError
+from synapse_os.image.cache import LayerCache, layer_key, link_or_copy
+from synapse_os.image.progress import Progress
+from synapse_os.models import sha256_file
+from synapse_os.proc import require_tool, run
+from synapse_os.profile.model import Profile
+
+REPO = "synapse-bundle"  # the repository name install/pacman-bundle.conf reads
+PACKAGE_GLOBS = ("*.pkg.tar.zst", "*.pkg.tar.xz")
+
+
+def is_arch_host() -> bool:
+    return Path("/etc/arch-release").is_file() and shutil.which("pacman") is not None
+
+
+def require_arch_host(profile: Profile) -> None:
+    if not is_arch_host():
+        raise UserError(
+            f"base: {profile.base}: its bundle's packages are downloaded by pacman from "
+            "Arch's mirrors and indexed with repo-add on an Arch Linux build host, and "
+            "this host is not one; run `synapse bundle` there (bundles of base: debian "
+            "are made anywhere)"
+        )
+
+
+def fetch_packages(profile: Profile, pacman_conf: bytes, cache: LayerCache,
+                   progress: Progress) -> Path:
+    """A cached directory of every package the profile's pacstrap installs."""
+    require_tool("pacman", "an Arch Linux host")
+    packages = distro_for(profile).packages(profile)
+    version = run(["pacman", "--version"]).stdout.split("Pacman v", 1)[-1].split()[0:1]
+    key = layer_key("arch-pkgs", {"packages": packages, "pacman.conf": pacman_conf.decode(),
+                                  "pacman": version})
+    final = cache.path("arch-pkgs", key, suffix="")
+    if (final / ".complete").is_file():
+        progress.note(f"Arch packages: cached ({final.name})")
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    try:
+        (tmp / "pacman.conf").write_bytes(pacman_conf)
+        (tmp / "db").mkdir()
+        with progress.step(f"downloading Arch packages with pacman ({len(packages)} listed)"):
+            run(["pacman", "-Syw", "--noconfirm", "--config", str(tmp / "pacman.conf"),
+                 "--dbpath", str(tmp / "db"), "--cachedir", str(tmp), "--logfile",
+                 "/dev/null", *packages], timeout=3600)
+        shutil.rmtree(tmp / "db")
+        (tmp / "pacman.conf").unlink()
+        if not _packages(tmp):
+            raise OperationError(f"pacman downloaded no packages into {tmp}")
+        (tmp / ".complete").write_text("\n".join(packages) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _packages(directory: Path) -> list[Path]:
+    return sorted(p for glob in PACKAGE_GLOBS for p in directory.glob(glob))
+
+
+def write_repository(pkgs: Path, dest: Path) -> int:
+    """The `synapse-bundle` pacman repository in `dest`: the packages (with their
+    signatures, when pacman kept them) and the database repo-add makes. Returns how many
+    packages it holds."""
+    require_tool("repo-add", "pacman -S pacman (Debian: apt-get install pacman-package-manager)")
+    dest.mkdir(parents=True, exist_ok=True)
+    found = _packages(pkgs)
+    for pkg in found:
+        link_or_copy(pkg, dest / pkg.name)
+        sig = pkg.with_name(pkg.name + ".sig")
+        if sig.is_file():
+            link_or_copy(sig, dest / sig.name)
+    run(["repo-add", "--quiet", str(dest / f"{REPO}.db.tar.gz"),
+         *(str(dest / p.name) for p in found)], timeout=1800)
+    # repo-add's links (synapse-bundle.db -> .db.tar.gz) are what pacman reads; a bundle's
+    # checksums cover regular files only, so the link is replaced by the file itself
+    for link in (dest / f"{REPO}.db", dest / f"{REPO}.files"):
+        if link.is_symlink():
+            target = link.resolve()
+            link.unlink()
+            shutil.copy2(target, link)
+    return len(found)
+
+
+def fetch_kernel_sources(profile: Profile, cache: LayerCache, progress: Progress) -> list[Path]:
+    """The custom kernel's tarball and signature from kernel.org, downloaded once and kept
+    by URL and pin; the tarball must have the sha256 the PKGBUILD pins."""
+    from synapse_os.kernel.pkgbuild import source_tarball, tarball_sources
+
+    if profile.kernel.source != "custom":
+        return []
+    out = []
+    for url, sha in tarball_sources(*source_tarball(profile, None)):
+        name = url.rsplit("/", 1)[-1]
+        final = cache.path("kernel-src", layer_key("kernel-src", {"url": url, "sha256": sha}),
+                           suffix="") / name
+        if not final.is_file():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            part = final.with_name(name + ".part")
+            with progress.step(f"downloading {name} from kernel.org"), \
+                    urllib.request.urlopen(url, timeout=60) as response, part.open("wb") as f:
+                shutil.copyfileobj(response, f, 1 << 20)
+            if sha is not None and sha256_file(part) != sha:
+                part.unlink()
+                raise OperationError(f"{url} does not have the sha256 the PKGBUILD pins ({sha})")
+            part.rename(final)
+        out.append(final)
+    return out
