@@ -176,6 +176,37 @@ def report_cmd(baseline: Path, candidate: Path, output: Path, allow_model_mismat
         click.echo(f"report written to {output}: " + ", ".join(Path(f).name for f in files))
 
 
+@group.command("synth-model")
+@click.option("--size", default="1G", show_default=True,
+              help="Size of the weights, e.g. 1G or 2500M (1024-based units).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="GGUF file to write.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--tokenizer-from", "source", type=click.Path(path_type=Path),
+              help="gemma3 GGUF whose tokenizer it takes (default: the shipped 270M model).")
+@click.option("--json", "as_json", is_flag=True)
+def synth_model_cmd(size: str, output: Path, seed: int, source: Path | None,
+                    as_json: bool) -> None:
+    """Write a synthetic GGUF of SIZE (real gemma3 architecture and tokenizer, random
+    weights) to measure bandwidth-bound generation; bench records mark it synthetic."""
+    from synapse_os.bench.synthetic import write_synthetic
+    from synapse_os.profile.types import parse_size
+
+    try:
+        size_bytes = parse_size(size)
+    except ValueError:
+        raise UserError(f"--size {size!r} is not a size; use a number with K, M or G "
+                        "(e.g. 1G)") from None
+    if output.exists() and not output.is_file():
+        raise UserError(f"{output} exists and is not a file; -o takes the GGUF file to write")
+    info = write_synthetic(output, size_bytes, seed=seed, source=source)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"wrote {output}: {info['size_bytes'] / 1e9:.2f} GB, {info['blocks']} blocks, "
+               f"random weights (seed {seed}); for speed measurements only")
+
+
 @group.command("llama-bench")
 @click.option("--build", "do_build", is_flag=True,
               help="Build llama-bench (GGML_NATIVE=ON) into the cache when it is absent.")

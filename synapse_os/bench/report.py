@@ -77,7 +77,10 @@ def markdown(result: Result, baseline: list[Record], candidate: list[Record]) ->
         f"({candidate[0].synapse['time']}, host {candidate[0].synapse.get('host')}).",
         f"Model `{Path(baseline[0].synapse['model']['path']).name}` (sha256 "
         f"`{baseline[0].model_sha256[:16]}…`), llama.cpp build "
-        f"`{baseline[0].data['build_commit']}`.",
+        f"`{baseline[0].data['build_commit']}`."
+        + (" The model is synthetic (random weights, `synapse bench synth-model`): these "
+           "figures measure speed only." if baseline[0].synapse["model"].get("synthetic")
+           else ""),
         "",
         "## Summary",
         "",

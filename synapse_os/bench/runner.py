@@ -90,6 +90,13 @@ def model_info(model: Path | None) -> tuple[Path, dict[str, Any]]:
         origin = "path"
     info = {"path": str(path.resolve()), "sha256": digest, "size_bytes": path.stat().st_size,
             "origin": origin}
+    if model is not None:
+        from synapse_os.bench.synthetic import synthetic_mark
+
+        mark = synthetic_mark(path)
+        if mark is not None:  # random weights: a speed measurement, never a quality one
+            info["origin"] = "synthetic"
+            info["synthetic"] = mark
     return path, info
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from synapse_os.bench import arch, build
 from tests.bench.conftest import error_text, invoke
 from tests.conftest import need_tool
+from tests.makepkg import makepkg
 
 
 def _fake_tree(root: Path) -> Path:
@@ -128,3 +130,34 @@ def test_makepkg_is_not_run_as_root(sdist: Path) -> None:
         assert "makepkg refuses to run as root" in error_text(result)
     else:  # Debian: no makepkg, and the error says how to get it
         assert "makepkg" in error_text(result)
+
+
+def test_makepkg_builds_the_pkgbuild_for_real(sdist: Path, small_model: tuple[Path, str],
+                                              tmp_path: Path) -> None:
+    """What an Arch host runs (`synapse bench llama-bench --build`): Arch's own makepkg, as
+    an unprivileged user and without network, checks the sdist against the pinned sha256,
+    builds llama-bench with the flags of the CMake path and packages it; the packaged
+    binary measures the real model."""
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    (recipe / "PKGBUILD").write_text(arch.render_pkgbuild(sdist))
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    os.link(sdist, sources / sdist.name)
+    built = tmp_path / "built"
+    built.mkdir()
+    r = makepkg(recipe, "--nodeps", srcdest=sources, packages_to=built)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert f"{sdist.name} ... Passed" in r.stdout + r.stderr
+    [package] = built.glob(f"{arch.PKGNAME}-*.pkg.tar.zst")
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(["bsdtar", "-xf", package, "-C", root], check=True)
+    binary = root / "usr/bin/llama-bench"
+    assert (root / f"usr/share/licenses/{arch.PKGNAME}/LICENSE").is_file()
+    model, _ = small_model
+    run = subprocess.run([binary, "-m", model, "-p", "8", "-n", "4", "-r", "1", "-t", "2",
+                          "-o", "json"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads(run.stdout)
+    assert {r["n_gen"] for r in results} == {0, 4} and all(r["avg_ts"] > 0 for r in results)
