@@ -26,7 +26,15 @@ if ! grep -qw vfat /proc/filesystems && ! $SUDO modprobe -q vfat 2>/dev/null \
 fi
 
 echo "setup: installing synapse with its runtime, bench, model, fleet and dev extras (llama-cpp-python builds from source: ~8 min on 2 cores the first time, cached after)"
-python3 -m pip install -q --disable-pip-version-check -e ".[runtime,bench,model,fleet,dev]"
+pip_opts=()
+if grep -qw amx_tile /proc/cpuinfo; then
+  # ggml's AMX kernels die with SIGILL on some AMX hosts (synapse_os/bench/build.py, NO_AMX):
+  # build llama-cpp-python natively without AMX, never from a wheel cached without that
+  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  export CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"
+  pip_opts=(--no-cache-dir)
+fi
+python3 -m pip install -q --disable-pip-version-check "${pip_opts[@]}" -e ".[runtime,bench,model,fleet,dev]"
 # archinstall's own example configuration, which the rendered archinstall config is checked
 # against (archinstall itself cannot import on Debian 12: its disk layer needs a newer libparted)
 python3 -m pip download -q --disable-pip-version-check --no-deps "archinstall==2.8.3" \

@@ -27,12 +27,22 @@ from synapse_os.errors import OperationError, UserError
 BUILD_HINT = "synapse bench llama-bench --build"
 SDIST_PACKAGE = "llama-cpp-python"
 
+# Native builds leave Intel AMX out. ggml's AMX kernels die with SIGILL (tilezero on a tile
+# its configuration does not cover, in tinygemm_kernel_amx) during prompt processing on AMX
+# hosts where AMX itself works (seen on a Xeon VM: a plain program configures and uses tiles
+# in several threads), in llama.cpp as vendored by llama-cpp-python 0.3.36. GCC's explicit
+# -mno-* flags win over -march=native whatever their order. Token generation does not use
+# AMX; prompt processing loses its speed-up where it would have worked.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
 # Minimal, self-contained build: static libraries, only the llama-bench target, no network
 # code. GGML_NATIVE is passed explicitly because its default is OFF when SOURCE_DATE_EPOCH is
 # set (as in package builds).
 CMAKE_FLAGS: tuple[str, ...] = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_NATIVE=ON",
+    f"-DCMAKE_C_FLAGS={NO_AMX}",
+    f"-DCMAKE_CXX_FLAGS={NO_AMX}",
     "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_OPENSSL=OFF",

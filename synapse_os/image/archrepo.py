@@ -13,7 +13,6 @@ offline. pacman's mirrors and keyring are the host's: this needs an Arch Linux h
 from __future__ import annotations
 
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -51,29 +50,22 @@ def fetch_packages(profile: Profile, pacman_conf: bytes, cache: LayerCache,
     version = run(["pacman", "--version"]).stdout.split("Pacman v", 1)[-1].split()[0:1]
     key = layer_key("arch-pkgs", {"packages": packages, "pacman.conf": pacman_conf.decode(),
                                   "pacman": version})
-    final = cache.path("arch-pkgs", key, suffix="")
-    if (final / ".complete").is_file():
-        progress.note(f"Arch packages: cached ({final.name})")
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
-    try:
+    cached = cache.complete_dir("arch-pkgs", key)
+    if cached is not None:
+        progress.note(f"Arch packages: cached ({cached.name})")
+        return cached
+    what = f"downloading Arch packages with pacman ({len(packages)} listed)"
+    with cache.put_dir("arch-pkgs", key, packages) as tmp, progress.step(what):
         (tmp / "pacman.conf").write_bytes(pacman_conf)
         (tmp / "db").mkdir()
-        with progress.step(f"downloading Arch packages with pacman ({len(packages)} listed)"):
-            run(["pacman", "-Syw", "--noconfirm", "--config", str(tmp / "pacman.conf"),
-                 "--dbpath", str(tmp / "db"), "--cachedir", str(tmp), "--logfile",
-                 "/dev/null", *packages], timeout=3600)
+        run(["pacman", "-Syw", "--noconfirm", "--config", str(tmp / "pacman.conf"),
+             "--dbpath", str(tmp / "db"), "--cachedir", str(tmp), "--logfile", "/dev/null",
+             *packages], timeout=3600)
         shutil.rmtree(tmp / "db")
         (tmp / "pacman.conf").unlink()
         if not _packages(tmp):
             raise OperationError(f"pacman downloaded no packages into {tmp}")
-        (tmp / ".complete").write_text("\n".join(packages) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return cache.path("arch-pkgs", key, suffix="")
 
 
 def _packages(directory: Path) -> list[Path]:

@@ -67,6 +67,30 @@ class LayerCache:
             tmp.unlink(missing_ok=True)
 
 
+    def complete_dir(self, kind: str, key: str) -> Path | None:
+        """The cached directory of `kind` and `key`, when one was completed."""
+        final = self.path(kind, key, suffix="")
+        return final if (final / COMPLETE).is_file() else None
+
+    @contextmanager
+    def put_dir(self, kind: str, key: str, listing: list[str]) -> Iterator[Path]:
+        """Yield a temp directory to fill; on success it becomes the cached directory, with
+        `listing` (what it holds) in its completion marker."""
+        final = self.path(kind, key, suffix="")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        try:
+            yield tmp
+            (tmp / COMPLETE).write_text("\n".join(listing) + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+COMPLETE = ".complete"
+
+
 def link_or_copy(src: Path, dest: Path) -> None:
     """A hard link to a cached file (instant, no space), or a copy across file systems."""
     try:

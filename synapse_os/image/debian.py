@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from synapse_os.distro import distro_for
@@ -50,25 +49,22 @@ def fetch_debs(profile: Profile, cache: LayerCache, progress: Progress) -> Path:
     when install.sh bootstraps from it offline."""
     require_tool("mmdebstrap", "apt-get install mmdebstrap")
     key = base_key(profile)
-    final = cache.path("debian-debs", key, suffix="")
-    if (final / ".complete").is_file():
-        progress.note(f"Debian packages: cached ({final.name})")
-        return final
+    cached = cache.complete_dir("debian-debs", key)
+    if cached is not None:
+        progress.note(f"Debian packages: cached ({cached.name})")
+        return cached
     packages = image_packages(profile)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
     what = f"downloading Debian {SUITE} packages with mmdebstrap ({len(packages)} listed)"
-    try:
-        with progress.step(what):
-            run([
-                "mmdebstrap", "--mode=root", "--variant=minbase", "--format=null",
-                f"--components={','.join(COMPONENTS)}",
-                f"--include={','.join(packages)}",
-                "--aptopt=Acquire::Retries \"3\"",
-                "--skip=essential/unlink", "--skip=download/empty",
-                f"--customize-hook=sync-out /var/cache/apt/archives {tmp}",
-                SUITE, "/dev/null", mirror(),
-            ], timeout=3600)
+    with cache.put_dir("debian-debs", key, packages) as tmp, progress.step(what):
+        run([
+            "mmdebstrap", "--mode=root", "--variant=minbase", "--format=null",
+            f"--components={','.join(COMPONENTS)}",
+            f"--include={','.join(packages)}",
+            "--aptopt=Acquire::Retries \"3\"",
+            "--skip=essential/unlink", "--skip=download/empty",
+            f"--customize-hook=sync-out /var/cache/apt/archives {tmp}",
+            SUITE, "/dev/null", mirror(),
+        ], timeout=3600)
         for junk in ("lock", "partial"):
             p = tmp / junk
             if p.is_dir():
@@ -77,12 +73,7 @@ def fetch_debs(profile: Profile, cache: LayerCache, progress: Progress) -> Path:
                 p.unlink(missing_ok=True)
         if not any(tmp.glob("*.deb")):
             raise OperationError(f"mmdebstrap downloaded no packages into {tmp}")
-        (tmp / ".complete").write_text("\n".join(packages) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return cache.path("debian-debs", key, suffix="")
 
 
 def write_repository(debs: Path, dest: Path) -> None:

@@ -10,9 +10,7 @@ every bundle.
 from __future__ import annotations
 
 import re
-import shutil
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
 import synapse_os
+from synapse_os.bench.build import NO_AMX
 from synapse_os.errors import OperationError, UserError
 from synapse_os.image.cache import LayerCache, layer_key
 from synapse_os.image.progress import Progress
@@ -100,15 +99,22 @@ def host_cpu_flags() -> set[str]:
     return set()
 
 
+# A native build without Intel AMX (synapse_os.bench.build.NO_AMX says why).
+NATIVE_NO_AMX = f'-DGGML_NATIVE=ON -DCMAKE_C_FLAGS="{NO_AMX}" -DCMAKE_CXX_FLAGS="{NO_AMX}"'
+
+
 def llama_cmake_args(isa: str, host_flags: set[str]) -> str | None:
     """CMAKE_ARGS for the image's llama-cpp-python, or None to reuse the host's wheel.
 
     pip builds llama-cpp-python with -march=native: on a host with AVX-512 that wheel
     would die with SIGILL on an AVX2 target (and in a TCG guest), so such hosts build a
-    portable AVX2 wheel for images whose profile does not declare isa: avx512.
+    portable AVX2 wheel for images whose profile does not declare isa: avx512; a host with
+    AMX builds its native wheel without AMX.
     """
     if "avx512f" in host_flags and isa != "avx512":
         return PORTABLE_AVX2
+    if "amx_tile" in host_flags:
+        return NATIVE_NO_AMX
     return None
 
 
@@ -118,27 +124,20 @@ def wheelhouse(cache: LayerCache, progress: Progress, isa: str = "native") -> Pa
     cmake_args = llama_cmake_args(isa, host_cpu_flags())
     key = layer_key("wheels", {"requirements": reqs, "python": sys.version_info[:2],
                                "llama_cmake_args": cmake_args})
-    final = cache.path("wheels", key, suffix="")
-    if (final / ".complete").is_file():
+    cached = cache.complete_dir("wheels", key)
+    if cached is not None:
         progress.note(f"runtime wheels: cached ({len(reqs)} packages)")
-        return final
-    with progress.step(f"collecting {len(reqs)} runtime wheels (pip wheel, pinned to this host)"):
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
-        try:
-            pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp)]
-            llama = [r for r in reqs if r.startswith("llama-cpp-python==")]
-            if cmake_args is not None and llama:
-                progress.note(f"building a portable AVX2 {llama[0]} (this host has AVX-512)")
-                run([*pip, "--no-cache-dir", "--no-binary", "llama-cpp-python", *llama],
-                    env={"CMAKE_ARGS": cmake_args}, timeout=3 * 3600)
-                reqs_rest = [r for r in reqs if r not in llama]
-            else:
-                reqs_rest = reqs
-            run([*pip, *reqs_rest], timeout=3600)
-            (tmp / ".complete").write_text("\n".join(reqs) + "\n")
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        return cached
+    with cache.put_dir("wheels", key, reqs) as tmp, progress.step(
+            f"collecting {len(reqs)} runtime wheels (pip wheel, pinned to this host)"):
+        pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp)]
+        llama = [r for r in reqs if r.startswith("llama-cpp-python==")]
+        if cmake_args is not None and llama:
+            progress.note(f"building {llama[0]} with CMAKE_ARGS {cmake_args}")
+            run([*pip, "--no-cache-dir", "--no-binary", "llama-cpp-python", *llama],
+                env={"CMAKE_ARGS": cmake_args}, timeout=3 * 3600)
+            reqs_rest = [r for r in reqs if r not in llama]
+        else:
+            reqs_rest = reqs
+        run([*pip, *reqs_rest], timeout=3600)
+    return cache.path("wheels", key, suffix="")

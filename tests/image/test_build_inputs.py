@@ -101,11 +101,30 @@ def test_missing_mmdebstrap_names_the_package(tmp_path: Path) -> None:
 
 
 def test_hosts_with_avx512_build_a_portable_llama_wheel_for_avx2_images() -> None:
-    from synapse_os.image.runtime import PORTABLE_AVX2, llama_cmake_args
+    from synapse_os.image.runtime import NATIVE_NO_AMX, PORTABLE_AVX2, llama_cmake_args
 
     zen = {"avx", "avx2", "fma", "f16c"}
     assert llama_cmake_args("avx2", zen) is None  # the host's -march=native wheel fits
     assert llama_cmake_args("avx2", zen | {"avx512f"}) == PORTABLE_AVX2
     assert llama_cmake_args("native", zen | {"avx512f"}) == PORTABLE_AVX2
     assert llama_cmake_args("avx512", zen | {"avx512f"}) is None
+    # ggml's AMX kernels are left out of native builds on AMX hosts (bench/build.py NO_AMX)
+    assert llama_cmake_args("avx512", zen | {"avx512f", "amx_tile"}) == NATIVE_NO_AMX
+    assert "-mno-amx-int8" in NATIVE_NO_AMX and "-DGGML_NATIVE=ON" in NATIVE_NO_AMX
     assert "-DGGML_NATIVE=OFF" in PORTABLE_AVX2 and "-DGGML_AVX512=OFF" in PORTABLE_AVX2
+
+
+def test_a_cached_directory_exists_only_once_it_was_completed(tmp_path: Path) -> None:
+    from synapse_os.image.cache import LayerCache
+
+    cache = LayerCache(tmp_path)
+    with pytest.raises(RuntimeError), cache.put_dir("kind", "k1", ["a"]) as tmp:
+        (tmp / "a").write_text("half")
+        raise RuntimeError("interrupted")
+    assert cache.complete_dir("kind", "k1") is None
+    assert not list((tmp_path / "kind").iterdir())  # nothing half-written is left
+    with cache.put_dir("kind", "k1", ["a"]) as tmp:
+        (tmp / "a").write_text("whole")
+    done = cache.complete_dir("kind", "k1")
+    assert done is not None and (done / "a").read_text() == "whole"
+    assert (done / ".complete").read_text() == "a\n"
