@@ -123,7 +123,9 @@ def test_unbootable_config_is_an_error_unless_allowed(kernel_tree: Path,
     names each missing symbol with its reason and its explanation; exit 1, output kept."""
     profile = write_profile(
         tmp_path / "p.yaml",
-        "source: custom\nextra:\n  CONFIG_IKCONFIG: n\n  CONFIG_CGROUPS: n",
+        # (a tarball pin for the tree's release, which the version table does not pin)
+        f"source: custom\ntarball_sha256: {'5' * 64}\nextra:\n  CONFIG_IKCONFIG: n\n"
+        "  CONFIG_CGROUPS: n",
         extra_top="runtime:\n  memory_high: 4G\n  models:\n    main:\n"
                   "      path: /var/lib/synapse/models/m.gguf\n")
     out = tmp_path / "out"

@@ -53,6 +53,9 @@ def tree_state(tree: Path) -> list[str]:
     ]
 
 
+STAND_IN_SHA = "5" * 64  # no tarball is fetched: makepkg never runs in these tests
+
+
 @pytest.fixture(scope="module")
 def blueprint_run(any_tree: Path, tmp_path_factory: pytest.TempPathFactory
                   ) -> tuple[Resolution, Path, list[str], Path]:
@@ -61,7 +64,11 @@ def blueprint_run(any_tree: Path, tmp_path_factory: pytest.TempPathFactory
     extra = "\n".join(f"  {k}: '{v}'" for k, v in {**BLUEPRINT, **EXTRA_CASES}.items())
     # the blueprint switches mitigations off: that needs the acknowledgement
     ack = f"boot:\n  mitigations_risk: '{MITIGATIONS_ACK}'\n"
-    profile = write_profile(tmp / "blueprint.yaml", f"source: custom\nextra:\n{extra}", ack)
+    # the recipes pin the source tarball's sha256; the tree's own release is not one the
+    # version table pins, so the profile does (as a user building that release would)
+    profile = write_profile(tmp / "blueprint.yaml",
+                            f"source: custom\ntarball_sha256: {STAND_IN_SHA}\nextra:\n{extra}",
+                            ack)
     before = tree_state(any_tree)
     out = tmp / "out"
     result = synapse("kernel", "config", profile, "--source", any_tree, "-o", out, "--json")
@@ -344,8 +351,8 @@ def test_explain_shows_dependencies_and_help(kernel_tree: Path) -> None:
     assert renamed.stdout.startswith("this tree calls it CONFIG_CPU_MITIGATIONS")
 
 
-def supported_rows() -> dict[str, tuple[str, str]]:
-    """line -> (package, tested tree) from kernel-config/README.md's table."""
+def supported_rows() -> dict[str, tuple[str, str, str]]:
+    """line -> (package, tested tree, release a PKGBUILD builds) from kernel-config/README.md."""
     from synapse_os.resources import data_dir
 
     text = (data_dir("kernel-config") / "README.md").read_text()
@@ -353,8 +360,8 @@ def supported_rows() -> dict[str, tuple[str, str]]:
     rows = {}
     for line in section.splitlines():
         cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0][:1].isdigit():
-            rows[cells[0]] = (cells[1], cells[2])
+        if len(cells) == 5 and cells[0][:1].isdigit():
+            rows[cells[0]] = (cells[1], cells[2], cells[3].split()[0])
     return rows
 
 
@@ -366,8 +373,9 @@ def test_supported_versions_table_is_the_data_and_the_tested_trees(any_tree: Pat
     rows = supported_rows()
     assert sorted(rows) == sorted(s.series for s in table.series) == sorted(SERIES)
     version = kernel_version(any_tree)
-    package, tested = rows[series_of(version)]
+    package, tested, release = rows[series_of(version)]
     assert package == table.supported(version).debian_package  # type: ignore[union-attr]
+    assert release == table.supported(version).release  # type: ignore[union-attr]
     assert tested == version, "update the tested tree in kernel-config/README.md"
     expected = "member_dep" if series_of(version) == "6.12" else "dir_dep"
     assert table.behaviour(version).choice_member_dependency == expected
