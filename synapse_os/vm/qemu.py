@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+import time
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -39,22 +41,42 @@ def find_ovmf() -> str:
                     "(or boot with --direct, which needs no firmware)")
 
 
+KVM_PROBE_SECONDS = 20.0
+OVMF_BOOT_MANAGER = b"BdsDxe"  # what OVMF prints on the serial console within a second or two
+
+
 @cache
 def kvm_works() -> bool:
-    """True only if a KVM guest actually starts here (nested /dev/kvm can exist and fail)."""
+    """True only if a KVM guest actually runs here, in long mode. Nested /dev/kvm can exist
+    and fail to start a guest, or start one that hangs once it leaves real mode (seen on a
+    Firecracker host: SeaBIOS runs, Linux stops after "Probing EDD", OVMF prints nothing).
+    So the probe boots OVMF, 64-bit firmware, under KVM and waits for its boot manager on
+    the serial console; without OVMF nothing is proven and TCG is used."""
     if os.environ.get("SYNAPSE_NO_KVM"):
         return False
     if not os.access("/dev/kvm", os.R_OK | os.W_OK) or shutil.which(QEMU) is None:
         return False
     try:
-        proc = subprocess.run(
-            [QEMU, "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "64", "-nodefaults",
-             "-display", "none", "-no-reboot", "-S", "-monitor", "stdio"],
-            input="quit\n", capture_output=True, text=True, timeout=20, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        ovmf = find_ovmf()
+    except UserError:
         return False
-    return proc.returncode == 0
+    with tempfile.TemporaryDirectory(prefix="synapse-kvm-probe.") as tmp:
+        log = Path(tmp) / "serial.log"
+        log.touch()
+        proc = subprocess.Popen(
+            [QEMU, "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+             "-display", "none", "-no-reboot", "-bios", ovmf, "-serial", f"file:{log}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + KVM_PROBE_SECONDS
+            while time.monotonic() < deadline and proc.poll() is None:
+                if OVMF_BOOT_MANAGER in log.read_bytes():
+                    return True
+                time.sleep(0.2)
+            return False
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass
