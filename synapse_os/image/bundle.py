@@ -117,7 +117,8 @@ def build_bundle(
     else:
         packages = debian.fetch_debs(profile, cache, progress)
         kernel_sources = []
-    wheels = wheelhouse(cache, progress, profile.hardware.isa) if profile.runtime else None
+    wheels = (wheelhouse(cache, progress, profile.hardware.isa, profile.hardware.gpu)
+              if profile.runtime else None)
     counts = {"packages": 0, "wheels": 0}
 
     def fill(root: Path) -> None:

@@ -103,25 +103,37 @@ def host_cpu_flags() -> set[str]:
 NATIVE_NO_AMX = f'-DGGML_NATIVE=ON -DCMAKE_C_FLAGS="{NO_AMX}" -DCMAKE_CXX_FLAGS="{NO_AMX}"'
 
 
-def llama_cmake_args(isa: str, host_flags: set[str]) -> str | None:
+# The GPUs a CUDA wheel is built for when the build host cannot say (it may have none):
+# Turing, Ampere (A100 and consumer), Ada, Hopper.
+CUDA_ARCHITECTURES = "75;80;86;89;90"
+
+
+def llama_cmake_args(isa: str, host_flags: set[str], gpu: str = "none") -> str | None:
     """CMAKE_ARGS for the image's llama-cpp-python, or None to reuse the host's wheel.
 
     pip builds llama-cpp-python with -march=native: on a host with AVX-512 that wheel
     would die with SIGILL on an AVX2 target (and in a TCG guest), so such hosts build a
     portable AVX2 wheel for images whose profile does not declare isa: avx512; a host with
-    AMX builds its native wheel without AMX.
+    AMX builds its native wheel without AMX. A profile with an NVIDIA GPU gets the CUDA
+    backend, for the GPU generations above (the build host need not have the GPU).
     """
     if "avx512f" in host_flags and isa != "avx512":
-        return PORTABLE_AVX2
-    if "amx_tile" in host_flags:
-        return NATIVE_NO_AMX
-    return None
+        cpu: str | None = PORTABLE_AVX2
+    elif "amx_tile" in host_flags:
+        cpu = NATIVE_NO_AMX
+    else:
+        cpu = None
+    if gpu == "nvidia":
+        return f"{cpu or '-DGGML_NATIVE=ON'} -DGGML_CUDA=ON " \
+               f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCHITECTURES}"
+    return cpu
 
 
-def wheelhouse(cache: LayerCache, progress: Progress, isa: str = "native") -> Path:
+def wheelhouse(cache: LayerCache, progress: Progress, isa: str = "native",
+               gpu: str = "none") -> Path:
     """A directory of wheels for every pinned runtime dependency (cached)."""
     reqs = pinned_requirements()
-    cmake_args = llama_cmake_args(isa, host_cpu_flags())
+    cmake_args = llama_cmake_args(isa, host_cpu_flags(), gpu)
     key = layer_key("wheels", {"requirements": reqs, "python": sys.version_info[:2],
                                "llama_cmake_args": cmake_args})
     cached = cache.complete_dir("wheels", key)

@@ -150,7 +150,7 @@ def expected_config_text(resolution: Resolution) -> str:
 def render_recipes(profile: Profile, resolution: Resolution | None = None) -> Recipe:
     """Recipes from a resolution (the resolved .config is built as is) or, without one,
     from the profile alone (fragment merged onto the build host's config at build time;
-    needs kernel.version)."""
+    the release from kernel.version or the default line, see source_tarball)."""
     pkgbase = pkgbase_for(profile)
     version, tarball_sha256 = source_tarball(profile, resolution)
     upstream = upstream_version(version)

@@ -111,6 +111,13 @@ def test_hosts_with_avx512_build_a_portable_llama_wheel_for_avx2_images() -> Non
     # ggml's AMX kernels are left out of native builds on AMX hosts (bench/build.py NO_AMX)
     assert llama_cmake_args("avx512", zen | {"avx512f", "amx_tile"}) == NATIVE_NO_AMX
     assert "-mno-amx-int8" in NATIVE_NO_AMX and "-DGGML_NATIVE=ON" in NATIVE_NO_AMX
+    # an NVIDIA profile's wheel has the CUDA backend, for named GPU generations (the build
+    # host may have no GPU for CMake to ask), with the CPU part chosen as above
+    cuda = llama_cmake_args("avx2", zen | {"avx512f"}, "nvidia")
+    assert cuda is not None and cuda.startswith(PORTABLE_AVX2)
+    assert "-DGGML_CUDA=ON" in cuda and "-DCMAKE_CUDA_ARCHITECTURES=75;80;86;89;90" in cuda
+    assert "-DGGML_CUDA=ON" in (llama_cmake_args("native", zen, "nvidia") or "")
+    assert llama_cmake_args("native", zen, "amd") is None
     assert "-DGGML_NATIVE=OFF" in PORTABLE_AVX2 and "-DGGML_AVX512=OFF" in PORTABLE_AVX2
 
 
