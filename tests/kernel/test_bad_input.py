@@ -124,7 +124,7 @@ def test_unbootable_config_is_an_error_unless_allowed(kernel_tree: Path,
     profile = write_profile(
         tmp_path / "p.yaml",
         # (a tarball pin for the tree's release, which the version table does not pin)
-        f"source: custom\ntarball_sha256: {'5' * 64}\nextra:\n  CONFIG_IKCONFIG: n\n"
+        f"source: custom\ntarball_sha256: '{'5' * 64}'\nextra:\n  CONFIG_IKCONFIG: n\n"
         "  CONFIG_CGROUPS: n",
         extra_top="runtime:\n  memory_high: 4G\n  models:\n    main:\n"
                   "      path: /var/lib/synapse/models/m.gguf\n")

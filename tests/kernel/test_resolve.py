@@ -67,7 +67,7 @@ def blueprint_run(any_tree: Path, tmp_path_factory: pytest.TempPathFactory
     # the recipes pin the source tarball's sha256; the tree's own release is not one the
     # version table pins, so the profile does (as a user building that release would)
     profile = write_profile(tmp / "blueprint.yaml",
-                            f"source: custom\ntarball_sha256: {STAND_IN_SHA}\nextra:\n{extra}",
+                            f"source: custom\ntarball_sha256: '{STAND_IN_SHA}'\nextra:\n{extra}",
                             ack)
     before = tree_state(any_tree)
     out = tmp / "out"
