@@ -66,6 +66,18 @@ def fitted_tree(profile: Profile, root: Path, notes: list[str] | None = None) ->
     return tree
 
 
+def _read_regular(source: Path, limit: int) -> str | None:
+    """The first `limit` bytes of `source` as text when it is a regular file (never through
+    a symlink), else None: what apply reads from a target is untrusted."""
+    if source.is_symlink() or not source.is_file():
+        return None
+    try:
+        with source.open("rb") as fh:
+            return fh.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
 ESP_MOUNTS = ("efi", "boot", "boot/efi")  # where systemd-boot and distributions mount it
 
 
@@ -77,14 +89,8 @@ def target_esp(root: Path) -> str | None:
     if root.resolve() == Path("/"):
         sources.insert(0, Path("/proc/self/mounts"))
     for source in sources:
-        if source.is_symlink() or not source.is_file():
-            continue
-        try:
-            with source.open("rb") as fh:
-                text = fh.read(65536).decode("utf-8", "replace")
-        except OSError:
-            continue
-        for line in text.splitlines():
+        text = _read_regular(source, 65536)
+        for line in (text or "").splitlines():
             fields = line.split()
             if len(fields) >= 3 and not fields[0].startswith("#") and fields[2] == "vfat":
                 mount = fields[1].strip("/")
@@ -100,14 +106,7 @@ def machine_root_word(root: Path) -> str | None:
     if root.resolve() == Path("/"):
         sources.append(Path("/proc/cmdline"))
     for source in sources:
-        if source.is_symlink() or not source.is_file():
-            continue
-        try:
-            with source.open("rb") as fh:
-                text = fh.read(8192).decode("utf-8", "replace")
-        except OSError:
-            continue
-        words = [w for w in text.split() if w.startswith("root=")]
+        words = [w for w in (_read_regular(source, 8192) or "").split() if w.startswith("root=")]
         if not words:
             continue
         if not ROOT_WORD.fullmatch(words[0]):
