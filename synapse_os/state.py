@@ -321,12 +321,13 @@ def checks(state: SystemState) -> list[Check]:
     return out
 
 
-# Reads the running kernel's config (Debian ships /boot/config-*, others /proc/config.gz);
-# "n" for "is not set" or absent, exit UNKNOWN_RC where the kernel exposes no config.
+# Reads the running kernel's config: its own (/proc/config.gz, IKCONFIG_PROC), else the
+# file its package installed (Debian's /boot/config-*); "n" for "is not set" or absent,
+# exit UNKNOWN_RC where neither exists.
 _KCONFIG = (
     "f=/boot/config-$(uname -r); "
-    "if [ -r \"$f\" ]; then c=$(cat \"$f\"); "
-    "elif [ -r /proc/config.gz ]; then c=$(zcat /proc/config.gz); "
+    "if [ -r /proc/config.gz ]; then c=$(zcat /proc/config.gz); "
+    "elif [ -r \"$f\" ]; then c=$(cat \"$f\"); "
     f"else exit {UNKNOWN_RC}; fi; "
     "v=$(printf '%s\\n' \"$c\" | sed -n 's/^{sym}=//p' | tail -n 1); "
     "printf '%s\\n' \"${{v:-n}}\""
@@ -352,7 +353,77 @@ def kernel_checks(profile: Profile, state: SystemState) -> list[Check]:
     for symbol, (accepted, source, after_reboot) in wanted.items():
         out.append(Check(f"kernel {symbol}", "kernel", source, accepted,
                          _KCONFIG.format(sym=symbol), "one_of", after_reboot))
+    if profile.kernel.source == "custom":
+        out += _boot_behaviour_checks(profile, state)
     return out
+
+
+def _boot_behaviour_checks(profile: Profile, state: SystemState) -> list[Check]:
+    """What the booted custom kernel does, beyond its config: that it is the one running,
+    its preemption model, its tick rate (measured) and the CPUs it runs tickless."""
+    from synapse_os.kernel.pkgbuild import pkgbase_for
+
+    k = profile.kernel
+    pkgbase = pkgbase_for(profile)
+    suffix = shlex.quote("-" + pkgbase.removeprefix("linux-"))
+    out = [Check("kernel running", "kernel", "kernel.source", pkgbase,
+                 f'case "$(uname -r)" in *{suffix}) echo {shlex.quote(pkgbase)} ;; '
+                 '*) uname -r ;; esac', after_reboot=True)]
+    if k.preempt is not None:
+        chosen = [w.split("=", 1)[1] for w in state.cmdline if w.startswith("preempt=")]
+        mode = (chosen[-1] if chosen else "voluntary") if k.preempt == "dynamic" else k.preempt
+        out.append(Check("kernel preemption model", "kernel", "kernel.preempt", mode,
+                         _PREEMPT_PROBE, after_reboot=True))
+    if k.hz is not None:
+        out.append(Check("kernel tick rate (measured HZ)", "kernel", "kernel.hz", str(k.hz),
+                         _HZ_PROBE, after_reboot=True))
+    if k.tick == "full" and k.nohz_full_cpus:
+        path = "/sys/devices/system/cpu/nohz_full"
+        out.append(Check("kernel nohz_full CPUs", "kernel", "kernel.nohz_full_cpus",
+                         cpulist_text(k.nohz_full_cpus), _guarded(path, f"cat {path}"),
+                         after_reboot=True))
+    return out
+
+
+# The running preemption model: debugfs names it on PREEMPT_DYNAMIC kernels ("none
+# (voluntary) full"); a static build is named by `uname -v` (PREEMPT, PREEMPT_RT) or, for
+# none and voluntary, which `uname -v` does not tell apart, by its config.
+_PREEMPT_PROBE = (
+    "f=/sys/kernel/debug/sched/preempt; "
+    "if [ -r $f ]; then sed -n 's/.*(\\([a-z]*\\)).*/\\1/p' $f; exit 0; fi; "
+    'case "$(uname -v)" in '
+    f"*PREEMPT_DYNAMIC*) echo 'dynamic, but debugfs is not mounted'; exit {UNKNOWN_RC} ;; "
+    "*PREEMPT_RT*) echo rt ;; *'PREEMPT '*|*PREEMPT) echo full ;; "
+    f"*) v=$({_KCONFIG.format(sym='CONFIG_PREEMPT_VOLUNTARY')}) || exit $?; "
+    '[ "$v" = y ] && echo voluntary || echo none ;; esac'
+)
+
+# jiffies counted over one second of uptime, named as the nearest HZ choice when within 5 %
+_HZ_PROBE = (
+    f"[ -r /proc/timer_list ] || exit {UNKNOWN_RC}; "
+    "j() { awk '/^jiffies:/ {print $2; exit}' /proc/timer_list; }; "
+    "a=$(j); s=$(cut -d' ' -f1 /proc/uptime); sleep 1; b=$(j); e=$(cut -d' ' -f1 /proc/uptime); "
+    "awk -v a=\"$a\" -v b=\"$b\" -v s=\"$s\" -v e=\"$e\" 'BEGIN { hz = (b - a) / (e - s); "
+    "n = split(\"100 250 300 1000\", c, \" \"); for (i = 1; i <= n; i++) "
+    "if (hz > c[i] * 0.95 && hz < c[i] * 1.05) { print c[i]; exit } "
+    "printf \"%.0f (no HZ choice)\\n\", hz }'"
+)
+
+
+def cpulist_text(spec: str) -> str:
+    """A CPU list as the kernel prints one (sorted, ranges merged): "3,1-2" -> "1-3"."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    ranges: list[str] = []
+    for cpu in sorted(cpus):
+        if ranges and cpu - 1 in cpus:
+            start = ranges[-1].split("-")[0]
+            ranges[-1] = f"{start}-{cpu}"
+        else:
+            ranges.append(str(cpu))
+    return ",".join(ranges)
 
 
 # Mount options the kernel never lists among a mount's options (they steer mount(8),

@@ -27,6 +27,29 @@ def small_model() -> tuple[Path, str]:
     return default_model()
 
 
+@pytest.fixture(scope="session")
+def local_kernel_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Debian's 6.1 tree packed under the name and top directory of kernel.org's tarball of
+    its version (kernel.org is out of reach here), uncompressed (tar and makepkg's bsdtar
+    read the format, not the name), beside the empty signature file makepkg would fetch.
+    Profiles that build it pin its sha256 in kernel.tarball_sha256, as for any release
+    Synapse does not pin itself."""
+    import subprocess
+
+    from synapse_os.kernel.pkgbuild import upstream_version
+    from tests.kernel.conftest import real_tree
+
+    tree = real_tree("6.1")
+    version = subprocess.run(["make", "-s", "kernelversion"], cwd=tree,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    srcdest = tmp_path_factory.mktemp("kernel-src")
+    name = f"linux-{upstream_version(version)}"
+    subprocess.run(["tar", "-cf", srcdest / f"{name}.tar.xz", "-C", tree.parent,
+                    f"--transform=s,^{tree.name},{name},", tree.name], check=True)
+    (srcdest / f"{name}.tar.sign").write_text("")
+    return srcdest / f"{name}.tar.xz"
+
+
 _HOST_FILES = ("/dev/null", "/dev/zero", "/dev/urandom", "/tmp")
 
 

@@ -27,6 +27,7 @@ from synapse_os.image import disk, loopdisk
 from synapse_os.image.bundle import build_bundle
 from synapse_os.image.cache import LayerCache
 from synapse_os.image.progress import Progress
+from synapse_os.kernel.pkgbuild import pkgbase_for
 from synapse_os.models import default_model
 from synapse_os.proc import require_tool, run
 from synapse_os.profile.model import Profile, parse_size
@@ -84,6 +85,8 @@ def build_image(
     test: bool = False,
     cache: LayerCache | None = None,
     progress: Progress | None = None,
+    profile_dir: Path = Path("."),
+    kernel_tarball: Path | None = None,
 ) -> ImageInfo:
     progress = progress or Progress()
     cache = cache or LayerCache()
@@ -109,7 +112,8 @@ def build_image(
     tmp: Path | None = None
     try:
         tree = work / "tree"
-        bundle = build_bundle(profile, tree, test=test, cache=cache, progress=progress)
+        bundle = build_bundle(profile, tree, test=test, cache=cache, progress=progress,
+                              profile_dir=profile_dir, kernel_tarball=kernel_tarball)
         size = image_size(profile, tree)
         parent = output.resolve().parent
         disk.check_space(parent, size, f"the disk image {output.name}")
@@ -225,8 +229,12 @@ def boot_metadata(profile: Profile, esp: Path, output: Path, test: bool) -> Imag
     """Read the entry kernel-install wrote and leave on the ESP what the VM driver needs
     to boot the image directly (kernel, initrd, command line plus the serial console)."""
     entries = sorted((esp / "loader/entries").glob("synapse-*.conf"))
+    if profile.kernel.source == "custom":  # the tuned kernel's, not the stock fallback's
+        suffix = "-" + pkgbase_for(profile).removeprefix("linux-")
+        entries = [e for e in entries if e.stem.endswith(suffix)]
     if not entries:
-        raise OperationError(f"install.sh wrote no boot entry into {esp}/loader/entries")
+        raise OperationError(f"install.sh wrote no boot entry for the profile's kernel into "
+                             f"{esp}/loader/entries")
     fields: dict[str, str] = {}
     for line in entries[-1].read_text().splitlines():
         key, _, value = line.strip().partition(" ")

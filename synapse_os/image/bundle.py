@@ -5,7 +5,9 @@
                                bootstrap installs (the Packages index pins each by sha256)
     out/bundle/pkgs/           Arch base: the same as a pacman repository (repo-add's
                                database pins each by sha256), made on an Arch host
-    out/bundle/kernel-src/     a custom kernel's kernel.org tarball and signature
+    out/bundle/kernel-src/     Arch base: a custom kernel's kernel.org tarball and signature
+    out/bundle/kernel/         Debian base: a custom kernel built here (make bindeb-pkg): its
+                               linux-image and linux-headers packages and its resolution
     out/bundle/wheels/         the runtime's wheels: synapse, llama-cpp-python built for the
                                profile's ISA, and their dependencies (pip --no-index)
     out/bundle/SHA256SUMS      every file of out/; both scripts check it before they act
@@ -100,7 +102,12 @@ def build_bundle(
     test: bool = False,
     cache: LayerCache | None = None,
     progress: Progress | None = None,
+    profile_dir: Path = Path("."),
+    kernel_tarball: Path | None = None,
 ) -> BundleInfo:
+    """`profile_dir`: where the profile's relative paths (kernel.localmodconfig) start.
+    `kernel_tarball`: a local copy of a custom kernel's kernel.org tarball (checked against
+    its pinned sha256) instead of the download."""
     progress = progress or Progress()
     cache = cache or LayerCache()
     output = Path(output)
@@ -110,13 +117,20 @@ def build_bundle(
     tree = render_profile(profile)
     if test:
         add_test_access(tree)
+    kernel_sources: list[Path] = []
+    kernel_debs: Path | None = None
     if profile.base == "arch":
         packages = archrepo.fetch_packages(profile, tree.files["install/pacman.conf"].content,
                                            cache, progress)
-        kernel_sources = archrepo.fetch_kernel_sources(profile, cache, progress)
+        kernel_sources = archrepo.fetch_kernel_sources(profile, cache, progress, kernel_tarball)
     else:
         packages = debian.fetch_debs(profile, cache, progress)
-        kernel_sources = []
+        if profile.kernel.source == "custom":
+            from synapse_os.kernel.debs import kernel_debs as build_kernel_debs
+
+            tarball, = archrepo.fetch_kernel_sources(profile, cache, progress, kernel_tarball,
+                                                     signature=False)
+            kernel_debs = build_kernel_debs(profile, profile_dir, tarball, cache, progress)
     wheels = (wheelhouse(cache, progress, profile.hardware.isa, profile.hardware.gpu)
               if profile.runtime else None)
     counts = {"packages": 0, "wheels": 0}
@@ -133,6 +147,11 @@ def build_bundle(
             (root / "bundle/kernel-src").mkdir(parents=True)
             for source in kernel_sources:
                 link_or_copy(source, root / "bundle/kernel-src" / source.name)
+        if kernel_debs is not None:
+            (root / "bundle/kernel").mkdir(parents=True)
+            for built in sorted(kernel_debs.iterdir()):
+                if not built.name.startswith("."):
+                    link_or_copy(built, root / "bundle/kernel" / built.name)
         if wheels is not None:
             with progress.step("laying the bundle: runtime wheels and synapse's own wheel"):
                 dest = root / "bundle/wheels"

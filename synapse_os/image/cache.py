@@ -73,15 +73,16 @@ class LayerCache:
         return final if (final / COMPLETE).is_file() else None
 
     @contextmanager
-    def put_dir(self, kind: str, key: str, listing: list[str]) -> Iterator[Path]:
+    def put_dir(self, kind: str, key: str, listing: list[str] | None = None) -> Iterator[Path]:
         """Yield a temp directory to fill; on success it becomes the cached directory, with
-        `listing` (what it holds) in its completion marker."""
+        `listing` (what it holds; by default the names it holds) in its completion marker."""
         final = self.path(kind, key, suffix="")
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
         try:
             yield tmp
-            (tmp / COMPLETE).write_text("\n".join(listing) + "\n")
+            names = listing if listing is not None else sorted(p.name for p in tmp.iterdir())
+            (tmp / COMPLETE).write_text("\n".join(names) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
         finally:

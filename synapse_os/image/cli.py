@@ -11,13 +11,17 @@ from synapse_os.cli import emit_json
 
 
 def install_options(command: Callable[..., None]) -> Callable[..., None]:
-    """--test, --cache and --json, shared by `image build` and `bundle`."""
+    """--test, --cache, --kernel-tarball and --json, shared by `image build` and `bundle`."""
     for option in reversed([
         click.option("--test", "test", is_flag=True,
                      help="Add the VM test driver's root shell (virtio port) and serial "
                           "autologin. Never for machines you deploy."),
         click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
                      help="Layer cache directory (default ~/.cache/synapse/images)."),
+        click.option("--kernel-tarball", type=click.Path(path_type=Path), default=None,
+                     help="A custom kernel's source tarball (linux-X.Y.Z.tar.xz) from this "
+                          "path instead of kernel.org; it must have the sha256 the profile "
+                          "pins."),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]):
         command = option(command)
@@ -35,7 +39,7 @@ def group() -> None:
               help="The disk image file to write (raw, GPT: ESP + root).")
 @install_options
 def build_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
-              as_json: bool) -> None:
+              kernel_tarball: Path | None, as_json: bool) -> None:
     """Build a bootable disk image of PROFILE into OUTPUT."""
     from synapse_os.image.build import build_image
     from synapse_os.image.cache import LayerCache
@@ -44,7 +48,8 @@ def build_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
 
     loaded = load_profile(profile)
     info = build_image(loaded, output, test=test, cache=LayerCache(cache_dir),
-                       progress=Progress(quiet=as_json))
+                       progress=Progress(quiet=as_json), profile_dir=profile.parent,
+                       kernel_tarball=kernel_tarball)
     if as_json:
         emit_json(info.as_dict())
     else:
@@ -60,7 +65,7 @@ def build_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
               help="Directory for the rendered tree and its bundle (replaced atomically).")
 @install_options
 def bundle_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
-               as_json: bool) -> None:
+               kernel_tarball: Path | None, as_json: bool) -> None:
     """Render PROFILE with everything its install needs offline into OUTPUT.
 
     Then, on the target booted from any live medium: OUTPUT/install/partition.sh --yes
@@ -72,7 +77,8 @@ def bundle_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
     from synapse_os.profile import load_profile
 
     info = build_bundle(load_profile(profile), output, test=test, cache=LayerCache(cache_dir),
-                        progress=Progress(quiet=as_json))
+                        progress=Progress(quiet=as_json), profile_dir=profile.parent,
+                        kernel_tarball=kernel_tarball)
     if as_json:
         emit_json(info.as_dict())
     else:

@@ -7,7 +7,6 @@ import json
 import re
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,20 +47,9 @@ def _resolve_profile(
     profile_path: Path, source: Path, base: Path | None, fragments: tuple[Path, ...],
     hw: Path | None, arch: str, progress: bool,
 ) -> tuple[Profile, Resolution]:
-    from synapse_os.kernel.configfile import (
-        ConfigLine,
-        check_base_config,
-        parse_fragment,
-        read_config_file,
-    )
-    from synapse_os.kernel.fragment import (
-        kernel_section_hash,
-        requested_entries,
-        required_symbols,
-    )
-    from synapse_os.kernel.hw import load_capture, lsmod_text
+    from synapse_os.kernel.configfile import check_base_config, parse_fragment, read_config_file
     from synapse_os.kernel.kbuild import install_signal_handlers
-    from synapse_os.kernel.resolve import resolve
+    from synapse_os.kernel.resolve_profile import resolve_profile
 
     install_signal_handlers()
     profile = _load(profile_path)
@@ -70,16 +58,12 @@ def _resolve_profile(
             f"{profile_path}: kernel.source is 'stock', so there is no kernel config to "
             "resolve; set kernel.source: custom to build a tuned kernel"
         )
-    requests = [ConfigLine(e.symbol, e.value, e.origin) for e in requested_entries(profile)]
+    extra: list[ConfigLine] = []
     for frag in fragments:
-        requests += parse_fragment(read_config_file_text(frag), str(frag))
+        extra += parse_fragment(read_config_file_text(frag), str(frag))
     base_text = None
     if base is not None:
         base_text = check_base_config(read_config_file(base, "base config"), base)
-    capture_path = hw
-    if capture_path is None and profile.kernel.localmodconfig:
-        capture_path = (profile_path.parent / profile.kernel.localmodconfig)
-    lsmod = lsmod_text(load_capture(capture_path)) if capture_path is not None else None
     console = Console(stderr=True)
     with contextlib.ExitStack() as stack:
         say = None
@@ -93,12 +77,10 @@ def _resolve_profile(
                 console.print(f"[dim]… {message}[/]")
                 status.update(f"{message} [dim]({now - steps:.0f} s so far)[/]")
 
-        resolution = resolve(
-            _dedupe(requests), source, base_text=base_text,
-            base_label=str(base) if base else f"arch/{arch} defconfig",
-            strict_origins=frozenset(str(f) for f in fragments), lsmod_text=lsmod,
-            arch=arch, progress=say, requirements=required_symbols(profile),
-            profile_hash=kernel_section_hash(profile),
+        resolution = resolve_profile(
+            profile, source, profile_dir=profile_path.parent, hw=hw, base_text=base_text,
+            base_label=str(base) if base else None, fragments=extra,
+            strict_origins=frozenset(str(f) for f in fragments), arch=arch, progress=say,
         )
     return profile, resolution
 
@@ -108,15 +90,6 @@ def read_config_file_text(path: Path) -> str:
     from synapse_os.userfile import read_user_text
 
     return read_user_text(path, "fragment", "a readable .config fragment")
-
-
-def _dedupe(requests: Sequence[ConfigLine]) -> list[ConfigLine]:
-    """Last request for a symbol wins (as in kconfig), keeping its position."""
-    latest: dict[str, ConfigLine] = {}
-    for r in requests:
-        latest.pop(r.symbol, None)
-        latest[r.symbol] = r
-    return list(latest.values())
 
 
 @group.command("config")

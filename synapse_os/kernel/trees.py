@@ -55,23 +55,29 @@ def prepared_tree(series: str, cache: Path | None = None) -> Path:
         raise UserError(
             f"{tarball} is missing; install Debian's kernel source with: {install_hint(series)}"
         )
+    return extracted_tree(tarball, debian_package(series), cache)
+
+
+def extracted_tree(tarball: Path, label: str, cache: Path | None = None) -> Path:
+    """`tarball` (one top directory: a kernel source tree) unpacked under the cache as
+    `<label>-<sha256 prefix>`, once; earlier extractions under the same label are removed."""
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     key = _sha256(tarball)[:16]
-    dest = cache / f"{debian_package(series)}-{key}"
+    dest = cache / f"{label}-{key}"
     if (dest / MARKER).is_file():
         return dest
-    with open(cache / f"{debian_package(series)}.lock", "w") as lock:
+    with open(cache / f"{label}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (dest / MARKER).is_file():
             return dest
-        # older extractions of the same package (another tarball hash) are stale
-        for stale in cache.glob(f"{debian_package(series)}-*"):
+        # older extractions under the same label (another tarball hash) are stale
+        for stale in cache.glob(f"{label}-*"):
             if stale.is_dir() and stale != dest:
                 shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".extract-"))
         try:
-            subprocess.run(["tar", "-xJf", str(tarball), "-C", str(tmp)], check=True)
+            subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp)], check=True)
             top = [p for p in tmp.iterdir() if p.is_dir()]
             if len(top) != 1:
                 raise UserError(f"{tarball} does not hold one kernel source directory")

@@ -165,8 +165,13 @@ def step_boot(ctx: Context, tree: Tree) -> None:
                  template("grub.cfg.j2", **ctx.vars(cmdline=cmdline, whole=distro.name == "arch")))
         return
     distro = distro_for(ctx.profile)
+    default_entry = distro.default_entry
+    if ctx.custom_kernel and distro.name == "debian":  # the tuned kernel, not the stock one
+        from synapse_os.kernel.pkgbuild import pkgbase_for
+
+        default_entry = f"synapse-*-{pkgbase_for(ctx.profile).removeprefix('linux-')}.conf"
     tree.add(f"rootfs{distro.esp_mount}/loader/loader.conf",
-             template("loader.conf.j2", **ctx.vars(default_entry=distro.default_entry)))
+             template("loader.conf.j2", **ctx.vars(default_entry=default_entry)))
     if ctx.profile.base != "arch":
         return  # Debian's kernel-install writes entries from etc/kernel/cmdline
     entry = {"microcode_images": ctx.microcode_images, "full_cmdline": full}

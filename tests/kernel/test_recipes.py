@@ -21,22 +21,7 @@ from tests.makepkg import makepkg
 
 
 @pytest.fixture(scope="module")
-def local_tarball(kernel_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 6.1 tree packed under the name and top directory of kernel.org's tarball of its
-    version (uncompressed: makepkg's bsdtar reads the format, not the name), in a source
-    directory makepkg can read; with the empty signature file it would download."""
-    version = subprocess.run(["make", "-s", "kernelversion"], cwd=kernel_tree,
-                             capture_output=True, text=True, check=True).stdout.strip()
-    srcdest = tmp_path_factory.mktemp("srcdest")
-    name = f"linux-{upstream_version(version)}"
-    subprocess.run(["tar", "-cf", srcdest / f"{name}.tar.xz", "-C", kernel_tree.parent,
-                    f"--transform=s,^{kernel_tree.name},{name},", kernel_tree.name], check=True)
-    (srcdest / f"{name}.tar.sign").write_text("")
-    return srcdest / f"{name}.tar.xz"
-
-
-@pytest.fixture(scope="module")
-def recipes(kernel_tree: Path, local_tarball: Path,
+def recipes(kernel_tree: Path, local_kernel_tarball: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Path:
     """cpu-avx2's kernel resolved against the 6.1 tree and turned into recipes; the profile
     pins the sha256 of the local tarball, as a user building a release Synapse does not
@@ -44,7 +29,7 @@ def recipes(kernel_tree: Path, local_tarball: Path,
     tmp = tmp_path_factory.mktemp("recipes")
     profile = tmp / "cpu-avx2-local.yaml"
     profile.write_text(f"extends: {PROFILES / 'cpu-avx2.yaml'}\nname: cpu-avx2\n"
-                       f"kernel:\n  tarball_sha256: {sha256_file(local_tarball)}\n")
+                       f"kernel:\n  tarball_sha256: {sha256_file(local_kernel_tarball)}\n")
     resolved = tmp / "resolved"
     r = synapse("kernel", "config", profile, "--source", kernel_tree, "-o", resolved)
     assert r.returncode == 0, r.stderr
@@ -134,25 +119,25 @@ def test_makepkg_reads_every_rendered_pkgbuild(recipes: Path, tmp_path: Path) ->
 
 
 def test_makepkg_prepares_the_kernel_from_the_pinned_tarball(recipes: Path,
-                                                             local_tarball: Path) -> None:
+                                                             local_kernel_tarball: Path) -> None:
     """makepkg --nobuild: the tarball's sha256 checked against the pin, the source
     extracted, prepare() run on the real tree (version check, the resolved .config,
     olddefconfig, every expected setting kept). The signature needs kernel.org's keys and
     file, which this machine cannot fetch: only that check is skipped."""
-    r = makepkg(recipes, "--nobuild", "--nodeps", "--skippgpcheck", srcdest=local_tarball.parent)
+    r = makepkg(recipes, "--nobuild", "--nodeps", "--skippgpcheck", srcdest=local_kernel_tarball.parent)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"{local_tarball.name} ... Passed" in r.stdout + r.stderr
-    version = upstream_version(local_tarball.name.removeprefix("linux-").removesuffix(".tar.xz"))
+    assert f"{local_kernel_tarball.name} ... Passed" in r.stdout + r.stderr
+    version = upstream_version(local_kernel_tarball.name.removeprefix("linux-").removesuffix(".tar.xz"))
     assert f"Prepared linux-synapse version {version}-1-synapse" in r.stdout
     # a tarball that is not the pinned one is refused before anything is extracted
     tampered = recipes.parent / "tampered"
     shutil.copytree(recipes, tampered)
     text = (tampered / "PKGBUILD").read_text()
-    pinned = sha256_file(local_tarball)
+    pinned = sha256_file(local_kernel_tarball)
     (tampered / "PKGBUILD").write_text(text.replace(pinned, "0" * 64, 1))
-    r = makepkg(tampered, "--nobuild", "--nodeps", "--skippgpcheck", srcdest=local_tarball.parent)
+    r = makepkg(tampered, "--nobuild", "--nodeps", "--skippgpcheck", srcdest=local_kernel_tarball.parent)
     assert r.returncode != 0
-    assert f"{local_tarball.name} ... FAILED" in r.stdout + r.stderr
+    assert f"{local_kernel_tarball.name} ... FAILED" in r.stdout + r.stderr
     assert "Prepared" not in r.stdout
 
 

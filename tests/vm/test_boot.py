@@ -28,19 +28,19 @@ from tests.vm.test_qemu import qemu_pids_for
 pytestmark = pytest.mark.slow
 
 
-def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path,
+def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path, tuned_profile: Path,
                                                           tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
     res = subprocess.run(
         [sys.executable, "-m", "synapse_os.cli", "vm", "test", str(tuned_image), "--profile",
-         str(TUNED), "--junit", str(junit), "--json"],
+         str(tuned_profile), "--junit", str(junit), "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=1800)
     report = json.loads(res.stdout)
     failed = [a for a in report["assertions"] if a["status"] == "fail"]
     assert res.returncode == 0, (failed, report["infra_error"], report["verify"], res.stderr[-3000:])
     assert report["ok"] and report["infra_error"] is None
     statuses = {a["id"]: a["status"] for a in report["assertions"]}
-    assert len(statuses) == len(vm_assertions(load_profile(TUNED)))
+    assert len(statuses) == len(vm_assertions(load_profile(tuned_profile)))
     # QEMU has no cpufreq: those two read "unknown", everything else must pass
     unknown = sorted(i for i, s in statuses.items() if s == "unknown")
     assert all("/cpufreq/" in i for i in unknown), unknown
@@ -53,7 +53,13 @@ def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path,
                  "service synapse-runtime.service OOMScoreAdjust",
                  "service synapse-runtime.service MemoryHigh",
                  "service synapse-runtime.service User", "timezone", "root file system",
-                 "root mount option noatime", "package htop", "sysfs /sys/kernel/mm/ksm/run"):
+                 "root mount option noatime", "package htop", "sysfs /sys/kernel/mm/ksm/run",
+                 # the tuned kernel, built by the bundle and booted: its config and behaviour
+                 "kernel running", "kernel CONFIG_PREEMPT_VOLUNTARY",
+                 "kernel CONFIG_PREEMPT_DYNAMIC", "kernel CONFIG_HZ_300",
+                 "kernel CONFIG_NO_HZ_FULL", "kernel CONFIG_IKCONFIG_PROC",
+                 "kernel preemption model", "kernel tick rate (measured HZ)",
+                 "kernel nohz_full CPUs"):
         assert statuses[must] == "pass", must
     completion = next(a for a in report["assertions"] if a["id"] == "service completion")
     assert completion["actual"].startswith("answered")
@@ -65,11 +71,12 @@ def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path,
     assert not qemu_pids_for(str(tuned_image))
 
 
-def test_uefi_boot_and_drift_is_caught_by_both_vm_and_verify(tuned_image: Path) -> None:
+def test_uefi_boot_and_drift_is_caught_by_both_vm_and_verify(tuned_image: Path,
+                                                            tuned_profile: Path) -> None:
     """systemd-boot under OVMF boots the entry install.sh had kernel-install write; a setting
     changed live fails its assertion and `synapse verify` in the guest fails it too (the
     assertions can fail)."""
-    profile = load_profile(TUNED)
+    profile = load_profile(tuned_profile)
     version = disk.read_metadata(tuned_image)["kernel_version"]
     checks = {c.id: c for c in vm_assertions(profile)}
     with Machine(tuned_image, uefi=True) as m:
@@ -81,6 +88,10 @@ def test_uefi_boot_and_drift_is_caught_by_both_vm_and_verify(tuned_image: Path) 
         entry = m.succeed("tr -d '\\000' < /sys/firmware/efi/efivars/"
                           "LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f | cut -c2-")
         assert entry.strip() == f"synapse-{version}.conf"
+        # the tuned kernel is the default entry; Debian's stock kernel stays as a fallback
+        assert version.endswith("-synapse") and m.succeed("uname -r").strip() == version
+        entries = m.succeed("ls /boot/efi/loader/entries").split()
+        assert any(e.endswith("-amd64.conf") for e in entries), entries
         m.wait_for_unit("multi-user.target", 600)
         swappiness = checks["sysctl vm.swappiness"]
         assert run_checks(m, [swappiness])[0].status == "pass"
