@@ -389,10 +389,11 @@ def _boot_behaviour_checks(profile: Profile, state: SystemState) -> list[Check]:
 # (voluntary) full"); a static build is named by `uname -v` (PREEMPT, PREEMPT_RT) or, for
 # none and voluntary, which `uname -v` does not tell apart, by its config.
 _PREEMPT_PROBE = (
-    "f=/sys/kernel/debug/sched/preempt; "
-    "if [ -r $f ]; then sed -n 's/.*(\\([a-z]*\\)).*/\\1/p' $f; exit 0; fi; "
+    "m=$(sed -n 's/.*(\\([a-z]*\\)).*/\\1/p' /sys/kernel/debug/sched/preempt 2>/dev/null); "
+    '[ -n "$m" ] && { echo "$m"; exit 0; }; '
     'case "$(uname -v)" in '
-    f"*PREEMPT_DYNAMIC*) echo 'dynamic, but debugfs is not mounted'; exit {UNKNOWN_RC} ;; "
+    "*PREEMPT_DYNAMIC*) echo 'dynamic, and /sys/kernel/debug/sched/preempt is not readable'; "
+    f"exit {UNKNOWN_RC} ;; "
     "*PREEMPT_RT*) echo rt ;; *'PREEMPT '*|*PREEMPT) echo full ;; "
     f"*) v=$({_KCONFIG.format(sym='CONFIG_PREEMPT_VOLUNTARY')}) || exit $?; "
     '[ "$v" = y ] && echo voluntary || echo none ;; esac'

@@ -44,7 +44,10 @@ def local_kernel_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
                              capture_output=True, text=True, check=True).stdout.strip()
     srcdest = tmp_path_factory.mktemp("kernel-src")
     name = f"linux-{upstream_version(version)}"
-    subprocess.run(["tar", "-cf", srcdest / f"{name}.tar.xz", "-C", tree.parent,
+    # the same bytes in every session (sorted, one owner): the kernel packages built from
+    # it are cached under its sha256
+    subprocess.run(["tar", "-cf", srcdest / f"{name}.tar.xz", "--sort=name", "--owner=0",
+                    "--group=0", "--numeric-owner", "-C", tree.parent,
                     f"--transform=s,^{tree.name},{name},", tree.name], check=True)
     (srcdest / f"{name}.tar.sign").write_text("")
     return srcdest / f"{name}.tar.xz"

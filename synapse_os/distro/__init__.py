@@ -82,9 +82,9 @@ DEBIAN = Distro(
     python=("python3", "python3-venv", "python3-pip", "libgomp1"),  # llama.cpp links libgomp
     bootloader={"systemd-boot": ("systemd-boot",), "grub": ("grub-efi-amd64",)},
     filesystem_tools={"xfs": "xfsprogs", "ext4": "e2fsprogs"},
-    # what `make bindeb-pkg` (build/linux-synapse/build-deb.sh) needs
-    kernel_build=("build-essential", "bc", "bison", "flex", "libelf-dev", "libssl-dev", "cpio",
-                  "kmod", "rsync", "dwarves", "python3", "debhelper"),
+    # the bundle host builds the kernel's packages (synapse_os/kernel/debs.py): the target
+    # installs them and needs nothing to build
+    kernel_build=(),
     grub_config="etc/default/grub.d/90-synapse.cfg",  # Debian's grub-mkconfig sources grub.d
     # Debian's layout: /boot on the root file system, kernel-install copies each kernel
     # to the ESP under the entry token "synapse" (install.sh sets it)

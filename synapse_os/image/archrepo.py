@@ -118,6 +118,10 @@ def fetch_kernel_sources(profile: Profile, cache: LayerCache, progress: Progress
                 if not local.is_file():
                     raise UserError(f"--kernel-tarball {local} is not a file; pass the "
                                     f"kernel's source tarball ({name})")
+                if sha256_file(local) != sha:
+                    raise UserError(f"--kernel-tarball {local} does not have the sha256 the "
+                                    f"recipes pin for {name} ({sha}); pass that release's "
+                                    "tarball, or pin this one's in kernel.tarball_sha256")
                 with progress.step(f"copying {local} as {name}"):
                     shutil.copyfile(local, part)
             else:
@@ -125,14 +129,10 @@ def fetch_kernel_sources(profile: Profile, cache: LayerCache, progress: Progress
                         urllib.request.urlopen(url, timeout=60) as response, \
                         part.open("wb") as f:
                     shutil.copyfileobj(response, f, 1 << 20)
-            if sha is not None and sha256_file(part) != sha:
-                part.unlink()
-                if local is None:
+                if sha is not None and sha256_file(part) != sha:
+                    part.unlink()
                     raise OperationError(f"{url} does not have the sha256 the recipes pin "
                                          f"({sha})")
-                raise UserError(f"--kernel-tarball {local} does not have the sha256 the recipes "
-                                f"pin for {name} ({sha}); pass that release's tarball, or pin "
-                                "this one's sha256 in kernel.tarball_sha256")
             part.rename(final)
         out.append(final)
     return out

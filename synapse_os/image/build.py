@@ -181,12 +181,16 @@ def require_vfat() -> None:
 
 
 def image_size(profile: Profile, tree: Path) -> int:
-    """Bytes for the disk: the ESP, what the packages unpack to (their Installed-Size),
+    """Bytes for the disk: the ESP, what the packages unpack to (their Installed-Size; a
+    tuned kernel's packages count their size once more, for the initramfs made from them),
     the runtime's wheels three times over (unpacked plus bytecode), the models, headroom."""
     installed = 0
     for line in (tree / "bundle/debs/Packages").read_text().splitlines():
         if line.startswith("Installed-Size:"):
             installed += int(line.split()[1]) * 1024
+    for deb in sorted((tree / "bundle/kernel").glob("*.deb")):  # a tuned kernel (and initrd)
+        size = run(["dpkg-deb", "--field", deb, "Installed-Size"]).stdout.strip()
+        installed += int(size or 0) * 1024 + deb.stat().st_size
     wheels = sum(p.stat().st_size for p in (tree / "bundle/wheels").glob("*.whl")) \
         if (tree / "bundle/wheels").is_dir() else 0
     models = 0

@@ -124,13 +124,13 @@ def build_bundle(
                                            cache, progress)
         kernel_sources = archrepo.fetch_kernel_sources(profile, cache, progress, kernel_tarball)
     else:
-        packages = debian.fetch_debs(profile, cache, progress)
         if profile.kernel.source == "custom":
             from synapse_os.kernel.debs import kernel_debs as build_kernel_debs
 
             tarball, = archrepo.fetch_kernel_sources(profile, cache, progress, kernel_tarball,
                                                      signature=False)
             kernel_debs = build_kernel_debs(profile, profile_dir, tarball, cache, progress)
+        packages = debian.fetch_debs(profile, cache, progress)
     wheels = (wheelhouse(cache, progress, profile.hardware.isa, profile.hardware.gpu)
               if profile.runtime else None)
     counts = {"packages": 0, "wheels": 0}

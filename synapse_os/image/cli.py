@@ -20,8 +20,8 @@ def install_options(command: Callable[..., None]) -> Callable[..., None]:
                      help="Layer cache directory (default ~/.cache/synapse/images)."),
         click.option("--kernel-tarball", type=click.Path(path_type=Path), default=None,
                      help="A custom kernel's source tarball (linux-X.Y.Z.tar.xz) from this "
-                          "path instead of kernel.org; it must have the sha256 the profile "
-                          "pins."),
+                          "path instead of kernel.org (an Arch bundle still downloads its "
+                          "signature); it must have the sha256 the profile pins."),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]):
         command = option(command)

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from synapse_os.errors import OperationError
+from synapse_os.errors import OperationError, UserError
 from synapse_os.image.cache import LayerCache, layer_key
 from synapse_os.image.progress import Progress
 from synapse_os.kernel.fragment import kernel_section_hash
@@ -31,6 +31,9 @@ PACKAGES = ("linux-image-", "linux-headers-")
 BUILD_TOOLS = (("make", "make"), ("gcc", "build-essential"), ("flex", "flex"),
                ("bison", "bison"), ("bc", "bc"), ("dpkg-buildpackage", "dpkg-dev"),
                ("rsync", "rsync"), ("pahole", "dwarves"))
+# headers the build compiles against (objtool, module signing)
+BUILD_HEADERS = (("/usr/include/gelf.h", "libelf-dev"),
+                 ("/usr/include/openssl/opensslv.h", "libssl-dev"))
 # A cold build takes ~20 min on 2 cores; a build stuck for hours is an error.
 BUILD_TIMEOUT = 6 * 3600
 
@@ -41,6 +44,10 @@ def kernel_debs(profile: Profile, profile_dir: Path, tarball: Path, cache: Layer
     resolution that made them (resolution.txt/.json, config)."""
     for tool, package in BUILD_TOOLS:
         require_tool(tool, f"apt-get install {package}")
+    for header, package in BUILD_HEADERS:
+        if not Path(header).is_file():
+            raise UserError(f"building the kernel needs {header}; install it with: "
+                            f"apt-get install {package}")
     with progress.step(f"unpacking {tarball.name} (once per tarball)"):
         tree = extracted_tree(tarball, tarball.name.removesuffix(".tar.xz"), cache.root)
     with progress.step("resolving the kernel config with the kernel's kconfig"):

@@ -145,3 +145,69 @@ def test_cmdline_token_check_reads_proc_cmdline(tmp_path: Path) -> None:
 )
 def test_matching(how: str, expected: str, actual: str, result: bool) -> None:
     assert matches(how, expected, actual) is result  # type: ignore[arg-type]
+
+
+def _host_config() -> dict[str, str]:
+    import gzip
+
+    out = {}
+    for line in gzip.decompress(Path("/proc/config.gz").read_bytes()).decode().splitlines():
+        if line.startswith("CONFIG_"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def test_a_custom_kernel_is_checked_by_what_it_does_once_booted() -> None:
+    from synapse_os.state import kernel_checks
+
+    profile = load_profile(PROFILES / "cpu-avx2-debian.yaml")
+    boot = {c.id: c for c in kernel_checks(profile, desired_state(profile))
+            if not c.id.startswith("kernel CONFIG_")}
+    assert {i: (c.source, c.expected) for i, c in boot.items()} == {
+        "kernel running": ("kernel.source", "linux-synapse"),
+        "kernel preemption model": ("kernel.preempt", "voluntary"),
+        "kernel tick rate (measured HZ)": ("kernel.hz", "300"),
+        "kernel nohz_full CPUs": ("kernel.nohz_full_cpus", "1"),
+    }
+    assert all(c.after_reboot for c in boot.values())
+    # this machine runs another kernel: each check reads it and fails, or cannot read it
+    results = {i: run_probe(c) for i, c in boot.items()}
+    assert results["kernel running"] == ("fail", subprocess.run(
+        ["uname", "-r"], capture_output=True, text=True).stdout.strip())
+    assert results["kernel nohz_full CPUs"][0] in ("fail", "unknown")
+
+
+def test_the_tick_rate_is_measured_and_matches_this_kernels_config() -> None:
+    from synapse_os.state import _HZ_PROBE
+
+    hz = _host_config()["CONFIG_HZ"]
+    res = subprocess.run(["sh", "-c", _HZ_PROBE], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0 and res.stdout.strip() == hz, (res.stdout, res.stderr)
+
+
+def test_the_preemption_model_is_read_from_debugfs_on_a_dynamic_kernel() -> None:
+    """This machine's kernel is PREEMPT_DYNAMIC: the model is the one debugfs puts in
+    parentheses (mounted in a mount namespace of the test's own), or unknown where debugfs
+    cannot be read (not mounted, or refused by a locked-down kernel) - never a guess."""
+    from synapse_os.state import _PREEMPT_PROBE, UNKNOWN_RC
+
+    assert _host_config().get("CONFIG_PREEMPT_DYNAMIC") == "y"
+    mount = "mount -t debugfs none /sys/kernel/debug 2>/dev/null; "
+    res = subprocess.run(["unshare", "--mount", "sh", "-c", mount + _PREEMPT_PROBE],
+                         capture_output=True, text=True, timeout=30)
+    listing = subprocess.run(["unshare", "--mount", "sh", "-c",
+                              mount + "cat /sys/kernel/debug/sched/preempt"],
+                             capture_output=True, text=True)
+    if listing.returncode == 0:
+        assert res.returncode == 0 and f"({res.stdout.strip()})" in listing.stdout.split()
+    else:
+        assert res.returncode == UNKNOWN_RC and "not readable" in res.stdout
+
+
+@pytest.mark.parametrize(("spec", "text"), [("1", "1"), ("2-15", "2-15"), ("3,1-2", "1-3"),
+                                            ("1,3,5-7", "1,3,5-7"), ("4,5,6,9", "4-6,9")])
+def test_cpu_lists_are_written_as_the_kernel_prints_them(spec: str, text: str) -> None:
+    from synapse_os.state import cpulist_text
+
+    assert cpulist_text(spec) == text

@@ -73,6 +73,20 @@ def test_arch_base_cannot_be_bundled_here(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists()
 
 
+def test_a_kernel_tarball_that_is_not_the_pinned_one_is_refused(tmp_path: Path) -> None:
+    """cpu-avx2-debian builds its tuned kernel in the bundle: a local tarball stands in for
+    kernel.org's only with the sha256 the recipes pin (6.12.64's here)."""
+    fake = tmp_path / "linux-6.12.64.tar.xz"
+    fake.write_bytes(b"not the kernel\n")
+    for given, said in ((fake, "does not have the sha256 the recipes pin for linux-6.12.64"),
+                        (tmp_path / "missing.tar.xz", "is not a file")):
+        res = synapse("bundle", str(TUNED), "-o", str(tmp_path / "b"),
+                      "--cache", str(tmp_path / "cache"), "--kernel-tarball", str(given))
+        assert res.returncode == 2 and said in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "b").exists()
+
+
 def test_a_foreign_output_directory_is_never_replaced(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine\n")
     res = synapse("bundle", str(STOCK), "-o", str(tmp_path))
