@@ -322,15 +322,17 @@ def checks(state: SystemState) -> list[Check]:
 
 
 # Reads the running kernel's config: its own (/proc/config.gz, IKCONFIG_PROC), else the
-# file its package installed (Debian's /boot/config-*); "n" for "is not set" or absent,
-# exit UNKNOWN_RC where neither exists.
+# file its package installed (Debian's /boot/config-*); prints the value of the first of
+# {names} (a symbol, then its other names on other kernel lines) the config lists, "n" for
+# "is not set" or when none is listed; exit UNKNOWN_RC where no config can be read.
 _KCONFIG = (
     "f=/boot/config-$(uname -r); "
     "if [ -r /proc/config.gz ]; then c=$(zcat /proc/config.gz); "
     "elif [ -r \"$f\" ]; then c=$(cat \"$f\"); "
     f"else exit {UNKNOWN_RC}; fi; "
-    "v=$(printf '%s\\n' \"$c\" | sed -n 's/^{sym}=//p' | tail -n 1); "
-    "printf '%s\\n' \"${{v:-n}}\""
+    "for s in {names}; do "
+    "v=$(printf '%s\\n' \"$c\" | sed -n \"s/^$s=//p; s/^# $s is not set\\$/n/p\" | tail -n 1); "
+    '[ -n "$v" ] && {{ printf \'%s\\n\' "$v"; exit 0; }}; done; echo n'
 )
 
 
@@ -346,13 +348,17 @@ def kernel_checks(profile: Profile, state: SystemState) -> list[Check]:
     if profile.memory.zswap is not None:
         wanted["CONFIG_ZSWAP"] = ("y", "memory.zswap", False)
     from synapse_os.kernel.fragment import requested_entries  # imports the kernel tables
+    from synapse_os.kernel.renames import load_renames
 
     for e in requested_entries(profile):  # a custom kernel's build options, by the key behind
         source = "kernel.source" if e.origin.startswith("required by") else e.origin.split()[0]
         wanted[f"CONFIG_{e.symbol}"] = (e.value.strip('"'), source, True)
+    renames = load_renames()
     for symbol, (accepted, source, after_reboot) in wanted.items():
+        bare = symbol.removeprefix("CONFIG_")
+        names = [symbol, *(f"CONFIG_{name}" for name, _ in renames.aliases(bare))]
         out.append(Check(f"kernel {symbol}", "kernel", source, accepted,
-                         _KCONFIG.format(sym=symbol), "one_of", after_reboot))
+                         _KCONFIG.format(names=" ".join(names)), "one_of", after_reboot))
     if profile.kernel.source == "custom":
         out += _boot_behaviour_checks(profile, state)
     return out
@@ -395,7 +401,7 @@ _PREEMPT_PROBE = (
     "*PREEMPT_DYNAMIC*) echo 'dynamic, and /sys/kernel/debug/sched/preempt is not readable'; "
     f"exit {UNKNOWN_RC} ;; "
     "*PREEMPT_RT*) echo rt ;; *'PREEMPT '*|*PREEMPT) echo full ;; "
-    f"*) v=$({_KCONFIG.format(sym='CONFIG_PREEMPT_VOLUNTARY')}) || exit $?; "
+    f"*) v=$({_KCONFIG.format(names='CONFIG_PREEMPT_VOLUNTARY')}) || exit $?; "
     '[ "$v" = y ] && echo voluntary || echo none ;; esac'
 )
 

@@ -58,6 +58,8 @@ def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path, tun
                  "kernel running", "kernel CONFIG_PREEMPT_VOLUNTARY",
                  "kernel CONFIG_PREEMPT_DYNAMIC", "kernel CONFIG_HZ_300",
                  "kernel CONFIG_NO_HZ_FULL", "kernel CONFIG_IKCONFIG_PROC",
+                 # 6.12's name; the 6.1 kernel has it as CONFIG_CRYPTO_ZSTD (renames.toml)
+                 "kernel CONFIG_ZRAM_BACKEND_ZSTD",
                  "kernel preemption model", "kernel tick rate (measured HZ)",
                  "kernel nohz_full CPUs"):
         assert statuses[must] == "pass", must
