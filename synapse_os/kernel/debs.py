@@ -26,7 +26,8 @@ from synapse_os.models import sha256_file
 from synapse_os.proc import require_tool, run
 from synapse_os.profile.model import Profile
 
-# Packages the install takes from a bindeb-pkg build (linux-libc-dev is for the build host)
+# Packages the install takes from a bindeb-pkg build (not linux-libc-dev, for building
+# programs, nor a -dbg package of debug symbols)
 PACKAGES = ("linux-image-", "linux-headers-")
 BUILD_TOOLS = (("make", "make"), ("gcc", "build-essential"), ("flex", "flex"),
                ("bison", "bison"), ("bc", "bc"), ("dpkg-buildpackage", "dpkg-dev"),
@@ -74,7 +75,8 @@ def kernel_debs(profile: Profile, profile_dir: Path, tarball: Path, cache: Layer
             os.chmod(recipes / name, 0o755 if name in recipe.executable else 0o644)
         run(["bash", recipes / "build-deb.sh", tree],
             env={"SYNAPSE_WORKDIR": str(work)}, timeout=BUILD_TIMEOUT)
-        built = sorted(p for p in work.glob("*.deb") if p.name.startswith(PACKAGES))
+        built = sorted(p for p in work.glob("*.deb")
+                       if p.name.startswith(PACKAGES) and "-dbg_" not in p.name)
         if not any(p.name.startswith("linux-image-") for p in built):
             raise OperationError(f"make bindeb-pkg left no linux-image package in {work}")
         for deb in built:

@@ -108,6 +108,8 @@ def required_symbols(profile: Profile) -> list[Requirement]:
     if profile.memory.thp is not None:
         need(f"memory.thp: {profile.memory.thp} (the sysfs transparent_hugepage knobs)",
              "TRANSPARENT_HUGEPAGE")
+    if profile.memory.ksm is not None:
+        need("memory.ksm (/sys/kernel/mm/ksm/run, which only a kernel with KSM has)", "KSM")
     if profile.memory.hugepages:
         need("memory.hugepages (vm.nr_hugepages)", "HUGETLBFS")
     if profile.runtime is not None and profile.runtime.memory_high is not None:
