@@ -108,6 +108,19 @@ def render(profile: Path, output: Path, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--markdown", is_flag=True,
+              help="The settings reference (the README's table) instead of JSON Schema.")
+def schema(markdown: bool) -> None:
+    """Print the profile format as JSON Schema (for editors and validators)."""
+    from synapse_os.profile.schema import json_schema, reference_markdown
+
+    if markdown:
+        click.echo(reference_markdown(), nl=False)
+    else:
+        emit_json(json_schema())
+
+
+@cli.command()
 @click.argument("old", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -125,14 +138,6 @@ def diff(old: Path, new: Path, as_json: bool) -> None:
             click.echo("no differences")
     if changes:
         sys.exit(1)
-
-
-@cli.command()
-def schema() -> None:
-    """Print the profile JSON schema (for editors)."""
-    from synapse_os.profile.model import Profile
-
-    emit_json(Profile.model_json_schema())
 
 
 @cli.command()

@@ -98,21 +98,28 @@ class Hardware(Strict):
         "auto", description="Chooses the microcode package; auto reads /proc/cpuinfo at init."
     )
     cpu_model: Text | None = Field(None, description="Informational CPU model name.")
-    physical_cores: int | None = Field(None, ge=1, le=1024)
-    logical_cpus: int | None = Field(None, ge=1, le=4096)
+    physical_cores: int | None = Field(None, ge=1, le=1024, description="Physical cores "
+                                       "(inference threads when threads is auto).")
+    logical_cpus: int | None = Field(None, ge=1, le=4096,
+                                     description="Logical CPUs, SMT siblings included.")
     threads: Threads = Field("auto", description="Inference threads; auto = physical cores.")
-    isa: Literal["native", "avx2", "avx512"] = "native"
+    isa: Literal["native", "avx2", "avx512"] = Field(
+        "native", description="The instruction set llama.cpp is built for (native = the "
+        "build host's).")
     ram: Literal["auto"] | Size = Field("auto", description="Installed RAM; auto = detected.")
-    gpu: Literal["none", "nvidia", "amd"] = "none"
+    gpu: Literal["none", "nvidia", "amd"] = Field(
+        "none", description="The GPU the engines offload to; nvidia builds llama.cpp's CUDA "
+        "backend.")
 
 
 class Disk(Strict):
     target: DiskById | None = Field(
         None, description="Install disk by stable identity: /dev/disk/by-id/..."
     )
-    esp_size: Size = "512M"
-    root_fs: Literal["xfs", "ext4"] = "xfs"
-    mount_options: list[str] = Field(default_factory=lambda: ["noatime"])
+    esp_size: Size = Field("512M", description="EFI system partition size (at least 256M).")
+    root_fs: Literal["xfs", "ext4"] = Field("xfs", description="The root file system.")
+    mount_options: list[str] = Field(default_factory=lambda: ["noatime"],
+                                     description="Options of the root mount (fstab).")
 
     @field_validator("esp_size")
     @classmethod
@@ -137,8 +144,8 @@ class Disk(Strict):
 
 
 class Boot(Strict):
-    loader: Literal["systemd-boot", "grub"] = "systemd-boot"
-    timeout: int = Field(0, ge=0, le=600)
+    loader: Literal["systemd-boot", "grub"] = Field("systemd-boot", description="Boot loader.")
+    timeout: int = Field(0, ge=0, le=600, description="Seconds the boot menu waits.")
     cmdline: list[KernelParam] = Field(default_factory=list,
                                        description="Extra kernel parameters.")
     mitigations: Literal["auto", "off"] | None = Field(
@@ -182,7 +189,10 @@ class Boot(Strict):
 
 
 class Kernel(Strict):
-    source: Literal["stock", "custom"] = "stock"
+    source: Literal["stock", "custom"] = Field(
+        "stock", description="stock = the distribution's kernel; custom = built from "
+        "kernel.org with the options below (Arch: makepkg on the target; Debian: make "
+        "bindeb-pkg on the bundle host).")
     package: PackageName | None = Field(
         None, description="Kernel package; None = the distribution's default (arch: linux)."
     )
@@ -201,11 +211,14 @@ class Kernel(Strict):
         "only that model (PREEMPT_DYNAMIC off), dynamic builds full preemption and boots "
         "voluntary (preempt= switches it).",
     )
-    hz: Literal[100, 250, 300, 1000] | None = None
-    tick: Literal["periodic", "idle", "full"] | None = None
+    hz: Literal[100, 250, 300, 1000] | None = Field(None, description="Timer frequency (HZ).")
+    tick: Literal["periodic", "idle", "full"] | None = Field(
+        None, description="Tick handling: periodic, stopped on idle CPUs, or also on busy "
+        "nohz_full CPUs.")
     nohz_full_cpus: CpuList | None = Field(None, description="CPU list for nohz_full=, e.g. 2-7.")
-    thp_default: Literal["always", "madvise", "never"] | None = None
-    numa: bool | None = None
+    thp_default: Literal["always", "madvise", "never"] | None = Field(
+        None, description="Built-in transparent hugepage default (memory.thp sets it at boot).")
+    numa: bool | None = Field(None, description="Build NUMA support (false: one memory node).")
     mitigations: bool | None = Field(None, description="Build-time CPU_MITIGATIONS.")
     watchdogs: bool | None = Field(None, description="Build soft/hard lockup detectors.")
     localmodconfig: FilePath | None = Field(
@@ -242,10 +255,12 @@ class Kernel(Strict):
 
 
 class Zram(Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Create /dev/zram0 as swap.")
     size: str = Field("min(ram / 2, 4096)", description="zram-generator expression in MiB.")
-    algorithm: Literal["zstd", "lz4", "lzo-rle", "lzo", "842"] = "zstd"
-    priority: int = Field(100, ge=-1, le=32767)
+    algorithm: Literal["zstd", "lz4", "lzo-rle", "lzo", "842"] = Field(
+        "zstd", description="zram's compressor.")
+    priority: int = Field(100, ge=-1, le=32767,
+                          description="Swap priority (above any disk swap).")
 
     @field_validator("size")
     @classmethod
@@ -268,9 +283,12 @@ def _sysctl(key: str, description: str = "", ge: int | None = None,
 
 
 class Memory(Strict):
-    thp: Literal["always", "madvise", "never"] | None = None
-    thp_defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] | None = None
-    zram: Zram | None = None
+    thp: Literal["always", "madvise", "never"] | None = Field(
+        None, description="Transparent hugepages (transparent_hugepage= and sysfs).")
+    thp_defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] | None = Field(
+        None, description="When THP allocations compact memory "
+        "(/sys/kernel/mm/transparent_hugepage/defrag).")
+    zram: Zram | None = Field(None, description="Compressed swap in RAM (zram-generator).")
     zswap: bool | None = Field(None, description="False writes zswap.enabled=0 on the cmdline.")
     ksm: bool | None = Field(
         None, description="Kernel samepage merging (/sys/kernel/mm/ksm/run): false stops ksmd, "
@@ -306,16 +324,20 @@ OWNED_SYSCTL: dict[str, str] = {
 
 
 class Cpu(Strict):
-    governor: Literal["performance", "schedutil", "powersave", "ondemand"] | None = None
+    governor: Literal["performance", "schedutil", "powersave", "ondemand"] | None = Field(
+        None, description="cpufreq scaling governor of every CPU (sysfs, at boot).")
     energy_performance_preference: (
         Literal["performance", "balance_performance", "balance_power", "power"] | None
-    ) = None
+    ) = Field(None, description="The hint intel_pstate/amd-pstate take from every CPU's "
+              "energy_performance_preference.")
 
 
 class Services(Strict):
-    mask: list[UnitName] = Field(default_factory=list)
-    disable: list[UnitName] = Field(default_factory=list)
-    enable: list[UnitName] = Field(default_factory=list)
+    mask: list[UnitName] = Field(default_factory=list,
+                                 description="Units linked to /dev/null: never started.")
+    disable: list[UnitName] = Field(default_factory=list,
+                                    description="Units not started at boot.")
+    enable: list[UnitName] = Field(default_factory=list, description="Units started at boot.")
 
     @field_validator("enable")
     @classmethod
@@ -336,18 +358,19 @@ class Services(Strict):
 
 
 class Journald(Strict):
-    storage: Literal["volatile", "persistent", "auto", "none"] | None = None
-    system_max_use: Size | None = None
-    runtime_max_use: Size | None = None
+    storage: Literal["volatile", "persistent", "auto", "none"] | None = Field(
+        None, description="Storage=: volatile keeps the journal in RAM only.")
+    system_max_use: Size | None = Field(None, description="SystemMaxUse= (on disk).")
+    runtime_max_use: Size | None = Field(None, description="RuntimeMaxUse= (in /run).")
     max_retention: TimeSpan | None = Field(None, description="e.g. 1week, 2day")
 
 
 class Makepkg(Strict):
     cflags: Flags | None = Field(None, description="e.g. -march=native -O2 -pipe")
-    cxxflags: Flags | None = None
-    rustflags: Flags | None = None
+    cxxflags: Flags | None = Field(None, description="CXXFLAGS, like cflags.")
+    rustflags: Flags | None = Field(None, description="RUSTFLAGS, e.g. -C target-cpu=native")
     makeflags: Literal["auto"] | Flags | None = Field(None, description="auto = -j<logical cpus>")
-    ltoflags: Flags | None = None
+    ltoflags: Flags | None = Field(None, description="LTOFLAGS, e.g. -flto=auto")
 
 
 class ModelRef(Strict):
@@ -362,18 +385,24 @@ class ModelRef(Strict):
 
 
 class Speculative(Strict):
-    enabled: bool = False
+    enabled: bool = Field(False, description="Speculative decoding with the draft model.")
     draft_tokens: int = Field(4, ge=1, le=32, description="k tokens proposed per step.")
 
 
 class Runtime(Strict):
-    engine: Literal["synapse-runtime", "ollama", "llama-server"] = "synapse-runtime"
-    host: IpAddress = "127.0.0.1"
-    port: int = Field(8090, ge=1, le=65535)
-    models: dict[Literal["main", "small", "draft"], ModelRef] = Field(default_factory=dict)
-    threads: Threads = "auto"
-    speculative: Speculative = Field(default_factory=Speculative)
-    queue_size: int = Field(16, ge=1, le=10_000)
+    engine: Literal["synapse-runtime", "ollama", "llama-server"] = Field(
+        "synapse-runtime", description="The service that serves the models.")
+    host: IpAddress = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8090, ge=1, le=65535, description="Port the API listens on.")
+    models: dict[Literal["main", "small", "draft"], ModelRef] = Field(
+        default_factory=dict, description="main (required but for ollama), small (tier "
+        "routing) and draft (speculative decoding).")
+    threads: Threads = Field("auto", description="Inference threads; auto = "
+                             "hardware.threads.")
+    speculative: Speculative = Field(default_factory=Speculative,
+                                     description="Speculative decoding.")
+    queue_size: int = Field(16, ge=1, le=10_000, description="Requests allowed to wait; "
+                            "beyond that the service answers 503.")
     parallel: int = Field(
         4, ge=1, le=256,
         description="Requests decoded together (continuous batching), each with the "
@@ -383,15 +412,21 @@ class Runtime(Strict):
         "/var/lib/synapse/runtime/provenance.ndjson",
         description="NDJSON record of every request, under /var/lib/synapse/runtime/ (the "
         "only directory the service may write).")
-    nice: int | None = Field(None, ge=-20, le=19)
-    cpu_scheduling_policy: Literal["other", "batch", "idle", "fifo", "rr"] | None = None
+    nice: int | None = Field(None, ge=-20, le=19, description="Nice= of the service.")
+    cpu_scheduling_policy: Literal["other", "batch", "idle", "fifo", "rr"] | None = Field(
+        None, description="CPUSchedulingPolicy= of the service.")
     memory_high: Literal["auto"] | Size | None = Field(
         None, description="MemoryHigh=; auto = RAM minus memory_reserve."
     )
-    memory_reserve: Size = "2G"
-    oom_score_adjust: int | None = Field(None, ge=-1000, le=1000)
-    sandboxing: Literal["strict", "basic", "none"] = "strict"
-    user: UserName = "synapse"
+    memory_reserve: Size = Field("2G", description="RAM kept for the rest of the system "
+                                 "(memory_high: auto).")
+    oom_score_adjust: int | None = Field(None, ge=-1000, le=1000,
+                                         description="OOMScoreAdjust= of the service.")
+    sandboxing: Literal["strict", "basic", "none"] = Field(
+        "strict", description="systemd sandboxing of the service: strict (read-only system, "
+        "kernel and device protections), basic (ProtectSystem=full and the essentials) or "
+        "none.")
+    user: UserName = Field("synapse", description="The system user the service runs as.")
 
     @model_validator(mode="after")
     def _check(self) -> Runtime:
@@ -406,7 +441,8 @@ class Runtime(Strict):
 
 
 class Packages(Strict):
-    extra: list[PackageName] = Field(default_factory=list)
+    extra: list[PackageName] = Field(default_factory=list,
+                                     description="Extra packages, by the base's names.")
 
 
 class Network(Strict):
@@ -420,27 +456,38 @@ class Profile(Strict):
     """A fully resolved profile (after `extends:` is merged)."""
 
     synapse: Literal[1] = Field(description="Profile format version.")
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    description: Text = ""
-    base: Literal["arch", "debian"] = "arch"
-    hostname: str = Field("synapse", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    timezone: TimeZone = "UTC"
-    locale: Locale = "en_US.UTF-8"
-    hardware: Hardware = Field(default_factory=Hardware)
-    disk: Disk = Field(default_factory=Disk)
-    boot: Boot = Field(default_factory=Boot)
-    kernel: Kernel = Field(default_factory=Kernel)
-    memory: Memory = Field(default_factory=Memory)
-    cpu: Cpu = Field(default_factory=Cpu)
-    services: Services = Field(default_factory=Services)
-    journald: Journald = Field(default_factory=Journald)
-    makepkg: Makepkg = Field(default_factory=Makepkg)
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$",
+                      description="The profile's name (lower case, digits, dashes).")
+    description: Text = Field("", description="One line saying what the profile is for.")
+    base: Literal["arch", "debian"] = Field(
+        "arch", description="The distribution installed: package names, bootstrap (pacstrap "
+        "or mmdebstrap) and boot layout follow it.")
+    hostname: str = Field("synapse", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+                          description="/etc/hostname of the installed system.")
+    timezone: TimeZone = Field("UTC", description="A zone of the tz database (/etc/localtime).")
+    locale: Locale = Field("en_US.UTF-8", description="LANG, generated at install.")
+    hardware: Hardware = Field(default_factory=Hardware,
+                               description="The machine the profile is for.")
+    disk: Disk = Field(default_factory=Disk, description="The install disk and its layout.")
+    boot: Boot = Field(default_factory=Boot, description="Boot loader and kernel command line.")
+    kernel: Kernel = Field(default_factory=Kernel,
+                           description="The kernel: the distribution's, or one built tuned.")
+    memory: Memory = Field(default_factory=Memory,
+                           description="Memory management: THP, zram, zswap, KSM, VM sysctls.")
+    cpu: Cpu = Field(default_factory=Cpu, description="CPU frequency policy.")
+    services: Services = Field(default_factory=Services,
+                               description="systemd units masked, disabled or enabled.")
+    journald: Journald = Field(default_factory=Journald,
+                               description="systemd-journald's limits (a drop-in).")
+    makepkg: Makepkg = Field(default_factory=Makepkg,
+                             description="Arch build flags (/etc/makepkg.conf.d).")
     sysctl: dict[str, str | int] = Field(
         default_factory=dict, description="Extra sysctls beyond the memory section."
     )
     runtime: Runtime | None = Field(None, description="The inference service; None = none.")
-    packages: Packages = Field(default_factory=Packages)
-    network: Network = Field(default_factory=Network)
+    packages: Packages = Field(default_factory=Packages,
+                               description="Packages installed beyond what the profile needs.")
+    network: Network = Field(default_factory=Network, description="The installed system's network.")
     security_risk: str | None = Field(
         None, description=f"Must read exactly {SECURITY_ACK!r} when a boot.cmdline word or a "
         "sysctl switches off a protection (see synapse_os/profile/risks.py).")
