@@ -116,3 +116,38 @@ def compare_samples(baseline: Sequence[float], candidate: Sequence[float]) -> Co
         baseline_cv=cv(baseline),
         candidate_cv=cv(candidate),
     )
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """An A/B run measured in alternating rounds (A B A B …): the whole comparison and its
+    two halves in time. A change is only called when both halves call it the same way, so
+    drift over the run (thermal, a neighbour's load) cannot make a win on its own."""
+
+    whole: Comparison
+    first_half: Comparison
+    second_half: Comparison
+
+    @property
+    def verdict(self) -> str:
+        calls = {self.whole.verdict, self.first_half.verdict, self.second_half.verdict}
+        return calls.pop() if len(calls) == 1 else "no difference"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"verdict": self.verdict, "whole": self.whole.as_dict(),
+                "first_half": self.first_half.as_dict(),
+                "second_half": self.second_half.as_dict()}
+
+
+def compare_interleaved(rounds: Sequence[tuple[Sequence[float], Sequence[float]]]) -> Interleaved:
+    """`rounds`: (baseline samples, candidate samples) of each A/B round, in the order they
+    ran; at least two rounds, so that each half has one."""
+    if len(rounds) < 2:
+        raise ValueError("an interleaved comparison needs at least two A/B rounds")
+    middle = len(rounds) // 2
+
+    def pooled(part: Sequence[tuple[Sequence[float], Sequence[float]]]) -> Comparison:
+        return compare_samples([s for base, _ in part for s in base],
+                               [s for _, cand in part for s in cand])
+
+    return Interleaved(pooled(rounds), pooled(rounds[:middle]), pooled(rounds[middle:]))

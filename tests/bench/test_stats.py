@@ -101,3 +101,33 @@ def test_verdict_needs_both_the_interval_and_the_p_value() -> None:
     assert stats.verdict((1.005, 1.08), 0.001) == "no difference"
     assert stats.verdict((0.90, 0.98), 0.01) == "regressed"
     assert stats.verdict((0.90, 0.995), 0.01) == "no difference"
+
+
+def _round(rng: np.random.Generator, base: float, cand: float, n: int = 5) -> tuple[list[float], list[float]]:
+    return list(rng.normal(base, base * 0.005, n)), list(rng.normal(cand, cand * 0.005, n))
+
+
+def test_an_interleaved_win_holds_in_both_halves() -> None:
+    rng = np.random.default_rng(1)
+    rounds = [_round(rng, 100.0, 105.0) for _ in range(4)]
+    result = stats.compare_interleaved(rounds)
+    assert result.verdict == "improved"
+    assert result.first_half.verdict == result.second_half.verdict == "improved"
+    assert result.as_dict()["verdict"] == "improved"
+
+
+def test_drift_that_favours_one_arm_in_one_half_is_not_a_win() -> None:
+    """The pooled samples look like a win, but only because the candidate's second-half
+    rounds ran on a faster machine state: the first half says no difference."""
+    rng = np.random.default_rng(2)
+    rounds = [_round(rng, 100.0, 100.0) for _ in range(3)] + \
+             [_round(rng, 100.0, 112.0) for _ in range(3)]
+    result = stats.compare_interleaved(rounds)
+    assert result.second_half.verdict == "improved"
+    assert result.first_half.verdict == "no difference"
+    assert result.verdict == "no difference"
+
+
+def test_an_interleaved_comparison_needs_two_rounds() -> None:
+    with pytest.raises(ValueError, match="two A/B rounds"):
+        stats.compare_interleaved([([1.0, 2.0], [1.0, 2.0])])
