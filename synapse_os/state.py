@@ -111,6 +111,12 @@ _SERVICE_PROBES = {
     "CPUSchedulingPolicy": 'ps -o cls= -p "$pid"',
     "OOMScoreAdjust": 'cat "/proc/$pid/oom_score_adj"',
     "User": 'ps -o user:64= -p "$pid"',  # wide enough that ps never shows a uid instead
+    # every mapping of a .gguf file fully locked (smaps' Locked: against its Size:)
+    "LockedModels": ("awk '/^[0-9a-f]+-[0-9a-f]+ / {g = ($6 ~ /[.]gguf$/)} "
+                     "g && /^Size:/ {s += $2} g && /^Locked:/ {l += $2} "
+                     "END {if (s == 0) print \"no model mapped\"; else if (l >= s) print "
+                     "\"locked\"; else printf \"%d of %d kB locked\\n\", l, s}' "
+                     '"/proc/$pid/smaps"'),
     "MemoryHigh": (f'cg=$(systemctl show -p ControlGroup --value "$unit"); '
                    f'[ -r "/sys/fs/cgroup$cg/memory.high" ] || exit {UNKNOWN_RC}; '
                    'cat "/sys/fs/cgroup$cg/memory.high"'),
@@ -223,6 +229,7 @@ def desired_state(profile: Profile) -> SystemState:
             ("OOMScoreAdjust", rt.oom_score_adjust, "runtime.oom_score_adjust"),
             ("MemoryHigh", high and high // PAGE_SIZE * PAGE_SIZE, "runtime.memory_high"),
             ("User", None if rt.engine == "ollama" else rt.user, "runtime.user"),
+            ("LockedModels", "locked" if rt.mlock else None, "runtime.mlock"),
         ):
             if value is not None:
                 service[prop] = str(value)

@@ -422,6 +422,10 @@ class Runtime(Strict):
                                  "(memory_high: auto).")
     oom_score_adjust: int | None = Field(None, ge=-1000, le=1000,
                                          description="OOMScoreAdjust= of the service.")
+    mlock: bool = Field(
+        False, description="Lock the models' weights in RAM (mlock, with LimitMEMLOCK=infinity "
+        "on the service): neither swap nor zram nor page-cache pressure can evict them; "
+        "checked live by the service's locked mappings. Not for ollama (no such setting).")
     sandboxing: Literal["strict", "basic", "none"] = Field(
         "strict", description="systemd sandboxing of the service: strict (read-only system, "
         "kernel and device protections), basic (ProtectSystem=full and the essentials) or "
@@ -434,6 +438,10 @@ class Runtime(Strict):
             raise ValueError(f"runtime.models: the {self.engine} engine needs a 'main' model")
         if self.speculative.enabled and "draft" not in self.models:
             raise ValueError("speculative.enabled needs a 'draft' model")
+        if self.mlock and self.engine == "ollama":
+            raise ValueError("runtime.mlock: ollama takes no mlock setting from its service "
+                             "(only per request), so it would be ignored; remove it or use "
+                             "the synapse-runtime or llama-server engine")
         if not self.provenance.startswith(RUNTIME_STATE + "/"):
             raise ValueError(f"runtime.provenance: {self.provenance!r} is outside "
                              f"{RUNTIME_STATE}/, the only directory the service may write")

@@ -89,6 +89,7 @@ class RuntimeConfig(_Strict):
         description="Flash attention, q8_0 KV cache and no weight repacking, so a token's "
         "logits do not depend on batching: speculative output then equals plain greedy output.",
     )
+    mlock: bool = Field(False, description="Lock the models' weights in RAM (mlock).")
     provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     max_sessions: int = Field(1000, ge=1, description="Conversation histories kept in memory.")
@@ -142,6 +143,7 @@ def runtime_config_from_profile(profile: Any) -> dict[str, Any]:
         queue_size=rt.queue_size,
         parallel=getattr(rt, "parallel", DEFAULT_PARALLEL),
         provenance=ProvenanceConfig(path=rt.provenance),
+        mlock=rt.mlock,
     )
     return config.model_dump(mode="json")
 

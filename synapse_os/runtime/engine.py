@@ -196,7 +196,7 @@ def check_file(role: str, cfg: ModelConfig) -> str:
 
 
 def llama_kwargs(cfg: ModelConfig, threads: int, batch: int, seed: int,
-                 batch_invariant: bool) -> dict[str, Any]:
+                 batch_invariant: bool, mlock: bool = False) -> dict[str, Any]:
     """Keyword arguments for llama_cpp.Llama (also used by the benchmark's raw baseline)."""
     kwargs: dict[str, Any] = dict(
         model_path=cfg.path,
@@ -206,6 +206,7 @@ def llama_kwargs(cfg: ModelConfig, threads: int, batch: int, seed: int,
         n_threads_batch=threads,
         n_gpu_layers=cfg.gpu_layers,
         seed=seed,
+        use_mlock=mlock,
         verbose=False,
     )
     if batch_invariant:
@@ -242,11 +243,12 @@ def open_llama(kwargs: dict[str, Any], batch_invariant: bool) -> Any:
 
 
 def load_model(role: str, cfg: ModelConfig, threads: int, batch: int, seed: int,
-               batch_invariant: bool = True) -> LoadedModel:
+               batch_invariant: bool = True, mlock: bool = False) -> LoadedModel:
     """Check the sha256, then open the model. Raises UserError/OperationError."""
     sha = check_file(role, cfg)
     try:
-        llm = open_llama(llama_kwargs(cfg, threads, batch, seed, batch_invariant), batch_invariant)
+        llm = open_llama(llama_kwargs(cfg, threads, batch, seed, batch_invariant, mlock),
+                         batch_invariant)
     except (ValueError, RuntimeError) as exc:
         raise OperationError(
             f"model '{role}': llama.cpp could not load {cfg.path}: {exc}") from None

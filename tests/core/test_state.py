@@ -39,9 +39,11 @@ def test_every_tuned_setting_gets_a_check() -> None:
         assert check.source, check.id  # every check names the profile key behind it
     service = {c.id.rsplit(" ", 1)[1]: c.expected for c in checks(state)
                if c.id.startswith("service synapse-runtime.service ")}
-    # nice -5, batch, -500, MemoryHigh auto = 32G RAM - 4G reserve (page-aligned already)
+    # nice -5, batch, -500, MemoryHigh auto = 32G RAM - 4G reserve (page-aligned already),
+    # the weights mlocked
     assert service == {"Nice": "-5", "CPUSchedulingPolicy": "B", "OOMScoreAdjust": "-500",
-                       "MemoryHigh": str(28 * 2**30), "User": "synapse"}
+                       "MemoryHigh": str(28 * 2**30), "User": "synapse",
+                       "LockedModels": "locked"}
 
 
 def test_service_properties_are_read_from_the_running_process() -> None:
@@ -49,6 +51,12 @@ def test_service_properties_are_read_from_the_running_process() -> None:
     (systemd itself cannot run here: the booted VM test runs the whole probe)."""
     proc = subprocess.Popen(["chrt", "--batch", "0", "nice", "-n", "7", "sleep", "60"])
     try:
+        import time
+
+        for _ in range(200):  # until chrt and nice have exec'd the sleep they set up
+            if Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sleep":
+                break
+            time.sleep(0.01)
         Path(f"/proc/{proc.pid}/oom_score_adj").write_text("321")  # raising needs no privilege
         for prop, want in (("Nice", "7"), ("CPUSchedulingPolicy", "B"),
                            ("OOMScoreAdjust", "321"), ("User", "root")):
@@ -58,6 +66,41 @@ def test_service_properties_are_read_from_the_running_process() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("mlock", [True, False])
+def test_locked_models_are_read_from_the_engines_mappings(small_model: tuple[Path, str],
+                                                          mlock: bool) -> None:
+    """runtime.mlock: the engine's own loader (llama-cpp-python, as the service loads a
+    model) with and without mlock; the probe reads the process's .gguf mappings."""
+    import sys
+
+    loader = ("import sys, time\n"
+              "from synapse_os.runtime.config import ModelConfig\n"
+              "from synapse_os.runtime.engine import load_model\n"
+              f"m = load_model('main', ModelConfig(path={str(small_model[0])!r}, context=128), 1, "
+              f"32, 42, True, {mlock})\n"
+              "print('loaded', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", loader], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "loaded"
+        probe = Check("LockedModels", "unit", "runtime.mlock", "locked",
+                      f"pid={proc.pid}; " + _SERVICE_PROBES["LockedModels"])
+        status, actual = run_probe(probe)
+        if mlock:
+            assert (status, actual) == ("pass", "locked")
+        else:
+            assert status == "fail" and actual.startswith("0 of ") and "kB locked" in actual
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_mlock_is_refused_for_an_engine_that_would_ignore_it(tmp_path: Path) -> None:
+    from synapse_os.errors import UserError
+
+    with pytest.raises(UserError, match="ollama takes no mlock setting"):
+        profile_with(tmp_path, "runtime:\n  engine: ollama\n  mlock: true\n")
 
 
 def test_service_checks_are_unknown_without_systemd(tmp_path: Path) -> None:

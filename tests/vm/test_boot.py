@@ -52,7 +52,8 @@ def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path, tun
                  "service synapse-runtime.service CPUSchedulingPolicy",
                  "service synapse-runtime.service OOMScoreAdjust",
                  "service synapse-runtime.service MemoryHigh",
-                 "service synapse-runtime.service User", "timezone", "root file system",
+                 "service synapse-runtime.service User",
+                 "service synapse-runtime.service LockedModels", "timezone", "root file system",
                  "root mount option noatime", "package htop", "sysfs /sys/kernel/mm/ksm/run",
                  # the tuned kernel, built by the bundle and booted: its config and behaviour
                  "kernel running", "kernel CONFIG_PREEMPT_VOLUNTARY",
