@@ -111,11 +111,13 @@ _SERVICE_PROBES = {
     "CPUSchedulingPolicy": 'ps -o cls= -p "$pid"',
     "OOMScoreAdjust": 'cat "/proc/$pid/oom_score_adj"',
     "User": 'ps -o user:64= -p "$pid"',  # wide enough that ps never shows a uid instead
-    # every mapping of a .gguf file fully locked (smaps' Locked: against its Size:)
+    # every mapping of a .gguf file fully locked (smaps' Locked: against its Size:);
+    # unknown while the service has no model loaded yet
     "LockedModels": ("awk '/^[0-9a-f]+-[0-9a-f]+ / {g = ($6 ~ /[.]gguf$/)} "
                      "g && /^Size:/ {s += $2} g && /^Locked:/ {l += $2} "
-                     "END {if (s == 0) print \"no model mapped\"; else if (l >= s) print "
-                     "\"locked\"; else printf \"%d of %d kB locked\\n\", l, s}' "
+                     f"END {{if (s == 0) {{print \"no model loaded yet\"; exit {UNKNOWN_RC}}} "
+                     "else if (l >= s) print \"locked\"; "
+                     "else printf \"%d of %d kB locked\\n\", l, s}' "
                      '"/proc/$pid/smaps"'),
     "MemoryHigh": (f'cg=$(systemctl show -p ControlGroup --value "$unit"); '
                    f'[ -r "/sys/fs/cgroup$cg/memory.high" ] || exit {UNKNOWN_RC}; '
@@ -316,7 +318,9 @@ def checks(state: SystemState) -> list[Check]:
                          " | awk '$1==\"/dev/zram0\"{print $2}'"))
     for prop, value in state.service.items():
         assert state.service_unit is not None
-        out.append(Check(f"service {state.service_unit} {prop}", "unit", src[f"service {prop}"],
+        # locked weights need the models loaded: asserted with the service's own checks
+        kind = "service" if prop == "LockedModels" else "unit"
+        out.append(Check(f"service {state.service_unit} {prop}", kind, src[f"service {prop}"],
                          value, _service_probe(state.service_unit, prop)))
     out.append(Check("hostname", "file", "hostname", state.hostname, "cat /etc/hostname"))
     # Aliases (UTC, Etc/UTC) are one zone: compare the zone data, show the link otherwise.

@@ -136,18 +136,14 @@ def run_vm_test(
                 machine.wait_for_unit("multi-user.target",
                                       max(30.0, boot_timeout - (time.monotonic() - start)))
             report.timings["boot"] = round(time.monotonic() - start, 1)
-            # Settings and files first: they need no model, so they run (with synapse
-            # verify) while the inference service is still loading its models.
+            # Settings and files first: they need no model, so they run while the inference
+            # service is still loading its models; synapse verify runs once it has them.
             static = [c for c in checks if c.kind != "service"]
             service = [c for c in checks if c.kind == "service"]
             with progress.step(f"running {len(static)} setting and file assertions"):
                 t = time.monotonic()
                 report.outcomes = run_checks(machine, static)
             report.timings["assertions"] = round(time.monotonic() - t, 1)
-            with progress.step("running synapse verify in the guest"):
-                t = time.monotonic()
-                report.verify = verify_in_guest(machine, profile, report.outcomes)
-            report.timings["verify"] = round(time.monotonic() - t, 1)
             if service:
                 with progress.step("waiting for the inference service to report healthy"):
                     t = time.monotonic()
@@ -161,6 +157,10 @@ def run_vm_test(
                     for c in service:
                         report.outcomes += run_checks(machine, [c], timeout=service_timeout)
                 report.timings["service assertions"] = round(time.monotonic() - t, 1)
+            with progress.step("running synapse verify in the guest"):
+                t = time.monotonic()
+                report.verify = verify_in_guest(machine, profile, report.outcomes)
+            report.timings["verify"] = round(time.monotonic() - t, 1)
             with progress.step("shutting down"):
                 t = time.monotonic()
                 machine.shutdown()

@@ -189,7 +189,8 @@ def test_shipped_profile_default_base_boots_its_machine(name: str, any_tree: Pat
     assert r.unexplained == [] and r.differences == [] and r.unbootable == ()
     final = parse_config((out / ".config").read_text())
     required = required_symbols(profile)
-    assert {q.symbol for q in required} >= {"XFS_FS", "BLK_DEV_NVME", "ZRAM", "MEMCG",
+    root_fs = {"xfs": "XFS_FS", "ext4": "EXT4_FS"}[profile.disk.root_fs]
+    assert {q.symbol for q in required} >= {root_fs, "BLK_DEV_NVME", "ZRAM", "MEMCG",
                                             "IKCONFIG", "IKCONFIG_PROC", "EFI_STUB",
                                             "VIRTIO_BLK"}
     for need in required:  # under this tree's name (zram's compressor differs by line)
