@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from synapse_os.profile.model import ENGINE_UNITS, OWNED_SYSCTL, Profile, parse_size
+from synapse_os.profile.model import (
+    ENGINE_UNITS,
+    HZ_CHOICES,
+    OWNED_SYSCTL,
+    Profile,
+    parse_size,
+)
 
 Match = Literal["equal", "selected", "token", "one_of", "contains"]
 UNKNOWN_RC = 100
@@ -111,14 +117,13 @@ _SERVICE_PROBES = {
     "CPUSchedulingPolicy": 'ps -o cls= -p "$pid"',
     "OOMScoreAdjust": 'cat "/proc/$pid/oom_score_adj"',
     "User": 'ps -o user:64= -p "$pid"',  # wide enough that ps never shows a uid instead
-    # every mapping of a .gguf file fully locked (smaps' Locked: against its Size:);
-    # unknown while the service has no model loaded yet
-    "LockedModels": ("awk '/^[0-9a-f]+-[0-9a-f]+ / {g = ($6 ~ /[.]gguf$/)} "
-                     "g && /^Size:/ {s += $2} g && /^Locked:/ {l += $2} "
-                     f"END {{if (s == 0) {{print \"no model loaded yet\"; exit {UNKNOWN_RC}}} "
-                     "else if (l >= s) print \"locked\"; "
-                     "else printf \"%d of %d kB locked\\n\", l, s}' "
-                     '"/proc/$pid/smaps"'),
+    # the process's locked memory (VmLck) covers its mappings of .gguf files (smaps, whose
+    # own Locked: is shared out between mappings of one file); unknown before a model loads
+    "LockedModels": ("m=$(awk '/^[0-9a-f]+-[0-9a-f]+ / {g = ($6 ~ /[.]gguf$/)} "
+                     "g && /^Size:/ {s += $2} END {print s + 0}' \"/proc/$pid/smaps\"); "
+                     f'[ "$m" -gt 0 ] || {{ echo "no model loaded yet"; exit {UNKNOWN_RC}; }}; '
+                     "l=$(awk '/^VmLck:/ {print $2}' \"/proc/$pid/status\"); "
+                     '[ "${l:-0}" -ge "$m" ] && echo locked || echo "${l:-0} of $m kB locked"'),
     "MemoryHigh": (f'cg=$(systemctl show -p ControlGroup --value "$unit"); '
                    f'[ -r "/sys/fs/cgroup$cg/memory.high" ] || exit {UNKNOWN_RC}; '
                    'cat "/sys/fs/cgroup$cg/memory.high"'),
@@ -422,7 +427,8 @@ _HZ_PROBE = (
     "j() { awk '/^jiffies:/ {print $2; exit}' /proc/timer_list; }; "
     "a=$(j); s=$(cut -d' ' -f1 /proc/uptime); sleep 1; b=$(j); e=$(cut -d' ' -f1 /proc/uptime); "
     "awk -v a=\"$a\" -v b=\"$b\" -v s=\"$s\" -v e=\"$e\" 'BEGIN { hz = (b - a) / (e - s); "
-    "n = split(\"100 250 300 1000\", c, \" \"); for (i = 1; i <= n; i++) "
+    f"n = split(\"{' '.join(str(hz) for hz in HZ_CHOICES)}\", c, \" \"); "
+    "for (i = 1; i <= n; i++) "
     "if (hz > c[i] * 0.95 && hz < c[i] * 1.05) { print c[i]; exit } "
     "printf \"%.0f (no HZ choice)\\n\", hz }'"
 )

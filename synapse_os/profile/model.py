@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -188,6 +189,10 @@ class Boot(Strict):
         return self
 
 
+Hz = Literal[100, 250, 300, 1000]  # the kernel's Timer frequency choice
+HZ_CHOICES: tuple[int, ...] = typing.get_args(Hz)
+
+
 class Kernel(Strict):
     source: Literal["stock", "custom"] = Field(
         "stock", description="stock = the distribution's kernel; custom = built from "
@@ -211,7 +216,7 @@ class Kernel(Strict):
         "only that model (PREEMPT_DYNAMIC off), dynamic builds full preemption and boots "
         "voluntary (preempt= switches it).",
     )
-    hz: Literal[100, 250, 300, 1000] | None = Field(None, description="Timer frequency (HZ).")
+    hz: Hz | None = Field(None, description="Timer frequency (HZ).")
     tick: Literal["periodic", "idle", "full"] | None = Field(
         None, description="Tick handling: periodic, stopped on idle CPUs, or also on busy "
         "nohz_full CPUs.")

@@ -71,15 +71,16 @@ def test_service_properties_are_read_from_the_running_process() -> None:
 @pytest.mark.parametrize("mlock", [True, False])
 def test_locked_models_are_read_from_the_engines_mappings(small_model: tuple[Path, str],
                                                           mlock: bool) -> None:
-    """runtime.mlock: the engine's own loader (llama-cpp-python, as the service loads a
-    model) with and without mlock; the probe reads the process's .gguf mappings."""
+    """runtime.mlock: the engine's own loader (llama-cpp-python) with and without mlock,
+    one file loaded for three roles as cpu-avx2 does (smaps shares a file's locked pages
+    out between its mappings: the probe compares VmLck with the mappings' size)."""
     import sys
 
     loader = ("import sys, time\n"
               "from synapse_os.runtime.config import ModelConfig\n"
               "from synapse_os.runtime.engine import load_model\n"
-              f"m = load_model('main', ModelConfig(path={str(small_model[0])!r}, context=128), 1, "
-              f"32, 42, True, {mlock})\n"
+              f"m = [load_model(role, ModelConfig(path={str(small_model[0])!r}, context=128), "
+              f"1, 32, 42, True, {mlock}) for role in ('main', 'small', 'draft')]\n"
               "print('loaded', flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", loader], stdout=subprocess.PIPE, text=True)
     try:
