@@ -31,7 +31,7 @@ from synapse_os.profile.model import Profile
 PACKAGES = ("linux-image-", "linux-headers-")
 BUILD_TOOLS = (("make", "make"), ("gcc", "build-essential"), ("flex", "flex"),
                ("bison", "bison"), ("bc", "bc"), ("dpkg-buildpackage", "dpkg-dev"),
-               ("rsync", "rsync"), ("pahole", "dwarves"))
+               ("rsync", "rsync"), ("pahole", "dwarves"), ("fakeroot", "fakeroot"))
 # headers the build compiles against (objtool, module signing)
 BUILD_HEADERS = (("/usr/include/gelf.h", "libelf-dev"),
                  ("/usr/include/openssl/opensslv.h", "libssl-dev"))
