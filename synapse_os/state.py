@@ -383,11 +383,11 @@ def kernel_checks(profile: Profile, state: SystemState) -> list[Check]:
 def _boot_behaviour_checks(profile: Profile, state: SystemState) -> list[Check]:
     """What the booted custom kernel does, beyond its config: that it is the one running,
     its preemption model, its tick rate (measured) and the CPUs it runs tickless."""
-    from synapse_os.kernel.pkgbuild import pkgbase_for
+    from synapse_os.kernel.pkgbuild import localversion_for, pkgbase_for
 
     k = profile.kernel
     pkgbase = pkgbase_for(profile)
-    suffix = shlex.quote("-" + pkgbase.removeprefix("linux-"))
+    suffix = shlex.quote(localversion_for(profile))
     out = [Check("kernel running", "kernel", "kernel.source", pkgbase,
                  f'case "$(uname -r)" in *{suffix}) echo {shlex.quote(pkgbase)} ;; '
                  '*) uname -r ;; esac', after_reboot=True)]

@@ -27,7 +27,7 @@ from synapse_os.image import disk, loopdisk
 from synapse_os.image.bundle import build_bundle
 from synapse_os.image.cache import LayerCache
 from synapse_os.image.progress import Progress
-from synapse_os.kernel.pkgbuild import pkgbase_for
+from synapse_os.kernel.pkgbuild import localversion_for
 from synapse_os.models import default_model
 from synapse_os.proc import require_tool, run
 from synapse_os.profile.model import Profile, parse_size
@@ -234,8 +234,7 @@ def boot_metadata(profile: Profile, esp: Path, output: Path, test: bool) -> Imag
     to boot the image directly (kernel, initrd, command line plus the serial console)."""
     entries = sorted((esp / "loader/entries").glob("synapse-*.conf"))
     if profile.kernel.source == "custom":  # the tuned kernel's, not the stock fallback's
-        suffix = "-" + pkgbase_for(profile).removeprefix("linux-")
-        entries = [e for e in entries if e.stem.endswith(suffix)]
+        entries = [e for e in entries if e.stem.endswith(localversion_for(profile))]
     if not entries:
         raise OperationError(f"install.sh wrote no boot entry for the profile's kernel into "
                              f"{esp}/loader/entries")

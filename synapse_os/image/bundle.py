@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from synapse_os import __version__
-from synapse_os.image import archrepo, debian
+from synapse_os.image import archrepo, debian, kernelsrc
 from synapse_os.image.cache import LayerCache, link_or_copy
 from synapse_os.image.progress import Progress
 from synapse_os.image.runtime import build_synapse_wheel, wheelhouse
@@ -122,13 +122,13 @@ def build_bundle(
     if profile.base == "arch":
         packages = archrepo.fetch_packages(profile, tree.files["install/pacman.conf"].content,
                                            cache, progress)
-        kernel_sources = archrepo.fetch_kernel_sources(profile, cache, progress, kernel_tarball)
+        kernel_sources = kernelsrc.fetch_kernel_sources(profile, cache, progress, kernel_tarball)
     else:
         if profile.kernel.source == "custom":
             from synapse_os.kernel.debs import kernel_debs as build_kernel_debs
 
-            tarball, = archrepo.fetch_kernel_sources(profile, cache, progress, kernel_tarball,
-                                                     signature=False)
+            tarball, = kernelsrc.fetch_kernel_sources(profile, cache, progress, kernel_tarball,
+                                                      signature=False)
             kernel_debs = build_kernel_debs(profile, profile_dir, tarball, cache, progress)
         packages = debian.fetch_debs(profile, cache, progress)
     wheels = (wheelhouse(cache, progress, profile.hardware.isa, profile.hardware.gpu)

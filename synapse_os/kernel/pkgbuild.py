@@ -44,6 +44,12 @@ def pkgbase_for(profile: Profile) -> str:
     return name
 
 
+def localversion_for(profile: Profile) -> str:
+    """The release suffix the custom kernel carries (linux-synapse -> -synapse): in
+    `uname -r`, its package names and its boot entry."""
+    return "-" + pkgbase_for(profile).removeprefix("linux-")
+
+
 def upstream_version(kernel_version: str) -> str:
     """kernel.org tarball version: 6.12.0 and 6.12 -> 6.12, 6.1.192 -> 6.1.192."""
     m = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?(.*)$", kernel_version)
@@ -171,7 +177,7 @@ def render_recipes(profile: Profile, resolution: Resolution | None = None) -> Re
         "upstream_version": upstream,
         "pkgver": upstream.replace("-", "."),
         "major": upstream.split(".")[0],
-        "localversion": "-" + pkgbase.removeprefix("linux-"),
+        "localversion": localversion_for(profile),
         "title": f"Synapse {profile.name} ({pkgbase})",
         "makeflags": None if makeflags in (None, "auto") else makeflags,
         "resolved": resolution is not None,

@@ -167,9 +167,9 @@ def step_boot(ctx: Context, tree: Tree) -> None:
     distro = distro_for(ctx.profile)
     default_entry = distro.default_entry
     if ctx.custom_kernel and distro.name == "debian":  # the tuned kernel, not the stock one
-        from synapse_os.kernel.pkgbuild import pkgbase_for
+        from synapse_os.kernel.pkgbuild import localversion_for
 
-        default_entry = f"synapse-*-{pkgbase_for(ctx.profile).removeprefix('linux-')}.conf"
+        default_entry = f"synapse-*{localversion_for(ctx.profile)}.conf"
     tree.add(f"rootfs{distro.esp_mount}/loader/loader.conf",
              template("loader.conf.j2", **ctx.vars(default_entry=default_entry)))
     if ctx.profile.base != "arch":
