@@ -142,14 +142,15 @@ def diff(old: Path, new: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--base", type=click.Choice(["arch", "debian"]), default="arch", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the detected hardware facts instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the detected hardware facts "
+              "instead, with the profile's hardware section they fill in (key 'hardware').")
 def init(base: str, as_json: bool) -> None:
     """Print a profile pre-filled from this machine's hardware."""
-    from synapse_os.profile.hardware import detect, profile_yaml
+    from synapse_os.profile.hardware import detect, hardware_section, profile_yaml
 
     facts = detect()
     if as_json:
-        emit_json(facts.as_dict())
+        emit_json(facts.as_dict() | {"hardware": hardware_section(facts)})
     else:
         click.echo(profile_yaml(facts, base=base), nl=False)
 

@@ -421,12 +421,15 @@ _PREEMPT_PROBE = (
     '[ "$v" = y ] && echo voluntary || echo none ;; esac'
 )
 
-# jiffies counted over one second of uptime, named as the nearest HZ choice when within 5 %
+# jiffies counted over about a second, named as the nearest HZ choice when within 5 %. The
+# clock ("now at N nsecs") and the jiffies come from one read of /proc/timer_list: reading
+# them in separate processes skewed the ratio by their start-up time on a loaded guest.
 _HZ_PROBE = (
     f"[ -r /proc/timer_list ] || exit {UNKNOWN_RC}; "
-    "j() { awk '/^jiffies:/ {print $2; exit}' /proc/timer_list; }; "
-    "a=$(j); s=$(cut -d' ' -f1 /proc/uptime); sleep 1; b=$(j); e=$(cut -d' ' -f1 /proc/uptime); "
-    "awk -v a=\"$a\" -v b=\"$b\" -v s=\"$s\" -v e=\"$e\" 'BEGIN { hz = (b - a) / (e - s); "
+    "j() { awk '/^now at / {n = $3} /^jiffies:/ {print n, $2; exit}' /proc/timer_list; }; "
+    "a=$(j); sleep 1; b=$(j); "
+    "awk -v a=\"$a\" -v b=\"$b\" 'BEGIN { split(a, x, \" \"); split(b, y, \" \"); "
+    "hz = (y[2] - x[2]) / ((y[1] - x[1]) / 1e9); "
     f"n = split(\"{' '.join(str(hz) for hz in HZ_CHOICES)}\", c, \" \"); "
     "for (i = 1; i <= n; i++) "
     "if (hz > c[i] * 0.95 && hz < c[i] * 1.05) { print c[i]; exit } "
@@ -499,15 +502,20 @@ def live_checks(profile: Profile) -> list[Check]:
     return [*checks(state), *kernel_checks(profile, state)]
 
 
+def keeps_permission_bits(rel: str) -> bool:
+    """False under boot/: the ESP is FAT, whose files show the mount's fmask, not a mode."""
+    return not rel.startswith("boot/")
+
+
 def file_checks(files: Mapping[str, tuple[int, str, str | None]],
                 root: str = "/") -> list[Check]:
     """One check per file placed on the target: `files` maps a path relative to the root
     ("etc/hostname") to (mode, sha256, symlink target or None), as in the render manifest.
-    Permission bits are not compared under boot/ (a FAT ESP has none)."""
+    Permission bits are compared only where the file system keeps them."""
     out: list[Check] = []
     for rel, (mode, sha256, link) in sorted(files.items()):
         path = shlex.quote(root.rstrip("/") + "/" + rel)
-        with_mode = not rel.startswith("boot/")
+        with_mode = keeps_permission_bits(rel)
         expected = (f"-> {link}" if link is not None
                     else f"{mode:o} {sha256}" if with_mode else sha256)
         show_mode = f'"$(stat -c %a {path})" ' if with_mode else ""

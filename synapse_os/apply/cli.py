@@ -34,6 +34,8 @@ def _existing_root(root: Path) -> Path:
 def apply_cmd(profile: Path, root: Path, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Make ROOT match PROFILE: back up, write atomically, activate, journal.
 
+    On the running system (--root /), a profile whose hardware section this machine
+    contradicts (vendor, cores, RAM, ISA, GPU) is refused before anything changes.
     Only files that differ are written; a second apply of the same profile changes
     nothing. Every original is kept so `synapse rollback` restores it byte for byte.
     A transaction interrupted by a crash is rolled back by the next apply (which then
@@ -44,6 +46,10 @@ def apply_cmd(profile: Path, root: Path, dry_run: bool, yes: bool, as_json: bool
 
     loaded = load_profile(profile)
     root = _existing_root(root)
+    if root.resolve() == Path("/"):
+        from synapse_os.profile.hardware import detect, refuse_contradicting
+
+        refuse_contradicting(loaded, detect())
     if dry_run:
         the_plan = plan.make_plan(loaded, root)
         if as_json:

@@ -40,14 +40,15 @@ class FileState:
     def from_dict(cls, data: dict[str, object]) -> FileState:
         return cls(**data)  # type: ignore[arg-type]
 
-    def same_content(self, other: FileState) -> bool:
-        """Equal as far as apply cares: kind, content or link target, and permission bits."""
+    def same_content(self, other: FileState, modes: bool = True) -> bool:
+        """Equal as far as apply cares: kind, content or link target, and permission bits
+        (unless `modes` is false: a file system without them)."""
         if self.kind != other.kind:
             return False
         if self.kind == "link":
             return self.link == other.link
         if self.kind == "file":
-            return self.sha256 == other.sha256 and self.mode == other.mode
+            return self.sha256 == other.sha256 and (self.mode == other.mode or not modes)
         return True
 
 

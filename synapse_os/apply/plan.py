@@ -19,7 +19,7 @@ from synapse_os.apply.journal import APPLIED, UNFINISHED, all_journals
 from synapse_os.errors import OperationError
 from synapse_os.profile.model import Profile
 from synapse_os.render import File, Tree
-from synapse_os.state import SystemState, desired_state, sysctl_path
+from synapse_os.state import SystemState, desired_state, keeps_permission_bits, sysctl_path
 
 ROOTFS = "rootfs/"
 UNIT_DIR = "etc/systemd/system/"
@@ -178,14 +178,15 @@ def make_plan(profile: Profile, root: Path, tree: Tree | None = None) -> Plan:
 
     for rel, f in sorted(files.items()):
         current = snapshot(check_inside(root, rel))
-        if not current.same_content(wanted_state(f)):
+        if not current.same_content(wanted_state(f), modes=keeps_permission_bits(rel)):
             action = "create" if current.kind == "absent" else "modify"
             plan.files.append(FileChange(rel, action, current, f))
     for rel, written in sorted(synapse_created(root).items()):
         if rel in files:
             continue
         current = snapshot(root / rel)
-        if current.kind != "absent" and current.same_content(FileState.from_dict(written)):
+        if current.kind != "absent" and current.same_content(
+                FileState.from_dict(written), modes=keeps_permission_bits(rel)):
             plan.files.append(FileChange(rel, "remove", current, None))
 
     for unit in state.enable:

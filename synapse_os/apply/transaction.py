@@ -48,7 +48,7 @@ from synapse_os.apply.journal import (
 from synapse_os.apply.plan import UNIT_DIR, FileChange, Plan
 from synapse_os.apply.untrusted import confined
 from synapse_os.errors import OperationError, UserError
-from synapse_os.state import SystemState
+from synapse_os.state import SystemState, keeps_permission_bits
 
 
 @dataclass
@@ -206,7 +206,8 @@ def modified_since(journal: Journal) -> list[str]:
     for entry in journal.entries:
         if entry["kind"] == "file":
             now_state = snapshot(journal.root / entry["path"])
-            if not now_state.same_content(FileState.from_dict(entry["new"])):
+            if not now_state.same_content(FileState.from_dict(entry["new"]),
+                                          modes=keeps_permission_bits(entry["path"])):
                 out.append("/" + entry["path"])
     return out
 

@@ -1,4 +1,4 @@
-"""`synapse fleet export | report`: thin click wrappers."""
+"""`synapse fleet export | host-profile | report`: thin click wrappers."""
 
 from __future__ import annotations
 
@@ -34,6 +34,30 @@ def export_cmd(profile: Path, output: Path, wheel: Path | None, as_json: bool) -
     else:
         click.echo(f"exported profile {loaded.name} to {output} (wheel {done.wheel}); run: "
                    f"ansible-playbook -i INVENTORY {output / 'site.yml'} --check --diff")
+
+
+@group.command("host-profile")
+@click.argument("exported", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The host's profile (replaced only when it changes).")
+@click.option("--hardware", "hardware_json", metavar="JSON",
+              help="The host's hardware keys as a JSON object (what host_vars give).")
+@click.option("--detect", is_flag=True, help="Read the hardware keys from this machine.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def host_profile_cmd(exported: Path, output: Path, hardware_json: str | None, detect: bool,
+                     as_json: bool) -> None:
+    """Write a profile that extends EXPORTED with this host's hardware section."""
+    from synapse_os.errors import UserError
+    from synapse_os.fleet.host import parse_hardware, write_host_profile
+
+    if detect and hardware_json is not None:
+        raise UserError("--hardware and --detect exclude each other; pass one")
+    hardware = parse_hardware(hardware_json) if hardware_json is not None else None
+    changed, laid = write_host_profile(exported, output, hardware, detect)
+    if as_json:
+        emit_json({"changed": changed, "output": str(output), "hardware": laid})
+    else:
+        click.echo(f"{'wrote' if changed else 'unchanged:'} {output}")
 
 
 @group.command("report")

@@ -5,17 +5,20 @@ What the export holds:
   site.yml, inventory.example.ini, group_vars/synapse.yml (kept when it exists),
   README.md, synapse-fleet.json (marker), rendered/ (the rendered tree, for review),
   roles/synapse/ (defaults, vars, tasks, handlers, meta, library/ with the two modules,
-  files/: the resolved profile, the rendered manifest, requirements, synapse's wheel).
+  files/synapse-payload.tar: the resolved profile, requirements, synapse's wheel and its
+  installer).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -29,8 +32,11 @@ from synapse_os.errors import OperationError, UserError
 from synapse_os.fleet import role
 from synapse_os.outdir import check_output_dir
 from synapse_os.profile.model import Profile
+from synapse_os.resources import data_dir
 
 MARKER = "synapse-fleet.json"
+PAYLOAD = "synapse-payload.tar"
+INSTALLER = "install-synapse.sh"
 WHEEL_NAME = re.compile(r"synapse_os-[A-Za-z0-9_.+]+-py3-none-any\.whl")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -110,6 +116,16 @@ def wheel_requirements(wheel: Path) -> tuple[list[str], list[str]]:
     return base, base + bench
 
 
+def write_payload(dest: Path, members: dict[str, bytes]) -> None:
+    """One tar of what every host needs (one transfer, one module call), byte-identical for
+    identical members so an unchanged export is not copied again."""
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in sorted(members.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -147,23 +163,29 @@ synapse fleet report results/ -o report/                # per-host verify (+ ben
 ```
 
 Each host gets synapse in its own venv (`synapse_venv`) from the wheel in
-`roles/synapse/files/`; its dependencies come from PyPI (`requirements.txt`); for hosts
-without PyPI, point `synapse_pip_extra_args` at a local wheelhouse
-(`--no-index --find-links DIR`; the offline bundle of issue 11 carries one).
+`roles/synapse/files/synapse-payload.tar` (with the profile, the requirements and the
+installer; one transfer, checked against the exported sha256); its dependencies come from
+PyPI (`requirements.txt`); for hosts without PyPI, point `synapse_pip_extra_args` at a
+local wheelhouse (`--no-index --find-links DIR`; the offline bundle of issue 11 carries
+one), or at `--no-index` alone when `synapse_venv` already holds them.
 `--check` installs that venv too (the plan is computed by synapse on the host) but never
 touches `synapse_root`.
 
 Variables (group_vars/host_vars; defaults in `roles/synapse/defaults/main.yml`):
 `synapse_root` (default `/`), `synapse_allow_reboot` (the reboot handler runs only when
 apply reports reboot reasons, this is true and `synapse_root` is `/`),
+`synapse_hardware` (this host's `hardware:` keys laid over the profile's, e.g.
+`{{physical_cores: 16, ram: 64G}}`, or `detected` to read them on the host; a host whose
+hardware contradicts its profile is refused before anything changes),
 `synapse_rollback_on_failure` (a host whose apply or verify fails is rolled back with
 `synapse rollback`), `synapse_bench` (+ `synapse_bench_args`: `synapse bench run` on each
 host, records fetched to `results/HOST/bench.jsonl`), `synapse_results_dir`.
 
 `site.yml` rolls out one host per batch and stops at the first failed host
-(`serial: 1`, `max_fail_percentage: 0`).
+(`serial: 1`, `max_fail_percentage: 0`); `-e synapse_serial=N` widens the batches.
 `rendered/` is the rendered tree of the profile, for review; each host renders the same
-bytes (checked by profile hash before anything changes).
+bytes from the same profile (checked by profile hash before anything changes), but for
+its own `synapse_hardware`.
 """
 
 
@@ -195,18 +217,21 @@ def export(profile: Profile, profile_text: str, output: Path, wheel: Path | None
         files_dir = new_role / "files"
         for sub in ("defaults", "vars", "tasks", "handlers", "meta", "library", "files"):
             (new_role / sub).mkdir(parents=True)
-        (files_dir / "profile.yaml").write_text(profile_text)
+        (work / "profile.yaml").write_text(profile_text)
         from synapse_os.profile import load_profile
 
-        if load_profile(files_dir / "profile.yaml").hash() != profile.hash():
+        if load_profile(work / "profile.yaml").hash() != profile.hash():
             raise OperationError(f"the resolved profile {profile.name} does not load back to "
                                  "the same profile hash; this is a synapse bug")
-        shutil.copyfile(built, files_dir / built.name)
-        (files_dir / "requirements.txt").write_text("\n".join(base_reqs) + "\n")
-        (files_dir / "requirements-bench.txt").write_text("\n".join(bench_reqs) + "\n")
+        write_payload(files_dir / PAYLOAD, {
+            "profile.yaml": (work / "profile.yaml").read_bytes(),
+            "requirements.txt": ("\n".join(base_reqs) + "\n").encode(),
+            "requirements-bench.txt": ("\n".join(bench_reqs) + "\n").encode(),
+            INSTALLER: (data_dir("fleet") / INSTALLER).read_bytes(),
+            built.name: built.read_bytes(),
+        })
         rendered = work / "rendered"
         render_to(profile, rendered)
-        shutil.copyfile(rendered / "manifest.json", files_dir / "manifest.json")
         (new_role / "defaults/main.yml").write_text(_dump(role.DEFAULTS))
         (new_role / "vars/main.yml").write_text(_dump({
             "synapse_profile_name": profile.name,
@@ -217,6 +242,7 @@ def export(profile: Profile, profile_text: str, output: Path, wheel: Path | None
         }))
         (new_role / "tasks/main.yml").write_text(role.TASKS_MAIN)
         (new_role / "tasks/install.yml").write_text(role.TASKS_INSTALL)
+        (new_role / "tasks/host_profile.yml").write_text(role.TASKS_HOST_PROFILE)
         (new_role / "tasks/rollback.yml").write_text(role.TASKS_ROLLBACK)
         (new_role / "tasks/bench.yml").write_text(role.TASKS_BENCH)
         (new_role / "handlers/main.yml").write_text(role.HANDLERS)

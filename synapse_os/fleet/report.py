@@ -238,10 +238,66 @@ def results_md(hosts: list[HostResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plots(hosts: list[HostResult]) -> dict[str, bytes]:
+    """verify.png (checks per host by status) and, with bench records, bench.png (each
+    host's samples per test, outliers in red); {} without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return {}
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    def png(fig: Any) -> bytes:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        return buf.getvalue()
+
+    out: dict[str, bytes] = {}
+    names = [h.host for h in hosts]
+    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.4 * len(hosts)), dpi=110)
+    left = [0] * len(hosts)
+    for status, colour in zip(STATUSES, ("#27ae60", "#c0392b", "#95a5a6"), strict=True):
+        values = [h.counts[status] if h.counts else 0 for h in hosts]
+        ax.barh(names, values, left=left, color=colour, label=status)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("checks")
+    ax.set_title("synapse verify per host")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    out["verify.png"] = png(fig)
+    tests = sorted({t for h in hosts for t in h.bench})
+    if tests:
+        fig, axes = plt.subplots(1, len(tests), figsize=(max(6.0, 3.0 * len(tests)), 4.5),
+                                 dpi=110, squeeze=False)
+        for ax, test in zip(axes[0], tests, strict=True):
+            having = [h for h in hosts if test in h.bench]
+            ax.boxplot([h.bench[test] for h in having], widths=0.5, showfliers=False)
+            for i, h in enumerate(having, start=1):
+                outlier = any(o.startswith(f"{test} ") for o in h.outliers)
+                ax.scatter([i] * len(h.bench[test]), h.bench[test], s=12, alpha=0.7,
+                           color="#c0392b" if outlier else "#2e86c1")
+            ax.set_xticks(range(1, len(having) + 1), [h.host for h in having],
+                          rotation=30, ha="right")
+            ax.set_title(test)
+            ax.set_ylabel("tokens/s")
+        out["bench.png"] = png(fig)
+    return out
+
+
 def write(results: Path, output: Path) -> tuple[list[HostResult], Path]:
     hosts = collect(results)
     flag_outliers(hosts)
     summary = json.dumps([h.as_dict() for h in hosts], indent=2, sort_keys=True) + "\n"
-    write_dir(output, {"RESULTS.md": File(results_md(hosts).encode()),
-                       "fleet-report.json": File(summary.encode())}, "fleet-report.json")
+    images = plots(hosts)
+    md = results_md(hosts) + "".join(f"\n![{name[:-4]}]({name})\n" for name in sorted(images))
+    if not images:
+        md += "\nNo plots: they need matplotlib (pip install 'synapse-os[bench]').\n"
+    files = {"RESULTS.md": File(md.encode()), "fleet-report.json": File(summary.encode())}
+    files.update({name: File(data) for name, data in images.items()})
+    write_dir(output, files, "fleet-report.json")
     return hosts, output / "RESULTS.md"

@@ -20,6 +20,9 @@ DEFAULTS: dict[str, object] = {
     "synapse_pip_extra_args": "",
     "synapse_allow_reboot": False,
     "synapse_reboot_timeout": 1800,
+    # this host's hardware section over the profile's: a mapping of hardware keys
+    # (cores, ram, ...), or "detected" for what `synapse init --json` reads on the host
+    "synapse_hardware": {},
     "synapse_rollback_on_failure": False,
     "synapse_rollback_force": True,
     "synapse_bench": False,
@@ -38,14 +41,19 @@ TASKS_MAIN = """\
       - synapse_venv is match('^/')
       - synapse_bench_args is sequence
       - synapse_bench_args is not string
+      - synapse_hardware is mapping or synapse_hardware == 'detected'
     fail_msg: >-
-      synapse_root, synapse_remote_dir and synapse_venv must be absolute paths and
-      synapse_bench_args a list; fix them in group_vars or host_vars
+      synapse_root, synapse_remote_dir and synapse_venv must be absolute paths,
+      synapse_bench_args a list and synapse_hardware a mapping of hardware keys or
+      'detected'; fix them in group_vars or host_vars
     quiet: true
   tags: [always]
 
 - name: Install Synapse on the host
   ansible.builtin.import_tasks: install.yml
+
+- name: Write this host's profile
+  ansible.builtin.import_tasks: host_profile.yml
 
 - name: Apply the profile
   tags: [synapse_apply]
@@ -53,7 +61,8 @@ TASKS_MAIN = """\
     - name: Apply the profile with synapse apply
       synapse_apply:
         synapse: "{{ synapse_venv }}/bin/synapse"
-        profile: "{{ synapse_remote_dir }}/profile.yaml"
+        profile: "{{ synapse_remote_dir }}/host-profile.yaml"
+        exported_profile: "{{ synapse_remote_dir }}/profile.yaml"
         root: "{{ synapse_root }}"
         profile_hash: "{{ synapse_profile_hash }}"
       register: synapse_apply_result
@@ -86,7 +95,7 @@ TASKS_MAIN = """\
     - name: Verify the host with synapse verify
       synapse_verify:
         synapse: "{{ synapse_venv }}/bin/synapse"
-        profile: "{{ synapse_remote_dir }}/profile.yaml"
+        profile: "{{ synapse_remote_dir }}/host-profile.yaml"
         root: "{{ synapse_root }}"
         output: "{{ synapse_remote_dir }}/results/verify.json"
       register: synapse_verify_result
@@ -119,86 +128,56 @@ TASKS_MAIN = """\
 TASKS_INSTALL = """\
 ---
 # Runs in check mode too (check_mode: false): the plan is computed by synapse on the host,
-# so --check installs the tool into its own venv; it never touches synapse_root.
-- name: Create the Synapse directories
+# so --check installs the tool into its own venv; it never touches synapse_root. Few module
+# calls: one directory, one payload copy, one install command, one host-profile command.
+- name: Create the Synapse directory
   ansible.builtin.file:
-    path: "{{ item }}"
+    path: "{{ synapse_remote_dir }}/results"
     state: directory
     mode: "0755"
-  loop:
-    - "{{ synapse_remote_dir }}"
-    - "{{ synapse_remote_dir }}/results"
   check_mode: false
   tags: [synapse_install, synapse_apply, synapse_verify, synapse_bench]
 
-- name: Copy the profile, its rendered manifest and the requirements
+- name: Copy the payload (profile, requirements, wheel, installer)
   ansible.builtin.copy:
-    src: "{{ item }}"
-    dest: "{{ synapse_remote_dir }}/{{ item }}"
+    src: synapse-payload.tar
+    dest: "{{ synapse_remote_dir }}/synapse-payload.tar"
     mode: "0644"
-  loop:
-    - profile.yaml
-    - manifest.json
-    - requirements.txt
-    - requirements-bench.txt
   check_mode: false
   tags: [synapse_install, synapse_apply, synapse_verify, synapse_bench]
 
-- name: Create the virtual environment
+# tar unpacks it, install-synapse.sh makes the venv, installs the requirements and the
+# wheel (checked against its exported sha256) unless the venv already has exactly these
+- name: Install Synapse on the host
   ansible.builtin.command:
-    argv: "{{ [synapse_python, '-m', 'venv']
-              + (['--system-site-packages'] if synapse_venv_system_site_packages | bool else [])
-              + [synapse_venv] }}"
-    creates: "{{ synapse_venv }}/bin/python"
+    argv: "{{ ['sh', '-euc',
+               'cd \\"$1\\"; tar -xf synapse-payload.tar; exec sh install-synapse.sh \\"$@\\"',
+              'install-synapse', synapse_remote_dir, synapse_python, synapse_venv,
+              synapse_venv_system_site_packages | bool | string | lower,
+              'requirements-bench.txt' if synapse_bench | bool else 'requirements.txt',
+              synapse_wheel, synapse_wheel_sha256]
+              + (synapse_pip_extra_args | split if synapse_pip_extra_args else []) }}"
+  register: synapse_install_result
+  changed_when: "'changed: ' in synapse_install_result.stdout"
   check_mode: false
-  tags: [synapse_install]
+  tags: [synapse_install, synapse_apply, synapse_verify, synapse_bench]
+"""
 
-- name: Install Synapse's dependencies
-  ansible.builtin.pip:
-    requirements: >-
-      {{ synapse_remote_dir }}/{{ 'requirements-bench.txt' if synapse_bench | bool
-         else 'requirements.txt' }}
-    executable: "{{ synapse_venv }}/bin/pip"
-    extra_args: "{{ synapse_pip_extra_args }}"
-  check_mode: false
-  tags: [synapse_install]
-
-- name: Copy the Synapse wheel
-  ansible.builtin.copy:
-    src: "{{ synapse_wheel }}"
-    dest: "{{ synapse_remote_dir }}/{{ synapse_wheel }}"
-    mode: "0644"
-  check_mode: false
-  tags: [synapse_install]
-
-- name: Read which wheel is installed
-  ansible.builtin.slurp:
-    src: "{{ synapse_venv }}/synapse-wheel.sha256"
-  register: synapse_installed_wheel
-  failed_when: false
-  check_mode: false
-  tags: [synapse_install]
-
-- name: Install the Synapse wheel
+TASKS_HOST_PROFILE = """\
+---
+# The exported profile with this host's hardware section laid over it (`extends:`): synapse
+# validates every key, and refuses to apply a profile the running machine contradicts.
+- name: Write this host's profile with synapse fleet host-profile
   ansible.builtin.command:
-    argv:
-      - "{{ synapse_venv }}/bin/pip"
-      - install
-      - --no-deps
-      - --force-reinstall
-      - "{{ synapse_remote_dir }}/{{ synapse_wheel }}"
-  when: (synapse_installed_wheel.content | default('') | b64decode | trim) != synapse_wheel_sha256
-  changed_when: true
+    argv: "{{ [synapse_venv ~ '/bin/synapse', 'fleet', 'host-profile',
+              synapse_remote_dir ~ '/profile.yaml',
+              '-o', synapse_remote_dir ~ '/host-profile.yaml', '--json']
+              + (['--detect'] if synapse_hardware == 'detected'
+                 else ['--hardware', synapse_hardware | to_json]) }}"
+  register: synapse_host_profile
+  changed_when: (synapse_host_profile.stdout | from_json).changed
   check_mode: false
-  tags: [synapse_install]
-
-- name: Record which wheel is installed
-  ansible.builtin.copy:
-    content: "{{ synapse_wheel_sha256 }}\\n"
-    dest: "{{ synapse_venv }}/synapse-wheel.sha256"
-    mode: "0644"
-  check_mode: false
-  tags: [synapse_install]
+  tags: [synapse_install, synapse_apply, synapse_verify]
 """
 
 TASKS_ROLLBACK = """\
@@ -274,8 +253,8 @@ META = {
 
 SITE = """\
 ---
-# Written by `synapse fleet export`. Rolling: one host per batch, and the rollout stops at
-# the first failed host (max_fail_percentage: 0). Widen serial for bigger fleets.
+# Written by `synapse fleet export`. Rolling: one host per batch (-e synapse_serial=N for
+# wider batches), and the rollout stops at the first failed host (max_fail_percentage: 0).
 - name: Check the inventory
   hosts: localhost
   gather_facts: false
@@ -291,7 +270,7 @@ SITE = """\
 
 - name: Tune the fleet with Synapse
   hosts: synapse
-  serial: 1
+  serial: "{{ synapse_serial | default(1) }}"
   max_fail_percentage: 0
   gather_facts: false
   become: true

@@ -100,6 +100,7 @@ class Machine:
         append_override: str | None = None,
         workdir: Path | None = None,
         keep_log: Path | None = None,
+        forwards: dict[int, int] | None = None,
     ) -> None:
         self.image = Path(image)
         self.meta = disk.read_metadata(self.image)
@@ -118,6 +119,7 @@ class Machine:
         self.socket_path = self.workdir / "shell.sock"
         self.memory_mb = memory_mb
         self.cpus = cpus
+        self.forwards = dict(forwards or {})
         cmdline = append_override if append_override is not None else str(self.meta["cmdline"])
         self.append = " ".join(w for w in (cmdline, extra_append) if w)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -141,7 +143,7 @@ class Machine:
     def start(self) -> None:
         config = QemuConfig(image=self.image, serial_log=self.serial_log,
                             shell_socket=self.socket_path, memory_mb=self.memory_mb,
-                            cpus=self.cpus, kvm=self.kvm)
+                            cpus=self.cpus, kvm=self.kvm, forwards=self.forwards)
         if not self.uefi:
             disk.extract(self.image, [str(self.meta["kernel"]), str(self.meta["initrd"])],
                          self.workdir)

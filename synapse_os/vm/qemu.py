@@ -91,6 +91,7 @@ class QemuConfig:
     initrd: Path | None = None
     append: str = ""
     snapshot: bool = True  # writes go to a temp overlay; the image stays as built
+    forwards: dict[int, int] = field(default_factory=dict)  # 127.0.0.1 port -> guest TCP port
     extra: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
@@ -106,8 +107,10 @@ class QemuConfig:
             "-object", "rng-random,filename=/dev/urandom,id=rng0",
             "-device", "virtio-rng-pci,rng=rng0",
             # one wired link for network.wired (DHCP from QEMU itself); restrict=on: the
-            # guest reaches nothing outside
-            "-nic", "user,model=virtio-net-pci,restrict=on",
+            # guest reaches nothing outside; forwards only listen on the host's loopback
+            "-nic", "user,model=virtio-net-pci,restrict=on" + "".join(
+                f",hostfwd=tcp:127.0.0.1:{int(host)}-:{int(guest)}"
+                for host, guest in sorted(self.forwards.items())),
         ]
         if self.serial_log is not None:
             argv += ["-chardev", f"file,id=serial0,path={self.serial_log}",

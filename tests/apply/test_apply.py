@@ -341,3 +341,30 @@ def test_the_boot_loader_files_go_to_the_esp_the_target_mounts(gpu_profile: Path
     os.symlink("/proc/self/mounts", root / "etc/fstab")
     res = synapse("apply", gpu_profile, "--root", root, "--dry-run", "--json")
     assert "/boot/loader/loader.conf" in {f["path"] for f in json.loads(res.stdout)["files"]}
+
+
+def test_boot_loader_files_on_a_fat_esp_are_applied_once(gpu_profile: Path, root: Path,
+                                                          tmp_path: Path,
+                                                          mounts: list[Path]) -> None:
+    """The ESP is FAT: its files show the mount's fixed modes, never the rendered 0644.
+    A second apply changes nothing, verify passes, and rollback needs no --force."""
+    from tests.conftest import need_tool
+
+    need_tool("mkfs.fat", "apt-get install dosfstools")
+    image = tmp_path / "esp.img"
+    subprocess.run(["mkfs.fat", "-C", str(image), "8192"], check=True, capture_output=True)
+    kernel = (root / "boot/vmlinuz-linux").read_bytes()
+    (root / "boot/vmlinuz-linux").unlink()
+    mount(mounts, "-t", "vfat", "-o", "loop,fmask=0077,dmask=0077", str(image),
+          str(root / "boot"))
+    (root / "boot/vmlinuz-linux").write_bytes(kernel)
+    before = tree_snapshot(root)
+    apply_ok(gpu_profile, root)
+    loader = root / "boot/loader/loader.conf"
+    assert loader.is_file() and (loader.stat().st_mode & 0o777) != 0o644
+    again = apply_ok(gpu_profile, root)
+    assert again["files"] == [] and again["transaction"] is None
+    assert synapse("verify", gpu_profile, "--root", root).returncode == 0
+    res = synapse("rollback", "--root", root, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert tree_snapshot(root) == before

@@ -118,10 +118,12 @@ class Fleet:
 
     def write_inventory(self, hosts: dict[str, dict[str, object]],
                         extra_hosts: dict[str, int] | None = None,
-                        filename: str = "hosts.ini") -> Path:
-        """hosts.ini listing `hosts` (name -> host_vars) in order, each on its sshd port;
-        `extra_hosts` (name -> port) are listed with only a port (e.g. nobody listening)."""
-        ports = {s.name: s.port for s in self.servers}
+                        filename: str = "hosts.ini",
+                        ports: dict[str, int] | None = None) -> Path:
+        """hosts.ini listing `hosts` (name -> host_vars) in order, each on its SSH port
+        (`ports`, default: this fleet's sshd instances); `extra_hosts` (name -> port) are
+        listed with only a port (e.g. nobody listening)."""
+        ports = ports if ports is not None else {s.name: s.port for s in self.servers}
         lines = ["[synapse]"]
         for name in hosts:
             lines.append(f"{name} ansible_host=127.0.0.1 ansible_port={ports[name]}")

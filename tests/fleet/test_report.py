@@ -62,6 +62,10 @@ def test_hosts_counts_and_outlier(tmp_path: Path) -> None:
     md = (tmp_path / "out/RESULTS.md").read_text()
     assert "| slow | FAILED | 1 | 1 | 1 | 40.00 |" in md
     assert "| a1 | ok | 2 | 0 | 1 | 50.00 |" in md
+    # the plots: real PNGs, linked from RESULTS.md
+    for name in ("verify.png", "bench.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in md
 
 
 def _one_sentence_exit_2(results: Path, out: Path, *needles: str) -> None:

@@ -21,8 +21,7 @@ from synapse_os.vm.runner import (
     run_checks,
     upload,
 )
-from tests.conftest import REPO
-from tests.vm.conftest import STOCK, TUNED
+from tests.conftest import REPO, STOCK, TUNED
 from tests.vm.test_qemu import qemu_pids_for
 
 pytestmark = pytest.mark.slow

@@ -25,6 +25,12 @@ options:
     description: The target root (C(/) for the running system).
     type: path
     default: /
+  exported_profile:
+    description:
+      - The exported profile that O(profile) extends with this host's hardware; its hash is
+        checked against O(profile_hash) when O(profile) loads to another hash.
+    type: path
+    required: false
   profile_hash:
     description: The hash C(synapse fleet export) recorded; the host must load the same profile.
     type: str
@@ -93,6 +99,7 @@ def main() -> None:
             "synapse": {"type": "path", "required": True},
             "profile": {"type": "path", "required": True},
             "root": {"type": "path", "default": "/"},
+            "exported_profile": {"type": "path", "required": False},
             "profile_hash": {"type": "str", "required": False},
         },
         supports_check_mode=True,
@@ -103,10 +110,19 @@ def main() -> None:
     if rc != 0:
         module.fail_json(msg=f"synapse apply --dry-run failed: {_last_line(err or out)}", rc=rc)
     plan = _json(module, "synapse apply --dry-run", out)
-    if p["profile_hash"] and plan.get("profile_hash") != p["profile_hash"]:
-        module.fail_json(msg=f"the host loads profile hash {plan.get('profile_hash')}, not the "
-                         f"exported {p['profile_hash']}; re-run `synapse fleet export` with this "
-                         "synapse version (nothing was changed)")
+    if p["profile_hash"]:
+        loaded = plan.get("profile_hash")
+        if loaded != p["profile_hash"] and p["exported_profile"]:
+            # the host profile lays this host's hardware over the export: check the export
+            rc, out, err = module.run_command([p["synapse"], "validate", p["exported_profile"],
+                                               "--json"])
+            if rc != 0:
+                module.fail_json(msg=f"synapse validate failed: {_last_line(err or out)}", rc=rc)
+            loaded = _json(module, "synapse validate", out).get("hash")
+        if loaded != p["profile_hash"]:
+            module.fail_json(msg=f"the host loads profile hash {loaded}, not the exported "
+                             f"{p['profile_hash']}; re-run `synapse fleet export` with this "
+                             "synapse version (nothing was changed)")
     result = {
         "changed": bool(plan.get("changed")),
         "transaction": None,
