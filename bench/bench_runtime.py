@@ -46,6 +46,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from synapse_os.profile.model import LlamaSettings  # noqa: E402
 from synapse_os.runtime.config import load_runtime_config  # noqa: E402
 from synapse_os.runtime.engine import llama_kwargs, open_llama  # noqa: E402
 from synapse_os.runtime.golden import load_golden  # noqa: E402
@@ -360,10 +361,14 @@ def concurrency_section(url: str, server_binary: Path | None, main_cfg: Any, thr
 def throughput_section(report: dict[str, Any], url: str, config: Any, main_cfg: Any,
                        threads: int, args: argparse.Namespace) -> None:
     """1. service vs raw llama-cpp-python (same settings, and default kernels)."""
-    same = open_llama(llama_kwargs(main_cfg, threads, config.batch, config.seed,
-                                   config.batch_invariant), config.batch_invariant)
-    default = open_llama(llama_kwargs(main_cfg, threads, config.batch, config.seed,
-                                      False), False)
+    settings = config.llama_settings
+    same = open_llama(llama_kwargs(main_cfg, threads, config.batch, config.seed, settings),
+                      settings.repack)
+    # llama-cpp-python's own defaults: no flash attention, f16 cache, repacking
+    plain = LlamaSettings(flash_attention=False, kv_cache_type="f16", repack=True,
+                          batch_invariant=False)
+    default = open_llama(llama_kwargs(main_cfg, threads, config.batch, config.seed, plain),
+                         plain.repack)
     service_run(url, 8)
     raw_run(same, 8)
     raw_run(default, 8)

@@ -46,6 +46,8 @@ def apply_cmd(profile: Path, root: Path, dry_run: bool, yes: bool, as_json: bool
 
     loaded = load_profile(profile)
     root = _existing_root(root)
+    if not dry_run:
+        transaction.refuse_live_without_root(root)
     if root.resolve() == Path("/"):
         from synapse_os.profile.hardware import detect, refuse_contradicting
 
@@ -58,7 +60,6 @@ def apply_cmd(profile: Path, root: Path, dry_run: bool, yes: bool, as_json: bool
         else:
             click.echo(plan.plan_text(the_plan), nl=False)
         return
-    transaction.refuse_live_without_root(root)
     with journal.locked(root):
         recovered = transaction.recover(root)
         for j in recovered:

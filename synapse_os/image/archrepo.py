@@ -6,7 +6,8 @@ left out, and checks each against the host's keyring as it does for any download
 repo-add indexes them into the `synapse-bundle` repository, whose database records every
 package's sha256 (pacman checks it before installing). install.sh's pacstrap reads only
 that repository (install/pacman-bundle.conf). A custom kernel's kernel.org tarball and
-signature travel too (image/kernelsrc.py), so makepkg builds offline. pacman's mirrors and keyring are the host's: this needs an Arch Linux host.
+signature travel too (image/kernelsrc.py), so makepkg builds offline. pacman's mirrors
+and keyring are the host's: this needs an Arch Linux host.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import typing
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -394,6 +395,70 @@ class Speculative(Strict):
     draft_tokens: int = Field(4, ge=1, le=32, description="k tokens proposed per step.")
 
 
+KvCacheType = Literal["f16", "q8_0", "q4_0"]
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    """What the engine is given after defaults: throughput unless batch invariance is on."""
+
+    flash_attention: bool
+    kv_cache_type: KvCacheType
+    repack: bool
+    batch_invariant: bool
+    numa: str | None = None
+    threads_batch: int | None = None  # None: the inference threads
+
+    @classmethod
+    def exact(cls) -> LlamaSettings:
+        """The batch-invariant settings (speculative decoding, deterministic mode)."""
+        return cls(True, "q8_0", False, True)
+
+
+class Llama(Strict):
+    """llama.cpp's own options. Unset ones default to throughput; batch invariance (on with
+    speculative decoding) needs flash attention, a q8_0 KV cache and no repacking."""
+
+    flash_attention: bool | None = Field(
+        None, description="Flash attention (llama.cpp -fa); default on.")
+    kv_cache_type: KvCacheType | None = Field(
+        None, description="Type of the KV cache (K and V); default f16, q8_0 halves its "
+        "memory, q4_0 quarters it.")
+    repack: bool | None = Field(
+        None, description="Repack weights at load into the CPU's faster layouts (faster "
+        "prompts); default on, off under batch invariance.")
+    threads_batch: int | None = Field(
+        None, ge=1, le=4096, description="Threads for prompt processing; default: the "
+        "inference threads.")
+    numa: Literal["distribute", "isolate", "numactl"] | None = Field(
+        None, description="llama.cpp's NUMA placement of threads and memory; default off.")
+    batch_invariant: bool | None = Field(
+        None, description="Exact mode: a token's logits do not depend on batching (flash "
+        "attention, q8_0 KV cache, no repacking, decode steps of at most 7 tokens), so "
+        "speculative output equals plain greedy output; default: on only with speculative "
+        "decoding.")
+
+    def settings(self, exact_needed: bool) -> LlamaSettings:
+        exact = self.batch_invariant if self.batch_invariant is not None else exact_needed
+        base = LlamaSettings.exact() if exact else LlamaSettings(True, "f16", True, False)
+        return LlamaSettings(
+            base.flash_attention if self.flash_attention is None else self.flash_attention,
+            base.kv_cache_type if self.kv_cache_type is None else self.kv_cache_type,
+            base.repack if self.repack is None else self.repack,
+            exact, self.numa, self.threads_batch)
+
+    def conflicts(self, exact_needed: bool) -> list[str]:
+        """Explicit options that break the batch invariance this runtime needs."""
+        settings = self.settings(exact_needed)
+        if not settings.batch_invariant:
+            return []
+        want = LlamaSettings.exact()
+        return [f"{name}: {getattr(self, name)}" for name in ("flash_attention",
+                                                               "kv_cache_type", "repack")
+                if getattr(self, name) is not None
+                and getattr(self, name) != getattr(want, name)]
+
+
 class Runtime(Strict):
     engine: Literal["synapse-runtime", "ollama", "llama-server"] = Field(
         "synapse-runtime", description="The service that serves the models.")
@@ -406,6 +471,9 @@ class Runtime(Strict):
                              "hardware.threads.")
     speculative: Speculative = Field(default_factory=Speculative,
                                      description="Speculative decoding.")
+    llama: Llama = Field(default_factory=Llama, description="llama.cpp's options for the "
+                         "models (synapse-runtime and llama-server; ollama takes "
+                         "flash_attention and kv_cache_type).")
     queue_size: int = Field(16, ge=1, le=10_000, description="Requests allowed to wait; "
                             "beyond that the service answers 503.")
     parallel: int = Field(
@@ -443,6 +511,22 @@ class Runtime(Strict):
             raise ValueError(f"runtime.models: the {self.engine} engine needs a 'main' model")
         if self.speculative.enabled and "draft" not in self.models:
             raise ValueError("speculative.enabled needs a 'draft' model")
+        conflicts = self.llama.conflicts(self.speculative.enabled)
+        if conflicts:
+            raise ValueError(
+                f"runtime.llama.{conflicts[0]} breaks batch invariance, which "
+                + ("speculative decoding" if self.llama.batch_invariant is None
+                   else "batch_invariant: true") + " needs (flash_attention true, "
+                "kv_cache_type q8_0, repack false); remove it"
+                + (" or set batch_invariant: false (speculative output may then differ from "
+                   "plain greedy output)" if self.llama.batch_invariant is None else ""))
+        ignored = [k for k in ("repack", "threads_batch", "numa", "batch_invariant")
+                   if getattr(self.llama, k) is not None]
+        if self.engine == "ollama" and ignored:
+            raise ValueError(f"runtime.llama.{ignored[0]}: ollama takes no such setting "
+                             "(only flash_attention and kv_cache_type), so it would be "
+                             "ignored; remove it or use the synapse-runtime or llama-server "
+                             "engine")
         if self.mlock and self.engine == "ollama":
             raise ValueError("runtime.mlock: ollama takes no mlock setting from its service "
                              "(only per request), so it would be ignored; remove it or use "

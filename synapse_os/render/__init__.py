@@ -188,7 +188,8 @@ def step_runtime(ctx: Context, tree: Tree) -> None:
     if rt is None:
         return
     extra = {"synapse_bin": SYNAPSE_BIN, "memory_high": ctx.memory_high,
-             "gpu": ctx.profile.hardware.gpu != "none"}
+             "gpu": ctx.profile.hardware.gpu != "none",
+             "llama": rt.llama.settings(rt.speculative.enabled)}
     tree.add("rootfs/etc/sysusers.d/synapse.conf", template("sysusers.conf.j2", **ctx.vars()))
     tree.add("rootfs/etc/tmpfiles.d/synapse-runtime.conf",
              template("tmpfiles-runtime.conf.j2", **ctx.vars()))

@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synapse_os.errors import UserError
+from synapse_os.profile.model import Llama, LlamaSettings, Threads
 from synapse_os.profile.model import ModelRef as ModelConfig
-from synapse_os.profile.model import Threads
 
 ROLES = ("main", "small", "draft")
 TIERS = ("trivial", "moderate", "high")
@@ -84,11 +84,8 @@ class RuntimeConfig(_Strict):
         description="seed 42, temperature 0, one request at a time, no prompt-cache reuse.",
     )
     seed: int = DEFAULT_SEED
-    batch_invariant: bool = Field(
-        True,
-        description="Flash attention, q8_0 KV cache and no weight repacking, so a token's "
-        "logits do not depend on batching: speculative output then equals plain greedy output.",
-    )
+    llama: Llama = Field(default_factory=Llama, description="llama.cpp's options "
+                         "(profile runtime.llama): throughput unless batch invariance is on.")
     mlock: bool = Field(False, description="Lock the models' weights in RAM (mlock).")
     provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
@@ -101,6 +98,16 @@ class RuntimeConfig(_Strict):
         if self.speculative.enabled and "draft" not in self.models:
             raise ValueError("speculative.enabled needs a 'draft' model")
         return self
+
+    @property
+    def llama_settings(self) -> LlamaSettings:
+        """Batch invariance is on by default where exactness is promised: speculative
+        decoding (output equal to plain greedy) and deterministic mode."""
+        return self.llama.settings(self.speculative.enabled or self.deterministic)
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self.llama_settings.batch_invariant
 
     def resolved_threads(self) -> int:
         if isinstance(self.threads, int):
@@ -144,6 +151,7 @@ def runtime_config_from_profile(profile: Any) -> dict[str, Any]:
         parallel=getattr(rt, "parallel", DEFAULT_PARALLEL),
         provenance=ProvenanceConfig(path=rt.provenance),
         mlock=rt.mlock,
+        llama=rt.llama,
     )
     return config.model_dump(mode="json")
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from synapse_os.errors import OperationError, UserError
 from synapse_os.models import sha256_file
+from synapse_os.profile.model import LlamaSettings
 from synapse_os.runtime.config import ModelConfig
 
 # llama.cpp's LLAMA_FTYPE values -> the usual quantization names.
@@ -31,7 +32,9 @@ FILE_TYPES = {
     28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
 }
 _ids = iter(range(1, 1 << 62))
-GGML_TYPE_Q8_0 = 8
+GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}  # ggml_type values (llama_cpp.GGML_TYPE_*)
+KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml block sizes
+NUMA_STRATEGIES = {None: 0, "distribute": 1, "isolate": 2, "numactl": 3}  # GGML_NUMA_STRATEGY_*
 # Measured on llama.cpp's CPU backend (llama-cpp-python 0.3.36): with flash attention,
 # a q8_0 KV cache and no weight repacking, a token's logits are bit-identical whether it
 # is decoded alone or in a batch of up to 7 tokens; batches of 8+ switch kernels.
@@ -70,7 +73,7 @@ class LoadedModel:
     users: int = 0
     retired: bool = False
     closed: bool = False
-    kv_q8: bool = True
+    kv_type: str = "q8_0"
     batcher: Any = None  # batching.Batcher: a multi-sequence context on the same weights
 
     @property
@@ -109,7 +112,7 @@ class LoadedModel:
             v_len = int(md.get(f"{arch}.attention.value_length", embd // heads))
         except (KeyError, ValueError, ZeroDivisionError):
             return 0
-        per_element = 34 / 32 if self.kv_q8 else 2.0
+        per_element = KV_BYTES_PER_ELEMENT[self.kv_type]
         return int(layers * self.n_ctx * kv_heads * (k_len + v_len) * per_element)
 
     # -- KV cache management -------------------------------------------------
@@ -196,26 +199,28 @@ def check_file(role: str, cfg: ModelConfig) -> str:
 
 
 def llama_kwargs(cfg: ModelConfig, threads: int, batch: int, seed: int,
-                 batch_invariant: bool, mlock: bool = False) -> dict[str, Any]:
+                 llama: LlamaSettings, mlock: bool = False) -> dict[str, Any]:
     """Keyword arguments for llama_cpp.Llama (also used by the benchmark's raw baseline)."""
-    kwargs: dict[str, Any] = dict(
+    kv_type = GGML_TYPES[llama.kv_cache_type]
+    return dict(
         model_path=cfg.path,
         n_ctx=cfg.context,
         n_batch=min(batch, cfg.context),
         n_threads=threads,
-        n_threads_batch=threads,
+        n_threads_batch=llama.threads_batch or threads,
         n_gpu_layers=cfg.gpu_layers,
         seed=seed,
         use_mlock=mlock,
+        flash_attn=llama.flash_attention,
+        type_k=kv_type,
+        type_v=kv_type,
+        numa=NUMA_STRATEGIES[llama.numa],
         verbose=False,
     )
-    if batch_invariant:
-        kwargs.update(flash_attn=True, type_k=GGML_TYPE_Q8_0, type_v=GGML_TYPE_Q8_0)
-    return kwargs
 
 
-def open_llama(kwargs: dict[str, Any], batch_invariant: bool) -> Any:
-    """Llama(**kwargs); with batch_invariant, weight repacking is switched off for this load.
+def open_llama(kwargs: dict[str, Any], repack: bool) -> Any:
+    """Llama(**kwargs); without `repack`, weight repacking is switched off for this load.
 
     llama-cpp-python does not expose llama_model_params.use_extra_bufts, so the default
     params factory it calls is wrapped for the duration of the (serialised) load.
@@ -229,7 +234,7 @@ def open_llama(kwargs: dict[str, Any], batch_invariant: bool) -> Any:
         ) from None
     with _load_lock:
         original = llama_module.llama_cpp.llama_model_default_params
-        if batch_invariant:
+        if not repack:
             def no_repack() -> Any:
                 params = original()
                 params.use_extra_bufts = False
@@ -243,12 +248,13 @@ def open_llama(kwargs: dict[str, Any], batch_invariant: bool) -> Any:
 
 
 def load_model(role: str, cfg: ModelConfig, threads: int, batch: int, seed: int,
-               batch_invariant: bool = True, mlock: bool = False) -> LoadedModel:
-    """Check the sha256, then open the model. Raises UserError/OperationError."""
+               llama: LlamaSettings | None = None, mlock: bool = False) -> LoadedModel:
+    """Check the sha256, then open the model (`llama`: default the batch-invariant
+    settings). Raises UserError/OperationError."""
+    llama = llama or LlamaSettings.exact()
     sha = check_file(role, cfg)
     try:
-        llm = open_llama(llama_kwargs(cfg, threads, batch, seed, batch_invariant, mlock),
-                         batch_invariant)
+        llm = open_llama(llama_kwargs(cfg, threads, batch, seed, llama, mlock), llama.repack)
     except (ValueError, RuntimeError) as exc:
         raise OperationError(
             f"model '{role}': llama.cpp could not load {cfg.path}: {exc}") from None
@@ -264,7 +270,7 @@ def load_model(role: str, cfg: ModelConfig, threads: int, batch: int, seed: int,
         weights_bytes=int(llm._model.size()),
         load_id=next(_ids),
     )
-    model = LoadedModel(info=info, llm=llm, kv_q8=batch_invariant)
+    model = LoadedModel(info=info, llm=llm, kv_type=llama.kv_cache_type)
     model.metadata = metadata  # type: ignore[attr-defined]
     return model
 

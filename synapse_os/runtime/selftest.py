@@ -41,8 +41,9 @@ def run_selftest(config: RuntimeConfig, golden: Path, expect: Path | None,
                  record: Path | None, max_tokens: int, limit: int | None) -> dict[str, Any]:
     prompts = load_golden(golden)[:limit]
     cfg = config.models["main"]
+    # the self-test is the deterministic mode: batch invariant unless the config says not
     model = load_model("main", cfg, config.resolved_threads(), config.batch, config.seed,
-                       config.batch_invariant)
+                       config.llama.settings(exact_needed=True))
     try:
         first = {p.id: _run(model, p, max_tokens, config.seed) for p in prompts}
         if expect is not None:

@@ -16,6 +16,7 @@ suffix, n > 1, unusable response_format) are refused with 400, never ignored.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -609,7 +610,8 @@ class App:
                 return JSONResponse({"status": "loading"}, 503, headers={"Retry-After": "2"})
             return JSONResponse({"status": "ok", "models": svc.model_triplet(),
                                  "queue": {"waiting": svc.waiting, "running": svc.running,
-                                           "capacity": svc.config.queue_size}})
+                                           "capacity": svc.config.queue_size},
+                                 "llama": dataclasses.asdict(svc.config.llama_settings)})
 
         @api.get("/metrics")
         async def metrics() -> Response:

@@ -203,7 +203,7 @@ class Service:
 
     def _load(self, role: str, cfg: ModelConfig) -> LoadedModel:
         model = load_model(role, cfg, self.threads, self.config.batch, self.config.seed,
-                           self.config.batch_invariant, self.config.mlock)
+                           self.config.llama_settings, self.config.mlock)
         if self.batching:
             from synapse_os.runtime.batching import Batcher
 

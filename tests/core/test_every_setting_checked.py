@@ -77,6 +77,9 @@ NOT_LIVE = {
     "runtime.queue_size": _RUNTIME_CONFIG,
     "runtime.parallel": _RUNTIME_CONFIG,
     "runtime.provenance": _RUNTIME_CONFIG,
+    **{f"runtime.llama.{name}": _RUNTIME_CONFIG + " (the service reports the settings it "
+       "runs with at /health)" for name in ("flash_attention", "kv_cache_type", "repack",
+                                            "threads_batch", "numa", "batch_invariant")},
     "runtime.sandboxing": "unit hardening options (checked by hash); systemd applies them or "
                           "refuses to start the unit, which the active check sees",
     "runtime.memory_reserve": "derives MemoryHigh=, checked on the running service",

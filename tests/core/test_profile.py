@@ -154,3 +154,65 @@ def test_numa_sysctl_needs_a_numa_kernel(tmp_path: Path) -> None:
     path = write(tmp_path, "synapse: 1\nname: t\nkernel: {source: custom, numa: false}\n"
                            "sysctl: {kernel.numa_balancing: 0}\n")
     assert "kernel.numa_balancing does not exist" in error_of(path)
+
+
+def _runtime(tmp_path: Path, body: str, engine: str = "synapse-runtime") -> Path:
+    models = ("" if engine == "ollama" else
+              "  models:\n    main: {path: /var/lib/synapse/models/m.gguf}\n"
+              "    draft: {path: /var/lib/synapse/models/d.gguf}\n")
+    return write(tmp_path, f"synapse: 1\nname: t\nruntime:\n  engine: {engine}\n{models}"
+                           + body)
+
+
+def test_llama_options_default_to_throughput_and_to_exactness_with_speculation(
+        tmp_path: Path) -> None:
+    plain = load_profile(_runtime(tmp_path, "")).runtime
+    assert plain is not None
+    fast = plain.llama.settings(plain.speculative.enabled)
+    assert (fast.flash_attention, fast.kv_cache_type, fast.repack, fast.batch_invariant) == (
+        True, "f16", True, False)
+    spec = load_profile(_runtime(tmp_path, "  speculative: {enabled: true}\n")).runtime
+    assert spec is not None
+    exact = spec.llama.settings(spec.speculative.enabled)
+    assert (exact.flash_attention, exact.kv_cache_type, exact.repack,
+            exact.batch_invariant) == (True, "q8_0", False, True)
+    # explicit choices win where nothing needs exactness
+    mine = load_profile(_runtime(tmp_path, "  llama: {kv_cache_type: q4_0, repack: false, "
+                                           "threads_batch: 3, numa: distribute}\n")).runtime
+    assert mine is not None
+    chosen = mine.llama.settings(False)
+    assert (chosen.kv_cache_type, chosen.repack, chosen.threads_batch, chosen.numa) == (
+        "q4_0", False, 3, "distribute")
+
+
+@pytest.mark.parametrize(("body", "engine", "needle"), [
+    ("  speculative: {enabled: true}\n  llama: {repack: true}\n", "synapse-runtime",
+     "runtime.llama.repack: True breaks batch invariance, which speculative decoding needs"),
+    ("  llama: {batch_invariant: true, kv_cache_type: f16}\n", "synapse-runtime",
+     "runtime.llama.kv_cache_type: f16 breaks batch invariance, which batch_invariant: true"),
+    ("  llama: {numa: distribute}\n", "ollama",
+     "runtime.llama.numa: ollama takes no such setting"),
+    ("  llama: {kv_cache_type: q5_1}\n", "synapse-runtime", "runtime.llama.kv_cache_type"),
+])
+def test_llama_options_an_engine_would_break_or_ignore_are_refused(
+        tmp_path: Path, body: str, engine: str, needle: str) -> None:
+    assert needle in error_of(_runtime(tmp_path, body, engine))
+
+
+def test_engines_render_the_llama_options(tmp_path: Path) -> None:
+    from synapse_os.render import render_profile
+
+    server = render_profile(load_profile(_runtime(
+        tmp_path, "  threads: 4\n  llama: {kv_cache_type: q8_0, repack: false, numa: isolate, "
+                  "threads_batch: 8, flash_attention: false}\n", "llama-server")))
+    unit = server.files["rootfs/etc/systemd/system/synapse-llama-server.service"]
+    line = next(x for x in unit.content.decode().splitlines() if x.startswith("ExecStart="))
+    for flag in ("--flash-attn off", "--cache-type-k q8_0", "--cache-type-v q8_0",
+                 "--no-repack", "--numa isolate", "--threads 4", "--threads-batch 8"):
+        assert flag in line, (flag, line)
+    ollama = render_profile(load_profile(_runtime(
+        tmp_path, "  llama: {kv_cache_type: q4_0}\n", "ollama")))
+    conf = ollama.files["rootfs/etc/systemd/system/ollama.service.d/90-synapse.conf"]
+    text = conf.content.decode()
+    assert "Environment=OLLAMA_KV_CACHE_TYPE=q4_0" in text
+    assert "Environment=OLLAMA_FLASH_ATTENTION=1" in text

@@ -80,7 +80,7 @@ def test_locked_models_are_read_from_the_engines_mappings(small_model: tuple[Pat
               "from synapse_os.runtime.config import ModelConfig\n"
               "from synapse_os.runtime.engine import load_model\n"
               f"m = [load_model(role, ModelConfig(path={str(small_model[0])!r}, context=128), "
-              f"1, 32, 42, True, {mlock}) for role in ('main', 'small', 'draft')]\n"
+              f"1, 32, 42, None, {mlock}) for role in ('main', 'small', 'draft')]\n"
               "print('loaded', flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", loader], stdout=subprocess.PIPE, text=True)
     try:

@@ -93,14 +93,16 @@ def test_streaming_equals_non_streaming(server: Server) -> None:
 def test_speculative_output_equals_plain_greedy(server: Server, small_model: tuple[Path, str]
                                                 ) -> None:
     """Same prompt, speculation forced on and off, plus raw llama-cpp-python greedy."""
+    from synapse_os.profile.model import LlamaSettings
     from synapse_os.runtime.config import ModelConfig
     from synapse_os.runtime.engine import llama_kwargs, open_llama
 
     c = server.client()
     prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
     model, sha = small_model
-    raw = open_llama(llama_kwargs(ModelConfig(path=str(model), context=512), 1, 512, 42, True),
-                     True)
+    raw = open_llama(llama_kwargs(ModelConfig(path=str(model), context=512), 1, 512, 42,
+                                  LlamaSettings.exact()),
+                     repack=False)
     try:
         for prompt in prompts:
             out = {}

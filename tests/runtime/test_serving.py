@@ -27,11 +27,46 @@ def server(small_model: tuple[Path, str], tmp_path_factory: pytest.TempPathFacto
            ) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("serving")
     model, sha = small_model
+    # batch invariant: concurrent streams must equal solo greedy decoding token for token
     write_config(workdir / "runtime.yaml", model, sha, roles=("main",), queue_size=2,
-                 parallel=8)
+                 parallel=8, llama={"batch_invariant": True})
     srv = start_server(workdir)
     yield srv
     srv.stop()
+
+
+def test_throughput_settings_are_the_default_and_serve_concurrent_streams(
+        small_model: tuple[Path, str], tmp_path: Path) -> None:
+    """Without speculation the engine runs llama.cpp's fast path (repacked weights, f16
+    cache, full-size decode batches), reported by /health, and batches streams as well."""
+    model, sha = small_model
+    write_config(tmp_path / "runtime.yaml", model, sha, roles=("main",), parallel=4)
+    srv = start_server(tmp_path)
+    try:
+        health = httpx.get(f"{srv.url}/health", timeout=10).json()
+        assert health["llama"] == {"flash_attention": True, "kv_cache_type": "f16",
+                                   "repack": True, "batch_invariant": False, "numa": None,
+                                   "threads_batch": None}
+        c = srv.client(max_retries=0)
+        first: dict[int, float] = {}
+        last: dict[int, float] = {}
+
+        def run(i: int) -> str:
+            parts = []
+            for chunk in c.completions.create(model="main", prompt=f"Story {i}: once upon",
+                                              max_tokens=16, temperature=0, stream=True):
+                if chunk.choices and chunk.choices[0].text:
+                    first.setdefault(i, time.perf_counter())
+                    parts.append(chunk.choices[0].text)
+            last[i] = time.perf_counter()
+            return "".join(parts)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            texts = list(pool.map(run, range(4)))
+        assert all(texts), texts
+        assert max(first.values()) < min(last.values()), (first, last)
+    finally:
+        srv.stop()
 
 
 def _queue(server: Server) -> dict[str, int]:
@@ -274,6 +309,7 @@ def test_concurrent_streams_interleave_and_equal_solo_greedy(
     stream's first token arrives before any stream ends, and each stream's greedy text
     equals plain single-sequence greedy decoding of its prompt by llama-cpp-python with
     the same (batch-invariant) settings."""
+    from synapse_os.profile.model import LlamaSettings
     from synapse_os.runtime.config import ModelConfig
     from synapse_os.runtime.engine import llama_kwargs, open_llama
 
@@ -302,8 +338,9 @@ def test_concurrent_streams_interleave_and_equal_solo_greedy(
     assert max(first.values()) < min(last.values()), (first, last)
 
     model, _ = small_model
-    raw = open_llama(llama_kwargs(ModelConfig(path=str(model), context=512), 1, 512, 42, True),
-                     True)
+    raw = open_llama(llama_kwargs(ModelConfig(path=str(model), context=512), 1, 512, 42,
+                                  LlamaSettings.exact()),
+                     repack=False)
     try:
         for i, prompt in enumerate(prompts):
             ids = raw.tokenize(prompt.encode(), add_bos=True, special=True)
