@@ -31,6 +31,8 @@ LLAMA_SERVER_UNIT = ENGINE_UNITS["llama-server"]
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 KSM_RUN = "/sys/kernel/mm/ksm/run"
 CPUFREQ_GLOB = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq"
+NVME_QUEUE_GLOB = "/sys/block/nvme[0-9]*n[0-9]*/queue"
+FSTRIM_TIMER = "fstrim.timer"
 # Whether a unit is active can only be read where systemd is PID 1 (not in a chroot/container).
 SYSTEMD_UP = f"[ -d /run/systemd/system ] || exit {UNKNOWN_RC};"
 
@@ -179,6 +181,12 @@ def desired_state(profile: Profile) -> SystemState:
         sysfs[path] = profile.cpu.energy_performance_preference
         sources[f"sysfs {path}"] = "cpu.energy_performance_preference"
 
+    for key, file in (("nvme_scheduler", "scheduler"), ("nvme_read_ahead_kb", "read_ahead_kb")):
+        value = getattr(profile.disk, key)
+        if value is not None:
+            sysfs[f"{NVME_QUEUE_GLOB}/{file}"] = str(value)
+            sources[f"sysfs {NVME_QUEUE_GLOB}/{file}"] = f"disk.{key}"
+
     cmdline: list[str] = []
     for word in profile.boot.cmdline:
         cmdline.append(word)
@@ -197,6 +205,7 @@ def desired_state(profile: Profile) -> SystemState:
             sources[f"cmdline {owned_word}"] = src
 
     enable = list(profile.services.enable)
+    disable = list(profile.services.disable)
     active: list[str] = []
     if profile.runtime is not None:
         unit = ENGINE_UNITS[profile.runtime.engine]
@@ -209,6 +218,9 @@ def desired_state(profile: Profile) -> SystemState:
         sources[f"unit {unit}"] = "services.disable"
     for unit in profile.services.enable:
         sources[f"unit {unit}"] = "services.enable"
+    if profile.disk.fstrim is not None:
+        (enable if profile.disk.fstrim else disable).append(FSTRIM_TIMER)
+        sources[f"unit {FSTRIM_TIMER}"] = "disk.fstrim"
 
     journald: dict[str, str] = {}
     jd = profile.journald
@@ -251,7 +263,7 @@ def desired_state(profile: Profile) -> SystemState:
         sysfs=sysfs,
         cmdline=tuple(cmdline),
         mask=tuple(profile.services.mask),
-        disable=tuple(profile.services.disable),
+        disable=tuple(disable),
         enable=tuple(enable),
         active=tuple(active),
         journald=journald,
@@ -275,7 +287,7 @@ def checks(state: SystemState) -> list[Check]:
         out.append(Check(f"sysctl {key}", "sysctl", src[f"sysctl {key}"], " ".join(value.split()),
                          _guarded(path, f"tr -s '\\t ' '  ' < {path}")))
     for path, value in state.sysfs.items():
-        choice = path.startswith(THP_DIR)
+        choice = path.startswith(THP_DIR) or path.endswith("/scheduler")  # "[none] kyber"
         probe = (f"cat {path}" if choice else f"cat {path} | sort -u | tr '\\n' ' ' | sed 's/ $//'")
         out.append(Check(f"sysfs {path}", "sysfs", src[f"sysfs {path}"], value,
                          _guarded(path, probe), "selected" if choice else "equal"))

@@ -26,6 +26,7 @@ LIVE_PATH = re.compile(
     r"|/sys/kernel/mm/transparent_hugepage/(enabled|defrag)"
     r"|/sys/kernel/mm/ksm/run"
     r"|/sys/devices/system/cpu/cpu\d+/cpufreq/(scaling_governor|energy_performance_preference)"
+    r"|/sys/block/nvme\d+n\d+/queue/(scheduler|read_ahead_kb)"
 )
 LIVE_VALUE = re.compile(r"[A-Za-z0-9_ \t.,:/+@=\[\]-]{0,256}")
 

@@ -122,6 +122,15 @@ class Disk(Strict):
     root_fs: Literal["xfs", "ext4"] = Field("xfs", description="The root file system.")
     mount_options: list[str] = Field(default_factory=lambda: ["noatime"],
                                      description="Options of the root mount (fstab).")
+    nvme_scheduler: Literal["none", "mq-deadline", "kyber", "bfq"] | None = Field(
+        None, description="I/O scheduler of every NVMe namespace (none: the drive's own "
+        "queues, no reordering); unset: the kernel's.")
+    nvme_read_ahead_kb: int | None = Field(
+        None, ge=0, le=65536, description="Read-ahead of every NVMe namespace in KiB (model "
+        "files are read sequentially at load); unset: the kernel's.")
+    fstrim: bool | None = Field(
+        None, description="TRIM the file systems weekly (fstrim.timer enabled; false: "
+        "disabled); unset: the distribution's.")
 
     @field_validator("esp_size")
     @classmethod
@@ -628,6 +637,10 @@ class Profile(Strict):
                                  f"boot.mitigations_risk to exactly {MITIGATIONS_ACK!r}")
         weakened += [f"kernel.extra {k} ({r[1]})" for k, r in kconfig.items()
                      if r[0] == "weakening"]
+        for op in ("enable", "disable", "mask"):
+            if self.disk.fstrim is not None and "fstrim.timer" in getattr(self.services, op):
+                raise ValueError(f"services.{op}: fstrim.timer is set through disk.fstrim; "
+                                 "remove it from services")
         if self.runtime is not None:
             engine_unit = ENGINE_UNITS[self.runtime.engine]
             if engine_unit in [*self.services.mask, *self.services.disable]:

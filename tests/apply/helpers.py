@@ -43,6 +43,9 @@ def build_root(root: Path) -> Path:
     (root / "usr/lib/systemd/system/avahi-daemon.service").write_text(AVAHI_UNIT)
     os.symlink("/usr/lib/systemd/system/avahi-daemon.service",
                root / "etc/systemd/system/multi-user.target.wants/avahi-daemon.service")
+    # util-linux's timer, as every base system ships it (disk.fstrim enables it)
+    (root / "usr/lib/systemd/system/fstrim.timer").write_text(
+        "[Timer]\nOnCalendar=weekly\n\n[Install]\nWantedBy=timers.target\n")
     (root / "boot").mkdir()
     (root / "boot/vmlinuz-linux").write_bytes(b"the installed kernel (test stand-in)\n")
     return root

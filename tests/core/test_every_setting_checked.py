@@ -26,7 +26,7 @@ memory:
   dirty_ratio: 20
   dirty_background_ratio: 5
 services:
-  enable: [fstrim.timer]
+  enable: [systemd-timesyncd.service]
 journald:
   max_retention: 1week
 kernel:

@@ -216,3 +216,9 @@ def test_engines_render_the_llama_options(tmp_path: Path) -> None:
     text = conf.content.decode()
     assert "Environment=OLLAMA_KV_CACHE_TYPE=q4_0" in text
     assert "Environment=OLLAMA_FLASH_ATTENTION=1" in text
+
+
+def test_fstrim_is_set_in_one_place(tmp_path: Path) -> None:
+    path = write(tmp_path, "synapse: 1\nname: t\ndisk: {fstrim: true}\n"
+                           "services: {disable: [fstrim.timer]}\n")
+    assert "services.disable: fstrim.timer is set through disk.fstrim" in error_of(path)

@@ -157,6 +157,31 @@ def test_ksm_run_file_is_read_live(tmp_path: Path) -> None:
         assert (check.source, run_probe(check)[0]) == ("memory.ksm", status)
 
 
+def test_nvme_queue_settings_are_checked_on_every_namespace(tmp_path: Path) -> None:
+    """The scheduler is a choice file ("[none] mq-deadline kyber"): the bracketed word is
+    the live value. Without NVMe (this machine, the CI guest) the check says unknown."""
+    import glob
+
+    from synapse_os.apply.untrusted import LIVE_PATH
+
+    found = {c.id: c for c in profile_with(
+        tmp_path, "disk:\n  nvme_scheduler: none\n  nvme_read_ahead_kb: 4096\n"
+                  "  fstrim: true\n")}
+    scheduler = found["sysfs /sys/block/nvme[0-9]*n[0-9]*/queue/scheduler"]
+    assert scheduler.source == "disk.nvme_scheduler"
+    assert matches("selected", "none", "[none] mq-deadline kyber")
+    assert not matches("selected", "none", "none [mq-deadline] kyber")
+    ahead = found["sysfs /sys/block/nvme[0-9]*n[0-9]*/queue/read_ahead_kb"]
+    assert (ahead.source, ahead.expected) == ("disk.nvme_read_ahead_kb", "4096")
+    if not glob.glob("/sys/block/nvme*n*/queue/scheduler"):
+        assert run_probe(scheduler) == ("unknown", "not readable on this machine")
+    assert found["unit fstrim.timer enabled"].source == "disk.fstrim"
+    # rollback may restore them: the journal's live values accept these paths only
+    assert LIVE_PATH.fullmatch("/sys/block/nvme0n1/queue/scheduler")
+    assert not LIVE_PATH.fullmatch("/sys/block/nvme0n1/queue/../../../../etc/shadow")
+    assert not LIVE_PATH.fullmatch("/sys/block/sda/queue/scheduler")
+
+
 def test_unreadable_setting_is_unknown_not_pass(tmp_path: Path) -> None:
     (check,) = [c for c in profile_with(tmp_path, "cpu:\n  governor: performance\n")
                 if "scaling_governor" in c.id]
