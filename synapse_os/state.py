@@ -22,6 +22,7 @@ from synapse_os.profile.model import (
     Profile,
     parse_size,
 )
+from synapse_os.profile.types import cpu_list_text, cpu_set
 
 Match = Literal["equal", "selected", "token", "one_of", "contains"]
 UNKNOWN_RC = 100
@@ -102,6 +103,7 @@ class SystemState:
     timezone: str = "UTC"
     service_unit: str | None = None
     service: dict[str, str] = field(default_factory=dict)  # live property -> expected value
+    system_cpus: str | None = None  # systemd's CPUAffinity (the housekeeping CPUs)
     sources: dict[str, str] = field(default_factory=dict)  # setting id -> profile key
 
     @property
@@ -126,6 +128,7 @@ _SERVICE_PROBES = {
                      f'[ "$m" -gt 0 ] || {{ echo "no model loaded yet"; exit {UNKNOWN_RC}; }}; '
                      "l=$(awk '/^VmLck:/ {print $2}' \"/proc/$pid/status\"); "
                      '[ "${l:-0}" -ge "$m" ] && echo locked || echo "${l:-0} of $m kB locked"'),
+    "CPUAffinity": "awk '/^Cpus_allowed_list:/ {print $2}' \"/proc/$pid/status\"",
     "MemoryHigh": (f'cg=$(systemctl show -p ControlGroup --value "$unit"); '
                    f'[ -r "/sys/fs/cgroup$cg/memory.high" ] || exit {UNKNOWN_RC}; '
                    'cat "/sys/fs/cgroup$cg/memory.high"'),
@@ -187,6 +190,7 @@ def desired_state(profile: Profile) -> SystemState:
             sysfs[f"{NVME_QUEUE_GLOB}/{file}"] = str(value)
             sources[f"sysfs {NVME_QUEUE_GLOB}/{file}"] = f"disk.{key}"
 
+    partition = profile.cpu_partition()
     cmdline: list[str] = []
     for word in profile.boot.cmdline:
         cmdline.append(word)
@@ -198,6 +202,7 @@ def desired_state(profile: Profile) -> SystemState:
          else None, "kernel.nohz_full_cpus"),
         ("zswap.enabled=0" if mem.zswap is False else
          "zswap.enabled=1" if mem.zswap else None, "memory.zswap"),
+        (f"irqaffinity={partition[1]}" if partition else None, "cpu.inference_cpus"),
     )
     for owned_word, src in owned:
         if owned_word:
@@ -249,6 +254,7 @@ def desired_state(profile: Profile) -> SystemState:
             ("MemoryHigh", high and high // PAGE_SIZE * PAGE_SIZE, "runtime.memory_high"),
             ("User", None if rt.engine == "ollama" else rt.user, "runtime.user"),
             ("LockedModels", "locked" if rt.mlock else None, "runtime.mlock"),
+            ("CPUAffinity", partition and partition[0], "cpu.inference_cpus"),
         ):
             if value is not None:
                 service[prop] = str(value)
@@ -258,7 +264,10 @@ def desired_state(profile: Profile) -> SystemState:
     if mem.zram is not None and mem.zram.enabled:
         zram = ZramState(mem.zram.size, mem.zram.algorithm, mem.zram.priority)
 
+    if partition:
+        sources["systemd CPUAffinity"] = "cpu.inference_cpus"
     return SystemState(
+        system_cpus=partition[1] if partition else None,
         sysctl=sysctl,
         sysfs=sysfs,
         cmdline=tuple(cmdline),
@@ -291,6 +300,10 @@ def checks(state: SystemState) -> list[Check]:
         probe = (f"cat {path}" if choice else f"cat {path} | sort -u | tr '\\n' ' ' | sed 's/ $//'")
         out.append(Check(f"sysfs {path}", "sysfs", src[f"sysfs {path}"], value,
                          _guarded(path, probe), "selected" if choice else "equal"))
+    if state.system_cpus is not None:
+        out.append(Check("systemd CPUAffinity", "unit", src["systemd CPUAffinity"],
+                         state.system_cpus, "awk '/^Cpus_allowed_list:/ {print $2}' /proc/1/status",
+                         after_reboot=True))
     for word in state.cmdline:
         out.append(Check(f"cmdline {word}", "cmdline", src[f"cmdline {word}"], word,
                          "cat /proc/cmdline", "token", after_reboot=True))
@@ -451,18 +464,7 @@ _HZ_PROBE = (
 
 def cpulist_text(spec: str) -> str:
     """A CPU list as the kernel prints one (sorted, ranges merged): "3,1-2" -> "1-3"."""
-    cpus: set[int] = set()
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    ranges: list[str] = []
-    for cpu in sorted(cpus):
-        if ranges and cpu - 1 in cpus:
-            start = ranges[-1].split("-")[0]
-            ranges[-1] = f"{start}-{cpu}"
-        else:
-            ranges.append(str(cpu))
-    return ",".join(ranges)
+    return cpu_list_text(cpu_set(spec))
 
 
 # Mount options the kernel never lists among a mount's options (they steer mount(8),

@@ -46,6 +46,8 @@ def reboot_reasons(changed: Iterable[str]) -> list[str]:
             reasons.append(f"the boot loader configuration changed ({rel})")
         elif rel.startswith("etc/default/grub"):
             reasons.append(f"the GRUB configuration changed ({rel})")
+        elif rel.startswith("etc/systemd/system.conf.d/"):
+            reasons.append(f"systemd's own configuration changed ({rel}): it is read at boot")
     return reasons
 
 

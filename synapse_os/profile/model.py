@@ -51,6 +51,8 @@ from synapse_os.profile.types import (
     UnitName,
     UserName,
     check_sysctl,
+    cpu_list_text,
+    cpu_set,
     package_fits,
     parse_size,
 )
@@ -345,6 +347,10 @@ class Cpu(Strict):
         Literal["performance", "balance_performance", "balance_power", "power"] | None
     ) = Field(None, description="The hint intel_pstate/amd-pstate take from every CPU's "
               "energy_performance_preference.")
+    inference_cpus: CpuList | None = Field(
+        None, description="CPUs the engine runs on (CPUAffinity= of its service); the rest "
+        "keep the system: interrupts (irqaffinity=) and every other service (systemd's "
+        "CPUAffinity). Needs hardware.logical_cpus; kernel.nohz_full_cpus must lie inside.")
 
 
 class Services(Strict):
@@ -657,6 +663,7 @@ class Profile(Strict):
             for name in names:
                 if not package_fits(name, self.base):
                     raise ValueError(f"{key}: {name!r} is not a valid {self.base} package name")
+        self._check_cpu_partition()
         numa_only = [k for k in NUMA_SYSCTLS if k in self.sysctl]
         if self.kernel.numa is False and numa_only:
             raise ValueError(f"sysctl: {numa_only[0]} does not exist in a kernel built with "
@@ -677,6 +684,38 @@ class Profile(Strict):
                 "keep NUMA with hardware.gpu set"
             )
         return self
+
+    def cpu_partition(self) -> tuple[str, str] | None:
+        """(inference CPUs, housekeeping CPUs) as CPU lists, when the profile partitions."""
+        if self.cpu.inference_cpus is None or self.hardware.logical_cpus is None:
+            return None
+        inference = cpu_set(self.cpu.inference_cpus)
+        rest = set(range(self.hardware.logical_cpus)) - inference
+        return cpu_list_text(inference), cpu_list_text(rest)
+
+    def _check_cpu_partition(self) -> None:
+        nohz = cpu_set(self.kernel.nohz_full_cpus) if self.kernel.nohz_full_cpus else set()
+        total = self.hardware.logical_cpus
+        if total is not None and nohz and max(nohz) >= total:
+            raise ValueError(f"kernel.nohz_full_cpus: {self.kernel.nohz_full_cpus} names a CPU "
+                             f"past hardware.logical_cpus ({total}: CPUs 0-{total - 1})")
+        if self.cpu.inference_cpus is None:
+            return
+        if total is None:
+            raise ValueError("cpu.inference_cpus needs hardware.logical_cpus (the CPUs left "
+                             "for the system are the others); set it (synapse init fills it in)")
+        inference = cpu_set(self.cpu.inference_cpus)
+        if max(inference) >= total:
+            raise ValueError(f"cpu.inference_cpus: {self.cpu.inference_cpus} names a CPU past "
+                             f"hardware.logical_cpus ({total}: CPUs 0-{total - 1})")
+        if len(inference) >= total:
+            raise ValueError(f"cpu.inference_cpus: {self.cpu.inference_cpus} leaves no CPU for "
+                             "the system (interrupts, other services); keep at least one out")
+        if not nohz <= inference:
+            raise ValueError(f"kernel.nohz_full_cpus: {self.kernel.nohz_full_cpus} covers "
+                             f"housekeeping CPU {min(nohz - inference)} (outside "
+                             f"cpu.inference_cpus {self.cpu.inference_cpus}); tickless CPUs "
+                             "must be inference CPUs")
 
     def memory_high_bytes(self) -> int | None:
         """The engine's MemoryHigh= in bytes (`auto` = RAM minus the reserve; the validator

@@ -173,6 +173,26 @@ CPU_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 CpuList = Annotated[str, AfterValidator(matching(
     CPU_LIST, "is not a CPU list; use forms like 2-7 or 1,3,5-7"))]
 
+
+def cpu_set(spec: str) -> set[int]:
+    """The CPUs of a CPU list: "1,3-5" -> {1, 3, 4, 5}."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def cpu_list_text(cpus: set[int]) -> str:
+    """A CPU list as the kernel prints one (sorted, ranges merged): {1, 2, 3, 5} -> "1-3,5"."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
 KCONFIG_SYMBOL = re.compile(r"CONFIG_[A-Z0-9_]+")
 # y/n/m, a number (decimal or hex) or a string without quotes, backslashes or control chars
 # ($ is refused too: kbuild expands $(...) in strings it reads back into make)

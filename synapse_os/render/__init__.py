@@ -138,6 +138,9 @@ def step_system(ctx: Context, tree: Tree) -> None:
     tree.add("rootfs/etc/hostname", f"{s.hostname}\n")
     if s.sysctl:
         tree.add("rootfs/etc/sysctl.d/90-synapse.conf", template("sysctl.conf.j2", **ctx.vars()))
+    if s.system_cpus:
+        tree.add("rootfs/etc/systemd/system.conf.d/90-synapse.conf",
+                 template("system-cpus.conf.j2", **ctx.vars()))
     if s.sysfs:
         tree.add("rootfs/etc/tmpfiles.d/synapse-sysfs.conf",
                  template("tmpfiles-sysfs.conf.j2", **ctx.vars()))
@@ -189,7 +192,8 @@ def step_runtime(ctx: Context, tree: Tree) -> None:
         return
     extra = {"synapse_bin": SYNAPSE_BIN, "memory_high": ctx.memory_high,
              "gpu": ctx.profile.hardware.gpu != "none",
-             "llama": rt.llama.settings(rt.speculative.enabled)}
+             "llama": rt.llama.settings(rt.speculative.enabled),
+             "cpu_affinity": (ctx.profile.cpu_partition() or (None, None))[0]}
     tree.add("rootfs/etc/sysusers.d/synapse.conf", template("sysusers.conf.j2", **ctx.vars()))
     tree.add("rootfs/etc/tmpfiles.d/synapse-runtime.conf",
              template("tmpfiles-runtime.conf.j2", **ctx.vars()))

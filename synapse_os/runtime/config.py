@@ -112,9 +112,7 @@ class RuntimeConfig(_Strict):
     def resolved_threads(self) -> int:
         if isinstance(self.threads, int):
             return self.threads
-        import psutil
-
-        return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+        return physical_cores_available()
 
 
 def runtime_config_from_profile(profile: Any) -> dict[str, Any]:
@@ -203,3 +201,20 @@ def _resolve_model(model: ModelConfig, base: Path) -> ModelConfig:
 
 def dump_runtime_config(config: RuntimeConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def physical_cores_available(sys_cpu: Path = Path("/sys/devices/system/cpu")) -> int:
+    """One inference thread per physical core this process may run on (its CPU affinity,
+    e.g. the service's CPUAffinity=): SMT siblings share a core and count once."""
+    import os
+
+    cores: set[tuple[str, str]] = set()
+    cpus = os.sched_getaffinity(0)
+    for cpu in cpus:
+        topology = sys_cpu / f"cpu{cpu}" / "topology"
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(),
+                       (topology / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # no topology: count the CPU itself
+    return len(cores) or 1

@@ -222,3 +222,30 @@ def test_fstrim_is_set_in_one_place(tmp_path: Path) -> None:
     path = write(tmp_path, "synapse: 1\nname: t\ndisk: {fstrim: true}\n"
                            "services: {disable: [fstrim.timer]}\n")
     assert "services.disable: fstrim.timer is set through disk.fstrim" in error_of(path)
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ("cpu: {inference_cpus: 2-7}\n", "cpu.inference_cpus needs hardware.logical_cpus"),
+    ("hardware: {logical_cpus: 8}\ncpu: {inference_cpus: 0-7}\n",
+     "cpu.inference_cpus: 0-7 leaves no CPU for the system"),
+    ("hardware: {logical_cpus: 8}\ncpu: {inference_cpus: 2-8}\n",
+     "cpu.inference_cpus: 2-8 names a CPU past hardware.logical_cpus (8: CPUs 0-7)"),
+    ("hardware: {logical_cpus: 8}\ncpu: {inference_cpus: 4-7}\n"
+     "kernel: {source: custom, tick: full, nohz_full_cpus: 2-7}\n",
+     "kernel.nohz_full_cpus: 2-7 covers housekeeping CPU 2 (outside cpu.inference_cpus 4-7)"),
+    ("hardware: {logical_cpus: 4}\nkernel: {source: custom, tick: full, nohz_full_cpus: 1-4}\n",
+     "kernel.nohz_full_cpus: 1-4 names a CPU past hardware.logical_cpus (4: CPUs 0-3)"),
+])
+def test_cpu_partition_is_checked(tmp_path: Path, body: str, needle: str) -> None:
+    assert needle in error_of(write(tmp_path, "synapse: 1\nname: t\n" + body))
+
+
+def test_cpu_partition_renders_affinity_irqs_and_systemd(tmp_path: Path) -> None:
+    from synapse_os.render import render_profile
+
+    tree = render_profile(load_profile(PROFILES / "cpu-avx2.yaml"))
+    text = {rel: f.content.decode() for rel, f in tree.files.items() if f.link is None}
+    assert "CPUAffinity=2-15\n" in text["rootfs/etc/systemd/system/synapse-runtime.service"]
+    assert "[Manager]\nCPUAffinity=0-1\n" in text["rootfs/etc/systemd/system.conf.d/90-synapse.conf"]
+    words = text["rootfs/etc/kernel/cmdline"].split()
+    assert "irqaffinity=0-1" in words and "nohz_full=2-15" in words

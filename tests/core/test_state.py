@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,10 +42,10 @@ def test_every_tuned_setting_gets_a_check() -> None:
     service = {c.id.rsplit(" ", 1)[1]: c.expected for c in checks(state)
                if c.id.startswith("service synapse-runtime.service ")}
     # nice -5, batch, -500, MemoryHigh auto = 32G RAM - 4G reserve (page-aligned already),
-    # the weights mlocked
+    # the weights mlocked, the engine on the inference CPUs
     assert service == {"Nice": "-5", "CPUSchedulingPolicy": "B", "OOMScoreAdjust": "-500",
                        "MemoryHigh": str(28 * 2**30), "User": "synapse",
-                       "LockedModels": "locked"}
+                       "LockedModels": "locked", "CPUAffinity": "2-15"}
 
 
 def test_service_properties_are_read_from_the_running_process() -> None:
@@ -180,6 +182,51 @@ def test_nvme_queue_settings_are_checked_on_every_namespace(tmp_path: Path) -> N
     assert LIVE_PATH.fullmatch("/sys/block/nvme0n1/queue/scheduler")
     assert not LIVE_PATH.fullmatch("/sys/block/nvme0n1/queue/../../../../etc/shadow")
     assert not LIVE_PATH.fullmatch("/sys/block/sda/queue/scheduler")
+
+
+def test_cpu_partition_is_read_from_the_engine_and_from_systemd(tmp_path: Path) -> None:
+    """The engine's CPUs from its main process (a real process pinned with taskset), and
+    systemd's from PID 1, each in the kernel's CPU-list form."""
+    found = {c.id: c for c in profile_with(
+        tmp_path, "hardware: {logical_cpus: 2}\ncpu: {inference_cpus: '1'}\n"
+                  "runtime:\n  models: {main: {path: /m.gguf}}\n")}
+    assert found["cmdline irqaffinity=0"].source == "cpu.inference_cpus"
+    pid1 = live("/proc/1/status").split("Cpus_allowed_list:")[1].split()[0]
+    system = found["systemd CPUAffinity"]
+    assert run_probe(system)[0] == ("pass" if pid1 == "0" else "fail")
+    assert found["service synapse-runtime.service CPUAffinity"].expected == "1"
+    proc = subprocess.Popen(["taskset", "-c", "1", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while "sleep" not in live(f"/proc/{proc.pid}/comm") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        probe = Check("CPUAffinity", "unit", "cpu.inference_cpus", "1",
+                      f"pid={proc.pid}; " + _SERVICE_PROBES["CPUAffinity"])
+        assert run_probe(probe) == ("pass", "1")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_one_inference_thread_per_physical_core_of_the_affinity(tmp_path: Path) -> None:
+    """SMT siblings (same package and core id) count once; CPUs outside the process's
+    affinity do not count."""
+    import os
+
+    from synapse_os.runtime.config import physical_cores_available
+
+    mine = sorted(os.sched_getaffinity(0))
+    for cpu in mine:  # every CPU this process may use is a sibling of core 0
+        topo = tmp_path / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "physical_package_id").write_text("0\n")
+        (topo / "core_id").write_text("0\n")
+    assert physical_cores_available(tmp_path) == 1
+    res = subprocess.run(["taskset", "-c", str(mine[0]), sys.executable, "-c",
+                          "from synapse_os.runtime.config import physical_cores_available;"
+                          "print(physical_cores_available())"],
+                         capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "1"
 
 
 def test_unreadable_setting_is_unknown_not_pass(tmp_path: Path) -> None:
