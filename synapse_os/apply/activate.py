@@ -72,6 +72,13 @@ def plan_activations(changed: Iterable[str], enabled: Iterable[str], disabled: I
     for rel in changed:
         if rel.startswith("etc/tmpfiles.d/") and rel not in gone:
             out.append(Activation("tmpfiles", ("systemd-tmpfiles", "--create", f"/{rel}"), rel))
+    rules = [r for r in changed if r.startswith("etc/udev/rules.d/")]
+    if rules and shutil.which("udevadm"):  # udev re-reads its rules, then replays block adds
+        out.append(Activation("udev", ("udevadm", "control", "--reload"), ", ".join(rules),
+                              required=False))
+        out.append(Activation("udev", ("udevadm", "trigger", "--action=change",
+                                       "--subsystem-match=block"), ", ".join(rules),
+                              required=False))
     sysctl_files = [r for r in changed if r.startswith("etc/sysctl.d/")]
     if sysctl_files:
         out.append(Activation("sysctl", ("sysctl", "--system"), ", ".join(sysctl_files)))

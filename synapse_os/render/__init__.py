@@ -22,10 +22,17 @@ from synapse_os.outdir import File, write_dir
 from synapse_os.profile.model import Profile
 from synapse_os.render.escape import FILTERS
 from synapse_os.resources import data_dir
-from synapse_os.state import ENGINE_UNITS, SystemState, cmdline_string, desired_state
+from synapse_os.state import (
+    ENGINE_UNITS,
+    NVME_QUEUE_GLOB,
+    SystemState,
+    cmdline_string,
+    desired_state,
+)
 
 MANIFEST = "manifest.json"
 SYNAPSE_BIN = "/opt/synapse/bin/synapse"
+NVME_RULES = "rootfs/etc/udev/rules.d/60-synapse-nvme.rules"
 ROOT_PARTLABEL = "synapse-root"
 
 
@@ -141,9 +148,15 @@ def step_system(ctx: Context, tree: Tree) -> None:
     if s.system_cpus:
         tree.add("rootfs/etc/systemd/system.conf.d/90-synapse.conf",
                  template("system-cpus.conf.j2", **ctx.vars()))
-    if s.sysfs:
+    # block devices come and go (hotplug, driver load): udev sets their queues as they appear
+    nvme_queue = {path.rsplit("/", 1)[1]: value for path, value in s.sysfs.items()
+                  if path.startswith(NVME_QUEUE_GLOB)}
+    if nvme_queue:
+        tree.add(NVME_RULES, template("udev-nvme.rules.j2", nvme_queue=nvme_queue,
+                                      **ctx.vars()))
+    if len(s.sysfs) > len(nvme_queue):
         tree.add("rootfs/etc/tmpfiles.d/synapse-sysfs.conf",
-                 template("tmpfiles-sysfs.conf.j2", **ctx.vars()))
+                 template("tmpfiles-sysfs.conf.j2", block_queue=NVME_QUEUE_GLOB, **ctx.vars()))
     if s.zram:
         tree.add("rootfs/etc/systemd/zram-generator.conf",
                  template("zram-generator.conf.j2", **ctx.vars()))

@@ -101,6 +101,7 @@ class Machine:
         workdir: Path | None = None,
         keep_log: Path | None = None,
         forwards: dict[int, int] | None = None,
+        nvme: bool = False,
     ) -> None:
         self.image = Path(image)
         self.meta = disk.read_metadata(self.image)
@@ -120,6 +121,7 @@ class Machine:
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.forwards = dict(forwards or {})
+        self.nvme = nvme
         cmdline = append_override if append_override is not None else str(self.meta["cmdline"])
         self.append = " ".join(w for w in (cmdline, extra_append) if w)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -144,6 +146,10 @@ class Machine:
         config = QemuConfig(image=self.image, serial_log=self.serial_log,
                             shell_socket=self.socket_path, memory_mb=self.memory_mb,
                             cpus=self.cpus, kvm=self.kvm, forwards=self.forwards)
+        if self.nvme:  # sparse: an empty namespace is all the guest's udev needs to see
+            config.nvme_disk = self.workdir / "nvme-scratch.img"
+            with config.nvme_disk.open("wb") as fh:
+                fh.truncate(64 * 1024 * 1024)
         if not self.uefi:
             disk.extract(self.image, [str(self.meta["kernel"]), str(self.meta["initrd"])],
                          self.workdir)

@@ -92,6 +92,7 @@ class QemuConfig:
     append: str = ""
     snapshot: bool = True  # writes go to a temp overlay; the image stays as built
     forwards: dict[int, int] = field(default_factory=dict)  # 127.0.0.1 port -> guest TCP port
+    nvme_disk: Path | None = None  # a scratch NVMe namespace (its queue settings are checked)
     extra: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
@@ -112,6 +113,9 @@ class QemuConfig:
                 f",hostfwd=tcp:127.0.0.1:{int(host)}-:{int(guest)}"
                 for host, guest in sorted(self.forwards.items())),
         ]
+        if self.nvme_disk is not None:
+            argv += ["-drive", f"file={self.nvme_disk},if=none,id=nvme0,format=raw",
+                     "-device", "nvme,drive=nvme0,serial=synapse-scratch"]
         if self.serial_log is not None:
             argv += ["-chardev", f"file,id=serial0,path={self.serial_log}",
                      "-serial", "chardev:serial0"]

@@ -120,7 +120,9 @@ def run_vm_test(
 ) -> VmReport:
     progress = progress or Progress()
     checks = vm_assertions(profile)
-    machine = Machine(image, uefi=uefi, memory_mb=memory_mb, cpus=cpus, keep_log=serial_log)
+    # with a scratch NVMe disk, so the profile's NVMe queue settings are checked live
+    machine = Machine(image, uefi=uefi, memory_mb=memory_mb, cpus=cpus, keep_log=serial_log,
+                      nvme=True)
     report = VmReport(image=str(image), profile=profile.name,
                       accel="kvm" if machine.kvm else "tcg", boot="uefi" if uefi else "direct")
     built_from = machine.meta.get("profile_hash")

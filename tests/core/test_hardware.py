@@ -57,9 +57,8 @@ def test_ram_text_keeps_whole_gib_only_when_close() -> None:
 
 def test_this_machines_own_section_contradicts_nothing(tmp_path: Path) -> None:
     profile = tmp_path / "here.yaml"
-    profile.write_text(json.dumps({"extends": str(PROFILES / "cpu-avx2.yaml"),
-                                   "hardware": hardware_section(detect()) | {
-                                       "isa": "native"}, "runtime": {"memory_reserve": "1G"}}))
+    profile.write_text(json.dumps({"synapse": 1, "name": "here",
+                                   "hardware": hardware_section(detect())}))
     facts = detect()
     assert contradictions(load_profile(profile).hardware, facts) == []
 
@@ -71,9 +70,8 @@ def test_apply_on_the_running_system_refuses_other_hardware_before_any_change(
     facts = detect()
     assert facts.physical_cores
     profile = tmp_path / "other.yaml"
-    profile.write_text(json.dumps({"extends": str(PROFILES / "cpu-avx2.yaml"), "hardware": {
-        "cpu_vendor": "auto", "physical_cores": facts.physical_cores + 1,
-        "logical_cpus": None, "isa": "native"}, "runtime": {"memory_high": "8G"}}))
+    profile.write_text(json.dumps({"synapse": 1, "name": "other", "hardware": {
+        "physical_cores": facts.physical_cores + 1}}))
     lock_before = os.path.exists("/var/lib/synapse/lock")
     for args in (["--dry-run"], ["--yes"]):
         res = synapse("apply", profile, "--root", "/", *args)
@@ -88,7 +86,7 @@ def test_host_profile_lays_the_hosts_hardware_over_the_export(tmp_path: Path) ->
     exported = tmp_path / "profile.yaml"
     exported.write_text((PROFILES / "cpu-avx2.yaml").read_text())
     host = tmp_path / "host-profile.yaml"
-    hardware = {"physical_cores": 4, "logical_cpus": 8, "ram": "16G"}
+    hardware = {"physical_cores": 4, "logical_cpus": 16, "ram": "16G"}
     res = synapse("fleet", "host-profile", exported, "-o", host, "--hardware",
                   json.dumps(hardware), "--json")
     assert res.returncode == 0, res.stderr

@@ -249,3 +249,17 @@ def test_cpu_partition_renders_affinity_irqs_and_systemd(tmp_path: Path) -> None
     assert "[Manager]\nCPUAffinity=0-1\n" in text["rootfs/etc/systemd/system.conf.d/90-synapse.conf"]
     words = text["rootfs/etc/kernel/cmdline"].split()
     assert "irqaffinity=0-1" in words and "nohz_full=2-15" in words
+
+
+def test_nvme_queues_are_set_by_a_udev_rule_not_at_boot_only() -> None:
+    """Block devices appear late (driver load, hotplug): udev sets their queues as each
+    appears; tmpfiles keeps the sysfs files that exist from boot."""
+    from synapse_os.render import render_profile
+
+    tree = render_profile(load_profile(PROFILES / "cpu-avx2.yaml"))
+    rule = tree.files["rootfs/etc/udev/rules.d/60-synapse-nvme.rules"].content.decode()
+    line = next(x for x in rule.splitlines() if x.startswith("ACTION"))
+    assert 'KERNEL=="nvme[0-9]*n[0-9]*"' in line and 'ENV{DEVTYPE}=="disk"' in line
+    assert line.endswith('ATTR{queue/scheduler}="none", ATTR{queue/read_ahead_kb}="4096"')
+    tmpfiles = tree.files["rootfs/etc/tmpfiles.d/synapse-sysfs.conf"].content.decode()
+    assert "/sys/block/" not in tmpfiles and "transparent_hugepage/enabled" in tmpfiles
