@@ -96,9 +96,9 @@ def test_uefi_boot_and_drift_is_caught_by_both_vm_and_verify(tuned_image: Path,
         assert entry.strip() == f"synapse-{version}.conf"
         # the tuned kernel is the default entry; Debian's stock kernel stays as a fallback
         assert version.endswith("-synapse") and m.succeed("uname -r").strip() == version
+        m.wait_for_unit("multi-user.target", 600)  # the ESP is mounted by then
         entries = m.succeed("ls /boot/efi/loader/entries").split()
         assert any(e.endswith("-amd64.conf") for e in entries), entries
-        m.wait_for_unit("multi-user.target", 600)
         swappiness = checks["sysctl vm.swappiness"]
         assert run_checks(m, [swappiness])[0].status == "pass"
         m.succeed("sysctl -qw vm.swappiness=60")
