@@ -1,4 +1,5 @@
-"""Find llama-bench, or build it with CMake (-DGGML_NATIVE=ON) into a content-addressed cache.
+"""Find llama-bench, or build it with CMake into a content-addressed cache: native
+(-DGGML_NATIVE=ON) for this machine, or portable (AVX2, no OpenMP) for guests and other boxes.
 
 Lookup order: an explicit path, then $PATH, then the cache. The source is a llama.cpp tree
 (a directory), a llama-cpp-python sdist (which vendors llama.cpp in vendor/llama.cpp), or, by
@@ -36,13 +37,9 @@ SDIST_PACKAGE = "llama-cpp-python"
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 # Minimal, self-contained build: static libraries, only the llama-bench target, no network
-# code. GGML_NATIVE is passed explicitly because its default is OFF when SOURCE_DATE_EPOCH is
-# set (as in package builds).
-CMAKE_FLAGS: tuple[str, ...] = (
+# code.
+_COMMON_FLAGS: tuple[str, ...] = (
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=ON",
-    f"-DCMAKE_C_FLAGS={NO_AMX}",
-    f"-DCMAKE_CXX_FLAGS={NO_AMX}",
     "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_OPENSSL=OFF",
@@ -50,6 +47,21 @@ CMAKE_FLAGS: tuple[str, ...] = (
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_SERVER=OFF",
 )
+# GGML_NATIVE is passed explicitly because its default is OFF when SOURCE_DATE_EPOCH is set
+# (as in package builds).
+CMAKE_FLAGS: tuple[str, ...] = (
+    *_COMMON_FLAGS[:1], "-DGGML_NATIVE=ON", f"-DCMAKE_C_FLAGS={NO_AMX}",
+    f"-DCMAKE_CXX_FLAGS={NO_AMX}", *_COMMON_FLAGS[1:],
+)
+# x86-64 with AVX2/FMA/F16C and no AVX-512: any AVX2 machine, and QEMU's TCG `-cpu max`
+# (which emulates AVX2 but not AVX-512). GGML_NATIVE=OFF makes these flags count.
+PORTABLE_AVX2: tuple[str, ...] = ("-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON",
+                                  "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON",
+                                  "-DGGML_AVX512=OFF")
+# The build `synapse bench ab` carries into guests: portable, and without OpenMP (ggml's own
+# thread pool) so it runs on a stock system that has no libgomp.
+PORTABLE_FLAGS: tuple[str, ...] = (*_COMMON_FLAGS, *PORTABLE_AVX2, "-DGGML_OPENMP=OFF")
+FLAVOURS: dict[str, tuple[str, ...]] = {"native": CMAKE_FLAGS, "portable": PORTABLE_FLAGS}
 
 # The parts of a llama.cpp tree that determine the llama-bench binary.
 _HASHED_PARTS = ("CMakeLists.txt", "cmake", "ggml", "src", "include", "common", "vendor",
@@ -107,30 +119,37 @@ def _read_build_info(binary: Path) -> dict[str, Any]:
     return {"origin": "external", "cmake_flags": "unknown"}
 
 
-def cached_binaries() -> list[Path]:
-    """Cached llama-bench builds, newest first."""
+def flavour_of(binary: Path) -> str:
+    return str(_read_build_info(binary).get("flavour", "native"))
+
+
+def cached_binaries(flavour: str = "native") -> list[Path]:
+    """Cached llama-bench builds of one flavour, newest first."""
     root = builds_dir()
     if not root.is_dir():
         return []
     found = [p / "bin" / "llama-bench" for p in root.iterdir()
              if (p / "bin" / "llama-bench").is_file() and not p.name.startswith(".")]
+    found = [p for p in found if flavour_of(p) == flavour]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def locate(explicit: Path | None = None) -> LlamaBench:
-    """The llama-bench to run: --llama-bench PATH, then $PATH, then the newest cached build."""
+def locate(explicit: Path | None = None, flavour: str = "native") -> LlamaBench:
+    """The llama-bench to run: --llama-bench PATH, then $PATH (native only), then the newest
+    cached build of the flavour."""
     if explicit is not None:
         _check_executable(explicit, "llama-bench")
         path = explicit.resolve()
     else:
-        on_path = shutil.which("llama-bench")
+        on_path = shutil.which("llama-bench") if flavour == "native" else None
         if on_path is not None:
             path = Path(on_path).resolve()
         else:
-            cached = cached_binaries()
+            cached = cached_binaries(flavour)
             if not cached:
-                raise UserError("llama-bench was not found (no --llama-bench, not on PATH, no "
-                                f"cached build); build it with: {BUILD_HINT}")
+                hint = BUILD_HINT + (" --portable" if flavour == "portable" else "")
+                raise UserError(f"llama-bench ({flavour}) was not found (no --llama-bench, not "
+                                f"on PATH, no cached build); build it with: {hint}")
             path = cached[0]
     info = dict(_read_build_info(path))
     info["binary_sha256"] = binary_sha256(path)
@@ -252,14 +271,19 @@ def _cpu_id() -> str:
 
 def build_key(source: Source, flags: tuple[str, ...] = CMAKE_FLAGS) -> str:
     identity = {"source": source.source_id, "flags": list(flags), "compiler": _compiler_id(),
-                "cpu": _cpu_id(), "machine": platform.machine()}
+                "machine": platform.machine()}
+    if "-DGGML_NATIVE=OFF" not in flags:  # a native build is for this CPU only
+        identity["cpu"] = _cpu_id()
     return _sha256_bytes(json.dumps(identity, sort_keys=True).encode())[:20]
 
 
-def build(source: Source, *, jobs: int | None = None, force: bool = False) -> LlamaBench:
-    """Build llama-bench for this CPU into the cache, or reuse the cached build of this key."""
+def build(source: Source, *, jobs: int | None = None, force: bool = False,
+          flavour: str = "native") -> LlamaBench:
+    """Build llama-bench (for this CPU, or portable) into the cache, or reuse the cached
+    build of this key."""
     proc.require_tool("cmake", "apt-get install cmake (Debian) / pacman -S cmake (Arch)")
-    key = build_key(source)
+    flags = FLAVOURS[flavour]
+    key = build_key(source, flags)
     target = builds_dir() / key
     binary = target / "bin" / "llama-bench"
     if binary.is_file() and not force:
@@ -271,7 +295,7 @@ def build(source: Source, *, jobs: int | None = None, force: bool = False) -> Ll
     n_jobs = jobs or os.cpu_count() or 1
     started = time.time()
     try:
-        proc.run(["cmake", "-S", str(source.tree), "-B", str(build_tree), *CMAKE_FLAGS],
+        proc.run(["cmake", "-S", str(source.tree), "-B", str(build_tree), *flags],
                  timeout=600)
         proc.run(["cmake", "--build", str(build_tree), "--target", "llama-bench",
                   "--config", "Release", "-j", str(n_jobs)], timeout=7200)
@@ -284,7 +308,8 @@ def build(source: Source, *, jobs: int | None = None, force: bool = False) -> Ll
             "origin": "synapse-cmake",
             "source": source.origin,
             "source_id": source.source_id,
-            "cmake_flags": list(CMAKE_FLAGS),
+            "cmake_flags": list(flags),
+            "flavour": flavour,
             "compiler": _compiler_id(),
             "build_key": key,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -145,12 +145,75 @@ def compare_cmd(baseline: Path, candidate: Path, allow_model_mismatch: bool,
     console.print(table)
     console.print(f"geometric mean ratio: {result.geomean_ratio:.3f} "
                   f"({result.geomean_ratio - 1:+.1%}); read bandwidth "
-                  f"{result.baseline_bandwidth:.2f} -> {result.candidate_bandwidth:.2f} GB/s")
+                  f"{_gbps(result.baseline_bandwidth)} -> {_gbps(result.candidate_bandwidth)}")
     for warning in result.warnings:
         console.print(f"warning: {warning}")
     if result.only_baseline or result.only_candidate:
         console.print("not compared (in one file only): "
                       + ", ".join(result.only_baseline + result.only_candidate))
+
+
+def _gbps(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f} GB/s"
+
+
+@group.command("ab")
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="New directory for RESULTS.md, plots, records/ and ab.json.")
+@click.option("--image-a", type=click.Path(path_type=Path),
+              help="The baseline's test image (default: build it from BASELINE).")
+@click.option("--image-b", type=click.Path(path_type=Path),
+              help="The candidate's test image (default: build it from CANDIDATE).")
+@click.option("-p", "n_prompt", type=int, default=64, show_default=True,
+              help="Prompt tokens (pp test; 0: none).")
+@click.option("-n", "n_gen", type=int, default=16, show_default=True,
+              help="Generated tokens (tg test; 0: none).")
+@click.option("-r", "repetitions", type=int, default=3, show_default=True,
+              help="llama-bench repetitions per round.")
+@click.option("--rounds", type=int, default=4, show_default=True,
+              help="Rounds, each running both arms (ABBA order); at least 2.")
+@click.option("--threads", type=int, help="llama-bench threads (default: every vCPU).")
+@click.option("--cpus", type=int, default=2, show_default=True, help="vCPUs per guest.")
+@click.option("--memory", "memory_mb", type=int, default=2048, show_default=True,
+              help="Guest RAM in MiB.")
+@click.option("--model", type=click.Path(path_type=Path),
+              help="GGUF model (default: the small test model).")
+@click.option("--llama-bench", "llama_bench", type=click.Path(path_type=Path),
+              help="llama-bench to carry into the guests (default: the cached build: native "
+              "under KVM, portable under TCG; built when absent).")
+@click.option("--host-cpus", help="KVM: run both guests on these host CPUs (e.g. 2-5).")
+@click.option("--hugepages", is_flag=True, help="KVM: back guest RAM with hugetlbfs pages.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def ab_cmd(baseline: Path, candidate: Path, output: Path, image_a: Path | None,
+           image_b: Path | None, n_prompt: int, n_gen: int, repetitions: int, rounds: int,
+           threads: int | None, cpus: int, memory_mb: int, model: Path | None,
+           llama_bench: Path | None, host_cpus: str | None, hugepages: bool,
+           as_json: bool) -> None:
+    """Boot BASELINE's and CANDIDATE's images in QEMU and compare them with llama-bench."""
+    from synapse_os.bench.ab import AbSettings, Arm, run_ab
+    from synapse_os.profile import load_profile
+
+    arms = (Arm("A", load_profile(baseline), baseline.parent, image_a),
+            Arm("B", load_profile(candidate), candidate.parent, image_b))
+    settings = AbSettings(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
+                          rounds=rounds, threads=threads, cpus=cpus, memory_mb=memory_mb,
+                          model=model, llama_bench=llama_bench, host_cpus=host_cpus,
+                          hugepages=hugepages)
+    console = _console()
+    summary = run_ab(arms, settings, output,
+                     progress=(lambda _m: None) if as_json else console.print)
+    if as_json:
+        emit_json(summary)
+        return
+    for name, result in summary["interleaved"].items():
+        whole = result["whole"]
+        console.print(f"{name}: {summary['candidate']} / {summary['baseline']} = "
+                      f"{whole['ratio']:.3f} [{whole['ci_low']:.3f}, {whole['ci_high']:.3f}], "
+                      f"{result['verdict']}")
+    console.print(f"wrote {output / 'RESULTS.md'} ({summary['virtualised']['accel']}, "
+                  f"{summary['wall_seconds']:.0f} s)")
 
 
 @group.command("report")
@@ -210,6 +273,8 @@ def synth_model_cmd(size: str, output: Path, seed: int, source: Path | None,
 @group.command("llama-bench")
 @click.option("--build", "do_build", is_flag=True,
               help="Build llama-bench (GGML_NATIVE=ON) into the cache when it is absent.")
+@click.option("--portable", is_flag=True,
+              help="The portable build (AVX2, no OpenMP) that `bench ab` runs in TCG guests.")
 @click.option("--source", type=click.Path(path_type=Path),
               help="llama.cpp directory or llama-cpp-python sdist (default: the sdist of the "
               "installed llama-cpp-python, fetched with pip).")
@@ -219,29 +284,30 @@ def synth_model_cmd(size: str, output: Path, seed: int, source: Path | None,
 @click.option("--llama-bench", "llama_bench", type=click.Path(path_type=Path),
               help="Check this executable instead of searching.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def llama_bench_cmd(do_build: bool, source: Path | None, method: str, force: bool,
-                    llama_bench: Path | None, as_json: bool) -> None:
+def llama_bench_cmd(do_build: bool, portable: bool, source: Path | None, method: str,
+                    force: bool, llama_bench: Path | None, as_json: bool) -> None:
     """Show which llama-bench `run` uses, or build one with --build."""
     from synapse_os.bench import arch, build
 
+    flavour = "portable" if portable else "native"
     if not do_build:
-        _show(build.locate(llama_bench), as_json, "found")
+        _show(build.locate(llama_bench, flavour), as_json, "found")
         return
     if source is None and not force:  # "when absent": an existing llama-bench is kept
         try:
-            _show(build.locate(llama_bench), as_json, "found")
+            _show(build.locate(llama_bench, flavour), as_json, "found")
             return
         except UserError:
             pass
     with _console().status("preparing the llama.cpp source") as status:
         src = build.resolve_source(source)
-        use_pkgbuild = method == "pkgbuild" or (method == "auto" and arch.is_arch()
-                                                 and src.sdist is not None)
+        use_pkgbuild = not portable and (method == "pkgbuild" or (
+            method == "auto" and arch.is_arch() and src.sdist is not None))
         status.update(f"building llama-bench from {src.origin} "
-                      f"({'makepkg' if use_pkgbuild else 'CMake'}, GGML_NATIVE=ON); "
+                      f"({'makepkg' if use_pkgbuild else 'CMake'}, {flavour}); "
                       "this takes minutes")
         built = (arch.build_with_makepkg(src, force=force) if use_pkgbuild
-                 else build.build(src, force=force))
+                 else build.build(src, force=force, flavour=flavour))
     _show(built, as_json, "built")
 
 

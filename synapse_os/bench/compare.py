@@ -38,8 +38,8 @@ class Result:
     only_baseline: list[str]
     only_candidate: list[str]
     warnings: list[str]
-    baseline_bandwidth: float
-    candidate_bandwidth: float
+    baseline_bandwidth: float | None  # None: not measured (inside a guest)
+    candidate_bandwidth: float | None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -126,9 +126,14 @@ def compare(baseline: list[Record], candidate: list[Record], *,
         only_baseline=[f"{n}@{t}t" for n, t in base_by_key if (n, t) not in cand_by_key],
         only_candidate=[f"{n}@{t}t" for n, t in cand_by_key if (n, t) not in base_by_key],
         warnings=warnings,
-        baseline_bandwidth=float(baseline[0].synapse["bandwidth"]["read_gbps"]),
-        candidate_bandwidth=float(candidate[0].synapse["bandwidth"]["read_gbps"]),
+        baseline_bandwidth=_bandwidth(baseline[0]),
+        candidate_bandwidth=_bandwidth(candidate[0]),
     )
+
+
+def _bandwidth(record: Record) -> float | None:
+    value = record.synapse["bandwidth"].get("read_gbps")
+    return None if value is None else float(value)
 
 
 def _pct(value: float | None) -> str:

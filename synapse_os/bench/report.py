@@ -37,7 +37,8 @@ def system_of(record: Record) -> dict[str, Any]:
         "provenance": block["provenance"],
         "model": block["model"],
         "llama_bench": block["llama_bench"],
-        "bandwidth_read_gbps": round(float(block["bandwidth"]["read_gbps"]), 2),
+        "bandwidth_read_gbps": None if block["bandwidth"].get("read_gbps") is None
+        else round(float(block["bandwidth"]["read_gbps"]), 2),
         "build_commit": record.data["build_commit"],
         "build_number": record.data.get("build_number"),
         "cpu_info": record.data.get("cpu_info"),
@@ -63,6 +64,10 @@ def _short(value: Any, limit: int = 90) -> str:
     text = "null" if value is None else str(value)
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _gbps(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f} GB/s"
 
 
 def markdown(result: Result, baseline: list[Record], candidate: list[Record]) -> str:
@@ -91,8 +96,8 @@ def markdown(result: Result, baseline: list[Record], candidate: list[Record]) ->
         f"{verdicts['no difference']} no difference (a change is called only when the 95 % "
         f"bootstrap CI of the ratio lies outside ±{stats.NOISE_BAND:.0%} and Mann–Whitney "
         f"p < {stats.ALPHA}).",
-        f"- Memory read bandwidth (STREAM-style): baseline {result.baseline_bandwidth:.2f} GB/s, "
-        f"candidate {result.candidate_bandwidth:.2f} GB/s.",
+        f"- Memory read bandwidth (STREAM-style): baseline {_gbps(result.baseline_bandwidth)}, "
+        f"candidate {_gbps(result.candidate_bandwidth)}.",
     ]
     parts += [f"- Warning: {w}." for w in result.warnings]
     if result.only_baseline or result.only_candidate:

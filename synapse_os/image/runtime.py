@@ -18,6 +18,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
 import synapse_os
+from synapse_os.bench import build as bench_build
 from synapse_os.bench.build import NO_AMX
 from synapse_os.errors import OperationError, UserError
 from synapse_os.image.cache import LayerCache, layer_key
@@ -83,10 +84,8 @@ def build_synapse_wheel(dest: Path) -> Path:
     return wheels[-1]
 
 
-# A portable llama.cpp build for x86-64 AVX2 machines (and QEMU's TCG `-cpu max`, which
-# emulates AVX2/FMA/F16C but not AVX-512). GGML_NATIVE=OFF makes the flags below count.
-PORTABLE_AVX2 = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON "
-                 "-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF")
+# A portable llama.cpp build for x86-64 AVX2 machines (and QEMU's TCG `-cpu max`).
+PORTABLE_AVX2 = " ".join(bench_build.PORTABLE_AVX2)
 
 
 def host_cpu_flags() -> set[str]:

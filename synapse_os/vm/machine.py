@@ -102,6 +102,9 @@ class Machine:
         keep_log: Path | None = None,
         forwards: dict[int, int] | None = None,
         nvme: bool = False,
+        readonly_disks: dict[str, Path] | None = None,
+        host_cpus: str | None = None,
+        hugepages: bool = False,
     ) -> None:
         self.image = Path(image)
         self.meta = disk.read_metadata(self.image)
@@ -122,6 +125,9 @@ class Machine:
         self.cpus = cpus
         self.forwards = dict(forwards or {})
         self.nvme = nvme
+        self.readonly_disks = dict(readonly_disks or {})
+        self.host_cpus = host_cpus
+        self.hugepages = hugepages
         cmdline = append_override if append_override is not None else str(self.meta["cmdline"])
         self.append = " ".join(w for w in (cmdline, extra_append) if w)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -145,7 +151,9 @@ class Machine:
     def start(self) -> None:
         config = QemuConfig(image=self.image, serial_log=self.serial_log,
                             shell_socket=self.socket_path, memory_mb=self.memory_mb,
-                            cpus=self.cpus, kvm=self.kvm, forwards=self.forwards)
+                            cpus=self.cpus, kvm=self.kvm, forwards=self.forwards,
+                            readonly_disks=self.readonly_disks, host_cpus=self.host_cpus,
+                            hugepages=self.hugepages)
         if self.nvme:  # sparse: an empty namespace is all the guest's udev needs to see
             config.nvme_disk = self.workdir / "nvme-scratch.img"
             with config.nvme_disk.open("wb") as fh:

@@ -93,6 +93,9 @@ class QemuConfig:
     snapshot: bool = True  # writes go to a temp overlay; the image stays as built
     forwards: dict[int, int] = field(default_factory=dict)  # 127.0.0.1 port -> guest TCP port
     nvme_disk: Path | None = None  # a scratch NVMe namespace (its queue settings are checked)
+    readonly_disks: dict[str, Path] = field(default_factory=dict)  # virtio serial -> raw image
+    host_cpus: str | None = None  # KVM: run QEMU (and so every vCPU) on these host CPUs only
+    hugepages: bool = False  # KVM: back guest RAM with the host's hugetlbfs pages
     extra: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
@@ -113,6 +116,13 @@ class QemuConfig:
                 f",hostfwd=tcp:127.0.0.1:{int(host)}-:{int(guest)}"
                 for host, guest in sorted(self.forwards.items())),
         ]
+        for number, (serial, path) in enumerate(sorted(self.readonly_disks.items())):
+            argv += ["-drive", f"file={path},if=none,id=ro{number},format=raw,readonly=on",
+                     "-device", f"virtio-blk-pci,drive=ro{number},serial={serial}"]
+        if self.hugepages:
+            argv += ["-object", f"memory-backend-file,id=ram0,size={self.memory_mb}M,"
+                     "mem-path=/dev/hugepages,prealloc=on,share=off",
+                     "-machine", "memory-backend=ram0"]
         if self.nvme_disk is not None:
             argv += ["-drive", f"file={self.nvme_disk},if=none,id=nvme0,format=raw",
                      "-device", "nvme,drive=nvme0,serial=synapse-scratch"]
@@ -132,4 +142,5 @@ class QemuConfig:
             argv += ["-append", self.append]
         else:
             argv += ["-bios", find_ovmf()]
-        return argv + self.extra
+        argv += self.extra
+        return ["taskset", "-c", self.host_cpus, *argv] if self.host_cpus else argv

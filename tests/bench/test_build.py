@@ -46,6 +46,7 @@ def test_the_build_key_covers_flags_and_source(tmp_path: Path) -> None:
     assert key == build.build_key(source)
     assert key != build.build_key(source, flags=(*build.CMAKE_FLAGS, "-DGGML_AVX512=ON"))
     assert "-DGGML_NATIVE=ON" in build.CMAKE_FLAGS
+    assert key != build.build_key(source, build.PORTABLE_FLAGS)  # kept apart in the cache
 
 
 def test_a_directory_without_llama_cpp_is_refused(tmp_path: Path) -> None:
@@ -79,15 +80,20 @@ def test_no_llama_bench_anywhere_says_how_to_build(tmp_path: Path,
     assert "synapse bench llama-bench --build" in error_text(result)
 
 
-def test_the_built_llama_bench_is_native_and_cached(llama_bench: Path) -> None:
+def test_the_built_llama_bench_is_portable_and_cached(llama_bench: Path) -> None:
     info = build.locate(llama_bench).build_info
     assert info["binary_sha256"] == hashlib.sha256(llama_bench.read_bytes()).hexdigest()
-    if info["origin"] == "synapse-cmake":  # built by us (not one found on PATH)
-        assert "-DGGML_NATIVE=ON" in info["cmake_flags"]
-        # a second --build reuses the cache instead of rebuilding
-        again = invoke(["bench", "llama-bench", "--build", "--json"])
-        assert again.exit_code == 0, error_text(again)
-        assert str(llama_bench) in again.output
+    assert info["origin"] == "synapse-cmake" and info["flavour"] == "portable"
+    assert "-DGGML_NATIVE=OFF" in info["cmake_flags"] and "-DGGML_AVX512=OFF" in info["cmake_flags"]
+    # no OpenMP: it runs on a stock system without libgomp; and no AVX-512 instruction in it
+    libs = subprocess.run(["ldd", llama_bench], capture_output=True, text=True).stdout
+    assert "libgomp" not in libs and "libstdc++" in libs
+    assert build.locate(None, "portable").path == llama_bench
+    # a second --build --portable reuses the cache instead of rebuilding
+    again = invoke(["bench", "llama-bench", "--build", "--portable", "--json"])
+    assert again.exit_code == 0, error_text(again)
+    assert str(llama_bench) in again.output
+
     help_text = subprocess.run([llama_bench, "--help"], capture_output=True, text=True)
     assert "-o, --output" in help_text.stdout + help_text.stderr
 

@@ -66,9 +66,18 @@ def test_tcg_and_kvm_command_lines(tmp_path: Path) -> None:
     assert f"virtserialport,chardev=shell,name={bundle.TEST_PORT}" in argv
     assert "snapshot=on" in argv[argv.index("-drive") + 1]
     assert argv[argv.index("-append") + 1] == "root=x"
+    assert argv[0] != "taskset" and "memory-backend=ram0" not in argv
     cfg.kvm, cfg.kernel = True, None
+    # bench ab's KVM arms: pinned to host CPUs, hugepage-backed RAM, the bench disk read-only
+    cfg.host_cpus, cfg.hugepages = "2-5", True
+    cfg.readonly_disks = {"synapse-bench": tmp_path / "bench.img"}
     argv = cfg.argv()
     assert argv[argv.index("-machine") + 1] == "q35,accel=kvm" and "-bios" in argv
+    assert argv[:3] == ["taskset", "-c", "2-5"]
+    assert any("mem-path=/dev/hugepages" in a and "size=2048M" in a for a in argv)
+    assert "memory-backend=ram0" in argv
+    assert f"file={tmp_path / 'bench.img'},if=none,id=ro0,format=raw,readonly=on" in argv
+    assert "virtio-blk-pci,drive=ro0,serial=synapse-bench" in argv
 
 
 def test_kvm_is_used_only_when_a_guest_actually_runs(monkeypatch: pytest.MonkeyPatch,

@@ -1,0 +1,125 @@
+"""`synapse bench ab`: the stock and the tuned Debian images booted side by side in QEMU,
+measured by one llama-bench in alternating rounds (under TCG here: mechanics, no speed claim)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synapse_os.bench import ab, provenance, records
+from tests.bench.conftest import error_text, invoke, read_ndjson
+from tests.conftest import REPO, STOCK, TUNED
+from tests.vm.test_qemu import qemu_pids_for
+
+
+def test_a_guest_s_provenance_is_read_by_the_same_rules_as_the_host_s() -> None:
+    """The dump script a guest runs, run here: the host's provenance read back from it is the
+    host's provenance (bar the harness's Python, which a guest does not have)."""
+    out = subprocess.run(["bash", "-c", ab.dump_script()], capture_output=True, text=True,
+                         check=True).stdout
+    from_dump = provenance.collect(ab.parse_dump(out))
+    here = provenance.collect()
+    assert from_dump.pop("python") is None and here.pop("python")
+    from_dump.pop("load_average"), here.pop("load_average")
+    assert from_dump == here
+    assert from_dump["cmdline"] == Path("/proc/cmdline").read_text().strip()
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--rounds", "1"], "--rounds 1 is below 2"),
+    (["-p", "0", "-n", "0"], "at least one must be above 0"),
+    (["--threads", "3"], "--threads 3 is not between 1 and the guest's 2 vCPUs"),
+])
+def test_bad_settings_are_one_sentence_and_nothing_is_written(tmp_path: Path, extra: list[str],
+                                                              expected: str) -> None:
+    out = tmp_path / "ab"
+    result = invoke(["bench", "ab", str(STOCK), str(TUNED), "-o", str(out), *extra])
+    assert result.exit_code == 2 and expected in error_text(result)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_same_profile_twice_and_a_used_output_are_refused(tmp_path: Path) -> None:
+    same = invoke(["bench", "ab", str(TUNED), str(TUNED), "-o", str(tmp_path / "ab")])
+    assert same.exit_code == 2 and "both arms are the same profile" in error_text(same)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    busy = invoke(["bench", "ab", str(STOCK), str(TUNED), "-o", str(used)])
+    assert busy.exit_code == 2 and "is not an empty directory" in error_text(busy)
+    assert (used / "keep.txt").read_text() == "mine"
+
+
+def test_an_image_of_another_profile_is_refused(stock_image: Path, tmp_path: Path) -> None:
+    result = invoke(["bench", "ab", str(STOCK), str(TUNED), "-o", str(tmp_path / "ab"),
+                     "--image-b", str(stock_image)])
+    assert result.exit_code == 2
+    assert "was built from profile 'stock-baseline-debian'" in error_text(result)
+    assert not (tmp_path / "ab").exists()
+
+
+@pytest.mark.slow
+def test_ab_boots_both_arms_measures_both_and_reports(stock_image: Path, tuned_image: Path,
+                                                     tuned_profile: Path, llama_bench: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "ab"
+    run = subprocess.run(
+        [sys.executable, "-m", "synapse_os.cli", "bench", "ab", str(STOCK), str(tuned_profile),
+         "--image-a", str(stock_image), "--image-b", str(tuned_image), "-o", str(out),
+         "-p", "8", "-n", "2", "-r", "2", "--rounds", "2", "--llama-bench", str(llama_bench),
+         "--json"], cwd=REPO, capture_output=True, text=True, timeout=2400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout)
+    assert summary["order"] == "A B B A"
+    assert summary["virtualised"]["accel"] in ("tcg", "kvm")
+    arms = summary["arms"]
+    # the tuned arm's engine is stopped before measuring; the stock arm has none
+    assert arms["A"]["stopped_units"] == [] and arms["B"]["stopped_units"] == [
+        "synapse-runtime.service"]
+    assert arms["A"]["boot_id"] != arms["B"]["boot_id"]
+    # verify per arm: each passes its own profile; stock fails the tuned settings
+    assert arms["A"]["own_checks"]["fail"] == 0 and arms["B"]["own_checks"]["fail"] == 0
+    assert arms["B"]["candidate_checks"]["fail"] == 0
+    assert arms["A"]["candidate_checks"]["fail"] >= 5
+
+    by_arm = {name: read_ndjson(out / "records" / f"{name}.jsonl") for name in ("A", "B")}
+    for name, recs in by_arm.items():
+        records.load(out / "records" / f"{name}.jsonl")  # valid record files
+        assert {r["synapse"]["test"] for r in recs} == {"pp8", "tg2"}
+        for r in recs:
+            block = r["synapse"]["ab"]
+            assert block["arm"] == name and block["virtualised"] == summary["virtualised"]
+            assert [x["round"] for x in block["rounds"]] == [0, 1]
+            assert all(len(x["samples_ts"]) == 2 for x in block["rounds"])
+            assert len(r["samples_ts"]) == 4
+            assert r["synapse"]["llama_bench"]["binary_sha256"] == \
+                by_arm["A"][0]["synapse"]["llama_bench"]["binary_sha256"]
+    stock_live = by_arm["A"][0]["synapse"]["ab"]["candidate_live"]
+    for must_fail in ("sysctl vm.swappiness", "cmdline mitigations=off", "zram0 swap active",
+                      "journald Storage", "unit bluetooth.service masked"):
+        assert stock_live[must_fail]["status"] == "fail", stock_live[must_fail]
+    assert stock_live["sysctl vm.swappiness"]["actual"] == "60"  # the kernel default
+    tuned_system = by_arm["B"][0]["synapse"]["provenance"]
+    stock_system = by_arm["A"][0]["synapse"]["provenance"]
+    assert "mitigations=off" in tuned_system["cmdline"]
+    assert "mitigations=off" not in stock_system["cmdline"]
+    assert tuned_system["kernel"] != stock_system["kernel"]  # the tuned kernel vs Debian's
+
+    assert set(summary["interleaved"]) == {"pp8", "tg2"}
+    for result in summary["interleaved"].values():
+        assert set(result) == {"verdict", "whole", "first_half", "second_half"}
+    text = (out / "RESULTS.md").read_text()
+    assert "## The A/B run" in text and "A B B A" in text
+    if summary["virtualised"]["accel"] == "tcg":
+        assert "No speed claim" in text
+    for plot in ("throughput.png", "ratio.png", "samples.png"):
+        assert (out / plot).stat().st_size > 1000
+    assert not (out / ".work").exists()
+    # the records are ordinary bench records: `bench compare` reads them
+    compared = invoke(["bench", "compare", str(out / "records" / "A.jsonl"),
+                       str(out / "records" / "B.jsonl"), "--json"])
+    assert compared.exit_code == 0, error_text(compared)
+    assert not qemu_pids_for(str(stock_image)) and not qemu_pids_for(str(tuned_image))
