@@ -61,6 +61,7 @@ class AbSettings:
     n_gen: int = 16
     repetitions: int = 3
     rounds: int = 4
+    warmup: bool = True  # llama-bench's warm-up run before each test
     threads: int | None = None  # None: every vCPU
     cpus: int = 2
     memory_mb: int = 2048
@@ -99,6 +100,7 @@ class ArmState:
     stopped_units: list[str] = field(default_factory=list)
     system: dict[str, Any] = field(default_factory=dict)
     rounds: list[tuple[int, int, list[dict[str, Any]]]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -159,6 +161,7 @@ def parse_dump(out: str) -> provenance.FileDump:
 
 def prepare(state: ArmState, candidate: Profile, progress: Progress) -> None:
     """Mount the bench disk, stop the engine, check the settings, read the provenance."""
+    started = time.monotonic()
     m = state.machine
     m.wait_for_unit("multi-user.target", 600)
     m.succeed(f"mkdir -p {GUEST_DIR} && mount -o ro /dev/disk/by-id/virtio-{BENCH_SERIAL} "
@@ -173,12 +176,16 @@ def prepare(state: ArmState, candidate: Profile, progress: Progress) -> None:
     state.own_checks = run_checks(m, settled_checks(state.arm.profile))
     state.candidate_checks = run_checks(m, settled_checks(candidate))
     state.system = provenance.collect(parse_dump(m.succeed(dump_script(), timeout=120)))
+    state.timings["prepare"] = round(time.monotonic() - started, 1)
 
 
 def measure(state: ArmState, settings: AbSettings, threads: int, round_no: int,
             position: int) -> None:
     args = ["-m", GUEST_MODEL, "-o", "jsonl", "-p", str(settings.n_prompt),
             "-n", str(settings.n_gen), "-r", str(settings.repetitions), "-t", str(threads)]
+    if not settings.warmup:
+        args.append("--no-warmup")
+    started = time.monotonic()
     command = f"{GUEST_BINARY} {shlex.join(args)} 2>/run/synapse-bench.err; r=$?; " \
               "[ $r = 0 ] || tail -n 8 /run/synapse-bench.err; exit $r"
     rc, out = state.machine.execute(command, timeout=7200)
@@ -191,6 +198,7 @@ def measure(state: ArmState, settings: AbSettings, threads: int, round_no: int,
         raise OperationError(f"llama-bench in arm {state.arm.name} printed output that is not "
                              f"its JSONL records ({exc})") from None
     state.rounds.append((round_no, position, results))
+    state.timings[f"round {round_no}"] = round(time.monotonic() - started, 1)
 
 
 def _live(outcomes: list[Outcome]) -> dict[str, dict[str, str]]:
@@ -269,7 +277,8 @@ def ab_markdown(states: dict[str, ArmState], settings: AbSettings, summary: dict
                   "is made from them.**", ""]
     lines += [
         f"{settings.rounds} rounds in ABBA order ({summary['order']}), each a llama-bench run "
-        f"of -p {settings.n_prompt} -n {settings.n_gen} -r {settings.repetitions} at "
+        f"of -p {settings.n_prompt} -n {settings.n_gen} -r {settings.repetitions}"
+        f"{'' if settings.warmup else ' --no-warmup'} at "
         f"{summary['threads']} threads, in {settings.cpus}-vCPU / {settings.memory_mb} MiB "
         f"guests ({virtualised['accel']}"
         + (f", pinned to host CPUs {virtualised['host_cpus']}" if virtualised["host_cpus"]
@@ -406,7 +415,7 @@ def run_ab(arms: tuple[Arm, Arm], settings: AbSettings, output: Path,
             "arms": {name: {"profile": s.label, "image": str(s.image), "boot_id": s.boot_id,
                             "boot_seconds": s.boot_seconds, "own_checks": _counts(s.own_checks),
                             "candidate_checks": _counts(s.candidate_checks),
-                            "stopped_units": s.stopped_units}
+                            "stopped_units": s.stopped_units, "seconds": s.timings}
                      for name, s in states.items()},
             "comparison": result.as_dict(),
             "interleaved": interleaved(records["A"], records["B"]),

@@ -174,6 +174,8 @@ def _gbps(value: float | None) -> str:
               help="llama-bench repetitions per round.")
 @click.option("--rounds", type=int, default=4, show_default=True,
               help="Rounds, each running both arms (ABBA order); at least 2.")
+@click.option("--no-warmup", is_flag=True,
+              help="Skip llama-bench's warm-up run before each test (tiny TCG runs).")
 @click.option("--threads", type=int, help="llama-bench threads (default: every vCPU).")
 @click.option("--cpus", type=int, default=2, show_default=True, help="vCPUs per guest.")
 @click.option("--memory", "memory_mb", type=int, default=2048, show_default=True,
@@ -188,7 +190,7 @@ def _gbps(value: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def ab_cmd(baseline: Path, candidate: Path, output: Path, image_a: Path | None,
            image_b: Path | None, n_prompt: int, n_gen: int, repetitions: int, rounds: int,
-           threads: int | None, cpus: int, memory_mb: int, model: Path | None,
+           no_warmup: bool, threads: int | None, cpus: int, memory_mb: int, model: Path | None,
            llama_bench: Path | None, host_cpus: str | None, hugepages: bool,
            as_json: bool) -> None:
     """Boot BASELINE's and CANDIDATE's images in QEMU and compare them with llama-bench."""
@@ -198,7 +200,8 @@ def ab_cmd(baseline: Path, candidate: Path, output: Path, image_a: Path | None,
     arms = (Arm("A", load_profile(baseline), baseline.parent, image_a),
             Arm("B", load_profile(candidate), candidate.parent, image_b))
     settings = AbSettings(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
-                          rounds=rounds, threads=threads, cpus=cpus, memory_mb=memory_mb,
+                          rounds=rounds, warmup=not no_warmup, threads=threads, cpus=cpus,
+                          memory_mb=memory_mb,
                           model=model, llama_bench=llama_bench, host_cpus=host_cpus,
                           hugepages=hugepages)
     console = _console()
