@@ -20,6 +20,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,8 @@ def prepare(state: ArmState, candidate: Profile, progress: Progress) -> None:
     progress(f"arm {state.arm.name}: checking {state.label}'s settings and "
              f"{candidate.name}'s live")
     state.own_checks = run_checks(m, settled_checks(state.arm.profile))
-    state.candidate_checks = run_checks(m, settled_checks(candidate))
+    state.candidate_checks = state.own_checks if state.arm.profile is candidate else \
+        run_checks(m, settled_checks(candidate))
     state.system = provenance.collect(parse_dump(m.succeed(dump_script(), timeout=120)))
     state.timings["prepare"] = round(time.monotonic() - started, 1)
 
@@ -383,8 +385,8 @@ def run_ab(arms: tuple[Arm, Arm], settings: AbSettings, output: Path,
                 s.machine.start()
             for s in states.values():
                 s.boot_seconds = round(s.machine.wait_for_shell(settings.boot_timeout), 1)
-            for s in states.values():
-                prepare(s, arms[1].profile, progress)
+            with ThreadPoolExecutor(len(states)) as pool:  # two guests, one each
+                list(pool.map(lambda s: prepare(s, arms[1].profile, progress), states.values()))
             threads = settings.threads or settings.cpus
             order = []
             for round_no in range(settings.rounds):
