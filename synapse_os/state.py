@@ -18,7 +18,9 @@ from typing import Literal
 from synapse_os.profile.model import (
     ENGINE_UNITS,
     HZ_CHOICES,
+    NVME_QUEUE_SYSFS,
     OWNED_SYSCTL,
+    SYSFS_FIELDS,
     Profile,
     parse_size,
 )
@@ -29,10 +31,8 @@ UNKNOWN_RC = 100
 
 RUNTIME_UNIT = ENGINE_UNITS["synapse-runtime"]
 LLAMA_SERVER_UNIT = ENGINE_UNITS["llama-server"]
-THP_DIR = "/sys/kernel/mm/transparent_hugepage"
-KSM_RUN = "/sys/kernel/mm/ksm/run"
-CPUFREQ_GLOB = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq"
-NVME_QUEUE_GLOB = "/sys/block/nvme[0-9]*n[0-9]*/queue"
+NVME_QUEUE_GLOB = NVME_QUEUE_SYSFS
+SYSFS_CHOICE = {f.path: f.choice for f in SYSFS_FIELDS}
 FSTRIM_TIMER = "fstrim.timer"
 # Whether a unit is active can only be read where systemd is PID 1 (not in a chroot/container).
 SYSTEMD_UP = f"[ -d /run/systemd/system ] || exit {UNKNOWN_RC};"
@@ -167,28 +167,12 @@ def desired_state(profile: Profile) -> SystemState:
         sources[f"sysctl {extra_key}"] = f"sysctl.{extra_key}"
 
     sysfs: dict[str, str] = {}
-    if mem.thp is not None:
-        sysfs[f"{THP_DIR}/enabled"] = mem.thp
-        sources[f"sysfs {THP_DIR}/enabled"] = "memory.thp"
-    if mem.thp_defrag is not None:
-        sysfs[f"{THP_DIR}/defrag"] = mem.thp_defrag
-        sources[f"sysfs {THP_DIR}/defrag"] = "memory.thp_defrag"
-    if mem.ksm is not None:
-        sysfs[KSM_RUN] = "1" if mem.ksm else "0"
-        sources[f"sysfs {KSM_RUN}"] = "memory.ksm"
-    if profile.cpu.governor is not None:
-        sysfs[f"{CPUFREQ_GLOB}/scaling_governor"] = profile.cpu.governor
-        sources[f"sysfs {CPUFREQ_GLOB}/scaling_governor"] = "cpu.governor"
-    if profile.cpu.energy_performance_preference is not None:
-        path = f"{CPUFREQ_GLOB}/energy_performance_preference"
-        sysfs[path] = profile.cpu.energy_performance_preference
-        sources[f"sysfs {path}"] = "cpu.energy_performance_preference"
-
-    for key, file in (("nvme_scheduler", "scheduler"), ("nvme_read_ahead_kb", "read_ahead_kb")):
-        value = getattr(profile.disk, key)
+    for setting in SYSFS_FIELDS:
+        section, name = setting.key.split(".")
+        value = getattr(getattr(profile, section), name)
         if value is not None:
-            sysfs[f"{NVME_QUEUE_GLOB}/{file}"] = str(value)
-            sources[f"sysfs {NVME_QUEUE_GLOB}/{file}"] = f"disk.{key}"
+            sysfs[setting.path] = setting.value_text(value)
+            sources[f"sysfs {setting.path}"] = setting.key
 
     partition = profile.cpu_partition()
     cmdline: list[str] = []
@@ -296,7 +280,7 @@ def checks(state: SystemState) -> list[Check]:
         out.append(Check(f"sysctl {key}", "sysctl", src[f"sysctl {key}"], " ".join(value.split()),
                          _guarded(path, f"tr -s '\\t ' '  ' < {path}")))
     for path, value in state.sysfs.items():
-        choice = path.startswith(THP_DIR) or path.endswith("/scheduler")  # "[none] kyber"
+        choice = SYSFS_CHOICE[path]  # "always [madvise] never"
         probe = (f"cat {path}" if choice else f"cat {path} | sort -u | tr '\\n' ' ' | sed 's/ $//'")
         out.append(Check(f"sysfs {path}", "sysfs", src[f"sysfs {path}"], value,
                          _guarded(path, probe), "selected" if choice else "equal"))

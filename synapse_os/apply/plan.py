@@ -19,7 +19,14 @@ from synapse_os.apply.journal import APPLIED, UNFINISHED, all_journals
 from synapse_os.errors import OperationError
 from synapse_os.profile.model import Profile
 from synapse_os.render import File, Tree
-from synapse_os.state import SystemState, desired_state, keeps_permission_bits, sysctl_path
+from synapse_os.state import (
+    Check,
+    SystemState,
+    desired_state,
+    file_checks,
+    keeps_permission_bits,
+    sysctl_path,
+)
 
 ROOTFS = "rootfs/"
 UNIT_DIR = "etc/systemd/system/"
@@ -103,6 +110,12 @@ def rootfs_files(tree: Tree) -> dict[str, File]:
                 raise OperationError(f"rendered path {rel!r} escapes the target root")
             out[target] = f
     return out
+
+
+def rendered_file_checks(tree: Tree, root: str = "/") -> list[Check]:
+    """One check per file of the tree that lands on the target (verify and the VM)."""
+    return file_checks({rel: (f.mode, f.digest(), f.link)
+                        for rel, f in rootfs_files(tree).items()}, root)
 
 
 def wanted_state(f: File) -> FileState:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from synapse_os.errors import UserError
+from synapse_os.profile.model import SYSFS_FIELDS
 from synapse_os.profile.types import UNIT_NAME
 
 TX_ID = re.compile(r"\d{4,}-\d{8}T\d{6}Z")
@@ -20,14 +21,11 @@ SHA256_OR_EMPTY = re.compile(r"([0-9a-f]{64})?")
 STATES = {"in-progress", "applied", "rolling-back", "rolled-back", "failed"}
 FILE_KEYS = {"kind", "mode", "uid", "gid", "sha256", "link"}
 UNIT_DIR = "etc/systemd/system/"
-# Kernel values apply may remember (state.py's sysctl and sysfs settings), nothing else.
-LIVE_PATH = re.compile(
-    r"/proc/sys/[a-z0-9_]+(/[a-z0-9_-]+)+"
-    r"|/sys/kernel/mm/transparent_hugepage/(enabled|defrag)"
-    r"|/sys/kernel/mm/ksm/run"
-    r"|/sys/devices/system/cpu/cpu\d+/cpufreq/(scaling_governor|energy_performance_preference)"
-    r"|/sys/block/nvme\d+n\d+/queue/(scheduler|read_ahead_kb)"
-)
+# Kernel values apply may remember: a sysctl, or a file of a profile field that is one
+# sysfs file (its glob's [0-9]* standing for a number), nothing else.
+LIVE_PATH = re.compile("|".join(
+    [r"/proc/sys/[a-z0-9_]+(/[a-z0-9_-]+)+"]
+    + [re.escape(f.path).replace(re.escape("[0-9]*"), r"\d+") for f in SYSFS_FIELDS]))
 LIVE_VALUE = re.compile(r"[A-Za-z0-9_ \t.,:/+@=\[\]-]{0,256}")
 
 

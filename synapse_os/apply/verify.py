@@ -13,9 +13,9 @@ from pathlib import Path
 
 from synapse_os import proc
 from synapse_os.apply.hostboot import fitted_tree
-from synapse_os.apply.plan import rootfs_files
+from synapse_os.apply.plan import rendered_file_checks
 from synapse_os.profile.model import Profile
-from synapse_os.state import Check, file_checks, live_checks
+from synapse_os.state import Check, live_checks
 
 PROBE_TIMEOUT_S = 20
 PROBE_WORKERS = 4  # probes are independent reads; most of their time is process start-up
@@ -76,9 +76,7 @@ def profile_checks(profile: Profile, root: Path, settings_only: bool) -> tuple[l
         notes.append(f"{root} is not the running system: only the files placed there are "
                      "checked; run verify on the booted machine for live settings")
     if not settings_only:
-        files = {rel: (f.mode, f.digest(), f.link)
-                 for rel, f in rootfs_files(fitted_tree(profile, root, notes)).items()}
-        out.extend(file_checks(files, str(root)))
+        out.extend(rendered_file_checks(fitted_tree(profile, root, notes), str(root)))
     return out, notes
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from synapse_os import __version__
-from synapse_os.profile.model import NUMA_SYSCTLS, OWNED_SYSCTL
+from synapse_os.profile.model import NUMA_SYSCTLS, OWNED_SYSCTL, SYSFS_FIELDS
 from synapse_os.revision import git_revision
 from synapse_os.state import sysctl_path
 
@@ -152,7 +152,19 @@ READ_PATTERNS = (
     f"{THP}/enabled", f"{THP}/defrag", "/sys/block/zram*/disksize",
     "/sys/block/zram*/comp_algorithm", "/sys/module/zswap/parameters/enabled",
     *(sysctl_path(key) for key in SYSCTLS),
+    *(f.path for f in SYSFS_FIELDS),
 )
+
+
+def _sysfs_settings(files: Files) -> dict[str, str | list[str] | None]:
+    """The live value of every profile field that is a sysfs file, by profile key."""
+    out = {}
+    for setting in SYSFS_FIELDS:
+        values = [files.read(p) or "" for p in files.glob(setting.path)]
+        if setting.choice:
+            values = [_bracketed(v) or "" for v in values]
+        out[setting.key] = _unique([v for v in values if v])
+    return out
 
 
 def collect(files: Files | None = None) -> dict[str, Any]:
@@ -187,6 +199,7 @@ def collect(files: Files | None = None) -> dict[str, Any]:
         "thp": {"enabled": _bracketed(files.read(f"{THP}/enabled")),
                 "defrag": _bracketed(files.read(f"{THP}/defrag"))},
         "sysctl": {key: files.read(sysctl_path(key)) for key in SYSCTLS},
+        "sysfs": _sysfs_settings(files),
         "memory": {"total_bytes": _meminfo_bytes(files, "MemTotal")},
         "swap": _swap(files),
         "synapse": {"version": __version__, **git_revision()},  # the harness that measured

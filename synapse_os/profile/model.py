@@ -116,6 +116,24 @@ class Hardware(Strict):
         "backend.")
 
 
+CPU_SYSFS = "/sys/devices/system/cpu/cpu[0-9]*"
+NVME_QUEUE_SYSFS = "/sys/block/nvme[0-9]*n[0-9]*/queue"
+
+
+def _sysfs(path: str, description: str, *, choice: bool = False,
+           text: dict[str, str] | None = None, ge: int | None = None,
+           le: int | None = None) -> Any:
+    """A field that *is* one sysfs file (a glob: every match): state.py renders, applies,
+    verifies and records it, and apply may remember its old value. `choice`: the file shows
+    every choice with the selected one in brackets; `text`: what a value is written as."""
+    extra: dict[str, Any] = {"sysfs": path}
+    if choice:
+        extra["sysfs_choice"] = True
+    if text:
+        extra["sysfs_text"] = text
+    return Field(None, description=description, json_schema_extra=extra, ge=ge, le=le)
+
+
 class Disk(Strict):
     target: DiskById | None = Field(
         None, description="Install disk by stable identity: /dev/disk/by-id/..."
@@ -124,12 +142,12 @@ class Disk(Strict):
     root_fs: Literal["xfs", "ext4"] = Field("xfs", description="The root file system.")
     mount_options: list[str] = Field(default_factory=lambda: ["noatime"],
                                      description="Options of the root mount (fstab).")
-    nvme_scheduler: Literal["none", "mq-deadline", "kyber", "bfq"] | None = Field(
-        None, description="I/O scheduler of every NVMe namespace (none: the drive's own "
-        "queues, no reordering); unset: the kernel's.")
-    nvme_read_ahead_kb: int | None = Field(
-        None, ge=0, le=65536, description="Read-ahead of every NVMe namespace in KiB (model "
-        "files are read sequentially at load); unset: the kernel's.")
+    nvme_scheduler: Literal["none", "mq-deadline", "kyber", "bfq"] | None = _sysfs(
+        f"{NVME_QUEUE_SYSFS}/scheduler", "I/O scheduler of every NVMe namespace (none: the "
+        "drive's own queues, no reordering); unset: the kernel's.", choice=True)
+    nvme_read_ahead_kb: int | None = _sysfs(
+        f"{NVME_QUEUE_SYSFS}/read_ahead_kb", "Read-ahead of every NVMe namespace in KiB (model "
+        "files are read sequentially at load); unset: the kernel's.", ge=0, le=65536)
     fstrim: bool | None = Field(
         None, description="TRIM the file systems weekly (fstrim.timer enabled; false: "
         "disabled); unset: the distribution's.")
@@ -300,17 +318,18 @@ def _sysctl(key: str, description: str = "", ge: int | None = None,
 
 
 class Memory(Strict):
-    thp: Literal["always", "madvise", "never"] | None = Field(
-        None, description="Transparent hugepages (transparent_hugepage= and sysfs).")
-    thp_defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] | None = Field(
-        None, description="When THP allocations compact memory "
-        "(/sys/kernel/mm/transparent_hugepage/defrag).")
+    thp: Literal["always", "madvise", "never"] | None = _sysfs(
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+        "Transparent hugepages (transparent_hugepage= and sysfs).", choice=True)
+    thp_defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] | None = _sysfs(
+        "/sys/kernel/mm/transparent_hugepage/defrag", "When THP allocations compact memory "
+        "(/sys/kernel/mm/transparent_hugepage/defrag).", choice=True)
     zram: Zram | None = Field(None, description="Compressed swap in RAM (zram-generator).")
     zswap: bool | None = Field(None, description="False writes zswap.enabled=0 on the cmdline.")
-    ksm: bool | None = Field(
-        None, description="Kernel samepage merging (/sys/kernel/mm/ksm/run): false stops ksmd, "
-        "which scans anonymous memory for duplicates; model weights are file-backed and never "
-        "merge, so on an inference box it only costs CPU.")
+    ksm: bool | None = _sysfs(
+        "/sys/kernel/mm/ksm/run", "Kernel samepage merging (/sys/kernel/mm/ksm/run): false "
+        "stops ksmd, which scans anonymous memory for duplicates; model weights are "
+        "file-backed and never merge, so on an inference box it only costs CPU.")
     swappiness: int | None = _sysctl("vm.swappiness", ge=0, le=200)
     page_cluster: int | None = _sysctl("vm.page-cluster", ge=0, le=10)
     hugepages: int | None = _sysctl("vm.nr_hugepages", ge=0, description="2 MiB pages.")
@@ -340,17 +359,67 @@ OWNED_SYSCTL: dict[str, str] = {
     if isinstance(info.json_schema_extra, dict) and "sysctl" in info.json_schema_extra}
 
 
+# energy_perf_bias names as the kernel's intel_epb takes them, and the number it reads back
+EPB_LEVELS = {"performance": "0", "balance-performance": "4", "normal": "6",
+              "balance-power": "8", "power": "15"}
+
+
 class Cpu(Strict):
-    governor: Literal["performance", "schedutil", "powersave", "ondemand"] | None = Field(
-        None, description="cpufreq scaling governor of every CPU (sysfs, at boot).")
+    governor: Literal["performance", "schedutil", "powersave", "ondemand"] | None = _sysfs(
+        f"{CPU_SYSFS}/cpufreq/scaling_governor",
+        "cpufreq scaling governor of every CPU (sysfs, at boot).")
     energy_performance_preference: (
         Literal["performance", "balance_performance", "balance_power", "power"] | None
-    ) = Field(None, description="The hint intel_pstate/amd-pstate take from every CPU's "
-              "energy_performance_preference.")
+    ) = _sysfs(f"{CPU_SYSFS}/cpufreq/energy_performance_preference",
+               "The hint intel_pstate/amd-pstate take from every CPU's "
+               "energy_performance_preference.")
+    energy_perf_bias: (
+        Literal["performance", "balance-performance", "normal", "balance-power", "power"] | None
+    ) = _sysfs(f"{CPU_SYSFS}/power/energy_perf_bias", "Intel's energy/performance bias of "
+               "every CPU (the MSR hint firmware and the hardware use, read back as 0-15).",
+               text=EPB_LEVELS)
+    no_turbo: bool | None = _sysfs(
+        "/sys/devices/system/cpu/intel_pstate/no_turbo", "True keeps every CPU at or below "
+        "its base clock (intel_pstate): steadier timings, less heat, lower peak speed; false "
+        "allows turbo.")
+    platform_profile: (
+        Literal["low-power", "cool", "quiet", "balanced", "balanced-performance", "performance"]
+        | None
+    ) = _sysfs("/sys/firmware/acpi/platform_profile", "The firmware's power/thermal profile "
+               "(ACPI platform_profile, on laptops and some workstations).")
+    idle_latency_us: int | None = _sysfs(
+        f"{CPU_SYSFS}/power/pm_qos_resume_latency_us", "Deepest idle allowed, as wake-up "
+        "latency in µs: CPUs skip C-states that take longer to leave (per-CPU PM QoS, like "
+        "TuneD's force_latency; 0: no C-state at all, only polling); unset: any.",
+        text={"0": "n/a"}, ge=0, le=1_000_000)
+
     inference_cpus: CpuList | None = Field(
         None, description="CPUs the engine runs on (CPUAffinity= of its service); the rest "
         "keep the system: interrupts (irqaffinity=) and every other service (systemd's "
         "CPUAffinity). Needs hardware.logical_cpus; kernel.nohz_full_cpus must lie inside.")
+
+
+@dataclass(frozen=True)
+class SysfsField:
+    """A profile field that is one sysfs file (from the field's own metadata)."""
+    key: str  # the dotted profile path
+    path: str  # the file, or a glob of files
+    choice: bool  # shown as "a [b] c"
+    text: dict[str, str]
+
+    def value_text(self, value: object) -> str:
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        return self.text.get(str(value), str(value))
+
+
+SYSFS_FIELDS: tuple[SysfsField, ...] = tuple(
+    SysfsField(f"{section}.{name}", str(info.json_schema_extra["sysfs"]),
+               bool(info.json_schema_extra.get("sysfs_choice")),
+               dict(info.json_schema_extra.get("sysfs_text") or {}))  # type: ignore[arg-type]
+    for section, model in (("memory", Memory), ("cpu", Cpu), ("disk", Disk))
+    for name, info in model.model_fields.items()
+    if isinstance(info.json_schema_extra, dict) and "sysfs" in info.json_schema_extra)
 
 
 class Services(Strict):
@@ -586,7 +655,8 @@ class Profile(Strict):
                            description="The kernel: the distribution's, or one built tuned.")
     memory: Memory = Field(default_factory=Memory,
                            description="Memory management: THP, zram, zswap, KSM, VM sysctls.")
-    cpu: Cpu = Field(default_factory=Cpu, description="CPU frequency policy.")
+    cpu: Cpu = Field(default_factory=Cpu, description="CPU frequency, power and idle policy, "
+                     "and the engine's CPUs.")
     services: Services = Field(default_factory=Services,
                                description="systemd units masked, disabled or enabled.")
     journald: Journald = Field(default_factory=Journald,

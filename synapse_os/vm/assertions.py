@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import shlex
 
-from synapse_os.apply.plan import rootfs_files
+from synapse_os.apply.plan import rendered_file_checks
 from synapse_os.profile.model import Profile
 from synapse_os.render import render_profile
-from synapse_os.state import Check, file_checks, install_checks, live_checks
+from synapse_os.state import Check, install_checks, live_checks
 
 
 def service_checks(profile: Profile) -> list[Check]:
@@ -55,9 +55,7 @@ def service_checks(profile: Profile) -> list[Check]:
 
 
 def profile_file_checks(profile: Profile) -> list[Check]:
-    files = {rel: (f.mode, f.digest(), f.link)
-             for rel, f in rootfs_files(render_profile(profile)).items()}
-    return file_checks(files)
+    return rendered_file_checks(render_profile(profile))
 
 
 def vm_assertions(profile: Profile) -> list[Check]:

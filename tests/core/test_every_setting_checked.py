@@ -25,6 +25,9 @@ memory:
   ksm: false
   dirty_ratio: 20
   dirty_background_ratio: 5
+cpu:
+  no_turbo: false
+  platform_profile: performance
 services:
   enable: [systemd-timesyncd.service]
 journald:

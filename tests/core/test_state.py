@@ -184,6 +184,36 @@ def test_nvme_queue_settings_are_checked_on_every_namespace(tmp_path: Path) -> N
     assert not LIVE_PATH.fullmatch("/sys/block/sda/queue/scheduler")
 
 
+def test_power_and_idle_settings_are_read_from_every_cpu(tmp_path: Path) -> None:
+    """One declaration each (the field's sysfs metadata): rendered, checked, remembered by
+    apply and recorded by bench. Where this machine has the file, its live value decides."""
+    import glob
+
+    from synapse_os.apply.untrusted import LIVE_PATH
+
+    found = {c.id: c for c in profile_with(
+        tmp_path, "cpu:\n  energy_perf_bias: balance-power\n  no_turbo: true\n"
+                  "  platform_profile: quiet\n  idle_latency_us: 0\n")}
+    cpu = "/sys/devices/system/cpu"
+    epb = found[f"sysfs {cpu}/cpu[0-9]*/power/energy_perf_bias"]
+    assert (epb.source, epb.expected) == ("cpu.energy_perf_bias", "8")  # read back as a number
+    assert found[f"sysfs {cpu}/intel_pstate/no_turbo"].expected == "1"
+    assert found["sysfs /sys/firmware/acpi/platform_profile"].expected == "quiet"
+    idle = found[f"sysfs {cpu}/cpu[0-9]*/power/pm_qos_resume_latency_us"]
+    assert (idle.source, idle.expected) == ("cpu.idle_latency_us", "n/a")  # 0: polling only
+    latencies = {Path(p).read_text().strip()
+                 for p in glob.glob(f"{cpu}/cpu[0-9]*/power/pm_qos_resume_latency_us")}
+    if latencies:  # every CPU has it on a PM kernel: "0" (no limit) unless someone set one
+        assert run_probe(idle) == ("pass" if latencies == {"n/a"} else "fail",
+                                   " ".join(sorted(latencies)))
+    for check in (epb, found["sysfs /sys/firmware/acpi/platform_profile"]):
+        if not glob.glob(check.id.removeprefix("sysfs ")):
+            assert run_probe(check) == ("unknown", "not readable on this machine")
+    assert LIVE_PATH.fullmatch(f"{cpu}/cpu3/power/pm_qos_resume_latency_us")
+    assert LIVE_PATH.fullmatch("/sys/firmware/acpi/platform_profile")
+    assert not LIVE_PATH.fullmatch(f"{cpu}/cpu3/power/control")
+
+
 def test_cpu_partition_is_read_from_the_engine_and_from_systemd(tmp_path: Path) -> None:
     """The engine's CPUs from its main process (a real process pinned with taskset), and
     systemd's from PID 1, each in the kernel's CPU-list form."""

@@ -40,10 +40,14 @@ def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path, tun
     assert report["ok"] and report["infra_error"] is None
     statuses = {a["id"]: a["status"] for a in report["assertions"]}
     assert len(statuses) == len(vm_assertions(load_profile(tuned_profile)))
-    # QEMU has no cpufreq: those two read "unknown", everything else must pass (the scratch
-    # NVMe disk `synapse vm test` adds carries the NVMe queue settings udev applied)
+    # QEMU has no cpufreq, and TCG's CPU no energy/performance bias: those read "unknown",
+    # everything else must pass (the scratch NVMe disk `synapse vm test` adds carries the
+    # NVMe queue settings udev applied)
     unknown = sorted(i for i, s in statuses.items() if s == "unknown")
-    assert all("/cpufreq/" in i for i in unknown), unknown
+    assert all("/cpufreq/" in i or "/energy_perf_bias" in i for i in unknown), unknown
+    # the idle latency limit, written to every CPU's PM QoS file by tmpfiles at boot
+    assert statuses["sysfs /sys/devices/system/cpu/cpu[0-9]*/power/pm_qos_resume_latency_us"] \
+        == "pass"
     assert statuses["unit fstrim.timer enabled"] == "pass"
     assert statuses["sysfs /sys/block/nvme[0-9]*n[0-9]*/queue/scheduler"] == "pass"
     assert statuses["sysfs /sys/block/nvme[0-9]*n[0-9]*/queue/read_ahead_kb"] == "pass"
