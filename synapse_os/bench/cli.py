@@ -129,7 +129,7 @@ def compare_cmd(baseline: Path, candidate: Path, allow_model_mismatch: bool,
     """Per-test ratio CANDIDATE/BASELINE with 95% CI, Mann-Whitney p and a verdict."""
     from rich.table import Table
 
-    from synapse_os.bench.compare import table_rows
+    from synapse_os.bench.compare import gbps_text, table_rows
 
     _, _, result = _load_pair(baseline, candidate, allow_model_mismatch, allow_build_mismatch)
     if as_json:
@@ -145,16 +145,13 @@ def compare_cmd(baseline: Path, candidate: Path, allow_model_mismatch: bool,
     console.print(table)
     console.print(f"geometric mean ratio: {result.geomean_ratio:.3f} "
                   f"({result.geomean_ratio - 1:+.1%}); read bandwidth "
-                  f"{_gbps(result.baseline_bandwidth)} -> {_gbps(result.candidate_bandwidth)}")
+                  f"{gbps_text(result.baseline_bandwidth)} -> "
+                  f"{gbps_text(result.candidate_bandwidth)}")
     for warning in result.warnings:
         console.print(f"warning: {warning}")
     if result.only_baseline or result.only_candidate:
         console.print("not compared (in one file only): "
                       + ", ".join(result.only_baseline + result.only_candidate))
-
-
-def _gbps(value: float | None) -> str:
-    return "not measured" if value is None else f"{value:.2f} GB/s"
 
 
 @group.command("ab")

@@ -136,6 +136,10 @@ def _bandwidth(record: Record) -> float | None:
     return None if value is None else float(value)
 
 
+def gbps_text(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f} GB/s"
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from synapse_os.bench import stats
-from synapse_os.bench.compare import Result, table_rows
+from synapse_os.bench.compare import Result, gbps_text, table_rows
 from synapse_os.bench.records import Record
 from synapse_os.errors import UserError
 
@@ -66,10 +66,6 @@ def _short(value: Any, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _gbps(value: float | None) -> str:
-    return "not measured" if value is None else f"{value:.2f} GB/s"
-
-
 def markdown(result: Result, baseline: list[Record], candidate: list[Record]) -> str:
     diff = provenance_diff(baseline[0], candidate[0])
     verdicts = {v: sum(1 for t in result.tests if t.stats.verdict == v)
@@ -96,8 +92,8 @@ def markdown(result: Result, baseline: list[Record], candidate: list[Record]) ->
         f"{verdicts['no difference']} no difference (a change is called only when the 95 % "
         f"bootstrap CI of the ratio lies outside ±{stats.NOISE_BAND:.0%} and Mann–Whitney "
         f"p < {stats.ALPHA}).",
-        f"- Memory read bandwidth (STREAM-style): baseline {_gbps(result.baseline_bandwidth)}, "
-        f"candidate {_gbps(result.candidate_bandwidth)}.",
+        f"- Memory read bandwidth (STREAM-style): baseline {gbps_text(result.baseline_bandwidth)}, "
+        f"candidate {gbps_text(result.candidate_bandwidth)}.",
     ]
     parts += [f"- Warning: {w}." for w in result.warnings]
     if result.only_baseline or result.only_candidate:
