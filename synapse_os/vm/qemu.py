@@ -79,6 +79,12 @@ def kvm_works() -> bool:
             proc.wait()
 
 
+def opt(path: Path | str) -> str:
+    """A path as a QEMU option value: a comma would end the value (and could start another
+    option) unless doubled."""
+    return str(path).replace(",", ",,")
+
+
 @dataclass
 class QemuConfig:
     image: Path
@@ -106,7 +112,7 @@ class QemuConfig:
         argv = [
             require_qemu(), *accel, "-m", str(self.memory_mb), "-smp", str(self.cpus),
             "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
-            "-drive", f"file={self.image},format=raw,if=virtio,cache=unsafe"
+            "-drive", f"file={opt(self.image)},format=raw,if=virtio,cache=unsafe"
             + (",snapshot=on" if self.snapshot else ""),
             "-object", "rng-random,filename=/dev/urandom,id=rng0",
             "-device", "virtio-rng-pci,rng=rng0",
@@ -117,23 +123,23 @@ class QemuConfig:
                 for host, guest in sorted(self.forwards.items())),
         ]
         for number, (serial, path) in enumerate(sorted(self.readonly_disks.items())):
-            argv += ["-drive", f"file={path},if=none,id=ro{number},format=raw,readonly=on",
+            argv += ["-drive", f"file={opt(path)},if=none,id=ro{number},format=raw,readonly=on",
                      "-device", f"virtio-blk-pci,drive=ro{number},serial={serial}"]
         if self.hugepages:
             argv += ["-object", f"memory-backend-file,id=ram0,size={self.memory_mb}M,"
                      "mem-path=/dev/hugepages,prealloc=on,share=off",
                      "-machine", "memory-backend=ram0"]
         if self.nvme_disk is not None:
-            argv += ["-drive", f"file={self.nvme_disk},if=none,id=nvme0,format=raw",
+            argv += ["-drive", f"file={opt(self.nvme_disk)},if=none,id=nvme0,format=raw",
                      "-device", "nvme,drive=nvme0,serial=synapse-scratch"]
         if self.serial_log is not None:
-            argv += ["-chardev", f"file,id=serial0,path={self.serial_log}",
+            argv += ["-chardev", f"file,id=serial0,path={opt(self.serial_log)}",
                      "-serial", "chardev:serial0"]
         else:
             argv += ["-serial", "mon:stdio"]
         if self.shell_socket is not None:
             argv += ["-device", "virtio-serial-pci",
-                     "-chardev", f"socket,id=shell,path={self.shell_socket},server=on,wait=on",
+                     "-chardev", f"socket,id=shell,path={opt(self.shell_socket)},server=on,wait=on",
                      "-device", f"virtserialport,chardev=shell,name={SHELL_PORT}"]
         if self.kernel is not None:
             argv += ["-kernel", str(self.kernel)]

@@ -235,3 +235,21 @@ def test_vm_run_puts_the_serial_console_on_the_terminal(tiny: Path) -> None:
     while qemu_pids_for(str(tiny)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not qemu_pids_for(str(tiny))
+
+
+def test_paths_with_a_comma_reach_qemu_as_one_value(tmp_path: Path) -> None:
+    """QEMU ends an option value at a comma: paths are passed with commas doubled, so a
+    directory like `runs,2` cannot cut a -drive short or add options to it."""
+    need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")
+    where = tmp_path / "runs,readonly=off"
+    where.mkdir()
+    disk = where / "d.img"
+    with disk.open("wb") as fh:
+        fh.truncate(16 * 1024 * 1024)
+    cfg = qemu.QemuConfig(image=disk, serial_log=where / "s.log", shell_socket=None,
+                          readonly_disks={"synapse-bench": disk})
+    argv = [a for a in cfg.argv() if a not in ("-bios", qemu.find_ovmf())]
+    escaped = str(disk).replace(",", ",,")
+    assert f"file={escaped},if=none,id=ro0,format=raw,readonly=on" in argv
+    run = subprocess.run(["timeout", "5", *argv, "-S"], capture_output=True, text=True)
+    assert run.returncode == 124, run.stderr  # still running when stopped: every value parsed
