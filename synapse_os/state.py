@@ -464,8 +464,19 @@ def install_checks(profile: Profile) -> list[Check]:
     packages."""
     from synapse_os.distro import distro_for
 
+    read_only = profile.system.root == "read-only"
     out = [Check("root file system", "mount", "disk.root_fs", profile.disk.root_fs,
-                 "findmnt -no FSTYPE /", after_reboot=True)]
+                 "findmnt -no FSTYPE /", after_reboot=True),
+           Check("root mounted", "mount", "system.root", "ro" if read_only else "rw",
+                 "findmnt -no OPTIONS / | cut -d, -f1", after_reboot=True)]
+    if profile.disk.root_size is not None:
+        out.append(Check("/var partition", "mount", "disk.root_size",
+                         f"{profile.disk.root_fs} rw synapse-var",
+                         "findmnt -no FSTYPE,OPTIONS,PARTLABEL /var"
+                         " | awk '{split($2, o, \",\"); print $1, o[1], $3}'", after_reboot=True))
+    if read_only:
+        out.append(Check("/tmp in memory", "mount", "system.root", "tmpfs",
+                         "findmnt -no FSTYPE /tmp", after_reboot=True))
     for opt in profile.disk.mount_options:
         if opt.startswith(_UNLISTED_MOUNT_OPTIONS):
             continue

@@ -41,7 +41,7 @@ def apply_cmd(profile: Path, root: Path, dry_run: bool, yes: bool, as_json: bool
     A transaction interrupted by a crash is rolled back by the next apply (which then
     applies afresh) or by `synapse rollback`.
     """
-    from synapse_os.apply import journal, plan, transaction
+    from synapse_os.apply import journal, plan, rootmount, transaction
     from synapse_os.profile import load_profile
 
     loaded = load_profile(profile)
@@ -60,8 +60,10 @@ def apply_cmd(profile: Path, root: Path, dry_run: bool, yes: bool, as_json: bool
         else:
             click.echo(plan.plan_text(the_plan), nl=False)
         return
+    remount: list[str] = []  # a read-only root not made read-only again
     with journal.locked(root):
-        recovered = transaction.recover(root)
+        with rootmount.writable(root, remount, needed=transaction.unfinished(root)):
+            recovered = transaction.recover(root)
         for j in recovered:
             click.echo(f"rolled back interrupted transaction {j.id}", err=True)
         the_plan = plan.make_plan(loaded, root)
@@ -76,8 +78,10 @@ def apply_cmd(profile: Path, root: Path, dry_run: bool, yes: bool, as_json: bool
             click.echo(plan.plan_text(the_plan), nl=False)
         if not yes and not click.confirm("apply these changes?", default=False, err=True):
             raise click.exceptions.Abort()
-        outcome = transaction.execute(the_plan)
+        with rootmount.writable(root, remount):
+            outcome = transaction.execute(the_plan)
     assert outcome.journal is not None
+    outcome.warnings += remount
     if as_json:
         emit_json(the_plan.as_dict() | {
             "transaction": outcome.journal.id, "recovered": [j.id for j in recovered],
@@ -137,7 +141,7 @@ def rollback_cmd(transaction: str | None, root: Path, yes: bool, force: bool,
 
     An interrupted transaction is always rolled back first.
     """
-    from synapse_os.apply import journal
+    from synapse_os.apply import journal, rootmount
     from synapse_os.apply import transaction as tx
 
     root = _existing_root(root)
@@ -147,8 +151,11 @@ def rollback_cmd(transaction: str | None, root: Path, yes: bool, force: bool,
             else "the newest transaction"
         if not click.confirm(f"roll back {what} on {root}?", default=False, err=True):
             raise click.exceptions.Abort()
-    with journal.locked(root):
+    remount: list[str] = []
+    with journal.locked(root), rootmount.writable(root, remount):
         recovered, done = tx.rollback(root, transaction, force)
+    for w in remount:
+        click.echo(f"warning: {w}", err=True)
     if as_json:
         emit_json({"recovered": [j.summary() for j in recovered],
                    "rolled_back": [j.summary() for j in done]})

@@ -307,6 +307,11 @@ def _undo_or_explain(journal: Journal) -> None:
         ) from None
 
 
+def unfinished(root: Path) -> bool:
+    """Whether a crash left a transaction for `recover` to roll back."""
+    return any(j.state in UNFINISHED for j in all_journals(root))
+
+
 def recover(root: Path) -> list[Journal]:
     """Roll back every unfinished transaction (a crash hit it); returns those recovered."""
     recovered = []

@@ -42,6 +42,7 @@ BUILD_TOOLS = (
     ("losetup", "mount"),
 )
 HEADROOM = 1536 * 1024 * 1024  # initramfs, apt state, and free space for the running system
+ROOT_ROOM = 512 * 1024 * 1024  # a root partition of its own: initramfs and free space
 
 
 @dataclass
@@ -126,7 +127,9 @@ def build_image(
         # the image stands in for the profile's target disk, under its name when it has one
         target_name = Path(profile.disk.target).name if profile.disk.target \
             else f"synapse-image-{tmp.name.strip('.')}"
-        with loopdisk.attach(tmp, esp_size, target_name) as target:
+        root_mib = profile.disk.root_mib()
+        with loopdisk.attach(tmp, esp_size, target_name,
+                             root_mib * 1024**2 if root_mib else None) as target:
             try:
                 with progress.step("install/partition.sh on the image (GPT, ESP, root)"):
                     run(["bash", tree / "install/partition.sh", "--yes", target.link,
@@ -183,7 +186,8 @@ def require_vfat() -> None:
 def image_size(profile: Profile, tree: Path) -> int:
     """Bytes for the disk: the ESP, what the packages unpack to (their Installed-Size; a
     tuned kernel's packages count their size once more, for the initramfs made from them),
-    the runtime's wheels three times over (unpacked plus bytecode), the models, headroom."""
+    the runtime's wheels three times over (unpacked plus bytecode), the models, headroom.
+    With disk.root_size the root partition has that size and /var the models and headroom."""
     installed = 0
     for line in (tree / "bundle/debs/Packages").read_text().splitlines():
         if line.startswith("Installed-Size:"):
@@ -196,7 +200,17 @@ def image_size(profile: Profile, tree: Path) -> int:
     models = 0
     if profile.runtime is not None and profile.runtime.models:
         models = default_model()[0].stat().st_size
-    total = parse_size(profile.disk.esp_size) + installed + 3 * wheels + models + HEADROOM
+    system = installed + 3 * wheels
+    if profile.disk.root_size is None:
+        total = parse_size(profile.disk.esp_size) + system + models + HEADROOM
+    else:  # the root partition has the profile's size, /var (models, state) the rest
+        root = parse_size(profile.disk.root_size)
+        if root < system + ROOT_ROOM:
+            gib = 1024**3
+            raise UserError(f"disk.root_size: {profile.disk.root_size} cannot hold the installed "
+                            f"system (about {(system + ROOT_ROOM) / gib:.1f}G with room to "
+                            "run); raise it")
+        total = parse_size(profile.disk.esp_size) + root + models + HEADROOM
     mib = 1024 * 1024
     return (total + mib - 1) // mib * mib + 2 * mib  # partition alignment and the GPTs
 

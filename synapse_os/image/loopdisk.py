@@ -4,7 +4,8 @@
 Without udev (containers, CI machines) nothing makes by-id links, and a kernel built
 without partition-table support never makes loopNp1 nodes; so each partition gets a loop
 device of its own, at the place partition.sh puts it (the first from 1 MiB, the root
-partition to the last usable sector), and the table partition.sh writes is read back and
+partition to the last usable sector, or of the profile's root size with /var after it to
+the last usable sector), and the table partition.sh writes is read back and
 compared with them before anything is installed.
 """
 
@@ -50,21 +51,26 @@ class LoopDisk:
             )
 
 
-def layout(total: int, first_size: int) -> tuple[Part, ...]:
+def layout(total: int, first_size: int, root_size: int | None = None) -> tuple[Part, ...]:
     sectors = total // SECTOR
     first = Part(FIRST, first_size // SECTOR)
     root_start = first.start + first.size
-    return first, Part(root_start, sectors - GPT_TAIL - root_start)
+    if root_size is None:
+        return first, Part(root_start, sectors - GPT_TAIL - root_start)
+    root = Part(root_start, root_size // SECTOR)
+    var_start = root.start + root.size
+    return first, root, Part(var_start, sectors - GPT_TAIL - var_start)
 
 
 @contextlib.contextmanager
-def attach(image: Path, first_size: int, name: str) -> Iterator[LoopDisk]:
-    """Attach `image` (whole disk + its two partitions) and link it as by-id/`name`."""
+def attach(image: Path, first_size: int, name: str,
+           root_size: int | None = None) -> Iterator[LoopDisk]:
+    """Attach `image` (whole disk + its partitions) and link it as by-id/`name`."""
     require_tool("losetup", "apt-get install mount")
     link = BY_ID / name
     if link.exists() or link.is_symlink():
         raise UserError(f"{link} already exists on this host; the image would take its place")
-    parts = layout(image.stat().st_size, first_size)
+    parts = layout(image.stat().st_size, first_size, root_size)
     devices: list[str] = []
     links: list[Path] = []
     try:
@@ -72,8 +78,8 @@ def attach(image: Path, first_size: int, name: str) -> Iterator[LoopDisk]:
         for p in parts:
             devices.append(_losetup(image, p.start * SECTOR, p.size * SECTOR))
         BY_ID.mkdir(parents=True, exist_ok=True)
-        for path, dev in zip((link, *(Path(f"{link}-part{i}") for i in (1, 2))), devices,
-                             strict=True):
+        names = (link, *(Path(f"{link}-part{i}") for i in range(1, len(parts) + 1)))
+        for path, dev in zip(names, devices, strict=True):
             os.symlink(dev, path)
             links.append(path)
         yield LoopDisk(link=link, image=image, parts=parts)

@@ -151,6 +151,22 @@ class Disk(Strict):
     fstrim: bool | None = Field(
         None, description="TRIM the file systems weekly (fstrim.timer enabled; false: "
         "disabled); unset: the distribution's.")
+    root_size: Size | None = Field(
+        None, description="Size of the root partition; /var takes the rest of the disk as its "
+        "own partition (same file system and mount options). Unset: the root takes the whole "
+        "disk. Needed by system.root: read-only.")
+
+    @field_validator("root_size")
+    @classmethod
+    def _root_size(cls, v: str | None) -> str | None:
+        if v is not None and parse_size(v) < 2 * 1024**3:
+            raise ValueError("root_size must be at least 2G to hold the installed system")
+        return v
+
+    def root_mib(self) -> int | None:
+        """The root partition's size in whole MiB, as partition.sh makes it (None: the rest
+        of the disk)."""
+        return parse_size(self.root_size) // 1024**2 if self.root_size else None
 
     @field_validator("esp_size")
     @classmethod
@@ -633,6 +649,14 @@ class Network(Strict):
         "configure). `apply` never changes a machine's networking.")
 
 
+class System(Strict):
+    root: Literal["read-write", "read-only"] = Field(
+        "read-write", description="How the root file system is mounted. read-only: `ro` on "
+        "the kernel command line and in fstab, writable state on its own /var partition "
+        "(models and runtime data in /var/ai-data), /tmp a tmpfs, and /etc changed only by "
+        "`synapse apply`, which makes the root writable for the length of its transaction.")
+
+
 class Profile(Strict):
     """A fully resolved profile (after `extends:` is merged)."""
 
@@ -649,6 +673,8 @@ class Profile(Strict):
     locale: Locale = Field("en_US.UTF-8", description="LANG, generated at install.")
     hardware: Hardware = Field(default_factory=Hardware,
                                description="The machine the profile is for.")
+    system: System = Field(default_factory=System,
+                           description="The installed system as a whole: its root's mutability.")
     disk: Disk = Field(default_factory=Disk, description="The install disk and its layout.")
     boot: Boot = Field(default_factory=Boot, description="Boot loader and kernel command line.")
     kernel: Kernel = Field(default_factory=Kernel,
@@ -713,6 +739,10 @@ class Profile(Strict):
                                  f"boot.mitigations_risk to exactly {MITIGATIONS_ACK!r}")
         weakened += [f"kernel.extra {k} ({r[1]})" for k, r in kconfig.items()
                      if r[0] == "weakening"]
+        if self.system.root == "read-only" and self.disk.root_size is None:
+            raise ValueError("system.root: read-only keeps writable state on its own /var "
+                             "partition; set disk.root_size (the root partition's size, e.g. "
+                             "16G; /var takes the rest of the disk)")
         for op in ("enable", "disable", "mask"):
             if self.disk.fstrim is not None and "fstrim.timer" in getattr(self.services, op):
                 raise ValueError(f"services.{op}: fstrim.timer is set through disk.fstrim; "

@@ -173,7 +173,8 @@ def step_system(ctx: Context, tree: Tree) -> None:
 def step_boot(ctx: Context, tree: Tree) -> None:
     words = list(ctx.state.cmdline)
     cmdline = cmdline_string(words)
-    full = cmdline_string([f"root=PARTLABEL={ROOT_PARTLABEL}", "rw", *words])
+    root_mode = "ro" if ctx.profile.system.root == "read-only" else "rw"
+    full = cmdline_string([f"root=PARTLABEL={ROOT_PARTLABEL}", root_mode, *words])
     tree.add("rootfs/etc/kernel/cmdline", f"{full}\n")
     if ctx.profile.boot.loader == "grub":
         distro = distro_for(ctx.profile)
@@ -237,7 +238,11 @@ def step_install(ctx: Context, tree: Tree) -> None:
         tree.add("install/pacman.conf", template("pacman.conf.j2", **ctx.vars()))
         tree.add("install/pacman-bundle.conf", template("pacman-bundle.conf.j2", **ctx.vars()))
     options = ",".join(ctx.profile.disk.mount_options) or "defaults"
-    layout = ctx.vars(mount_options=options, esp_mount=distro.esp_mount,
+    root_options = ",".join(["ro", *ctx.profile.disk.mount_options]) \
+        if ctx.profile.system.root == "read-only" else options
+    layout = ctx.vars(mount_options=options, root_mount_options=root_options,
+                      root_mib=str(ctx.profile.disk.root_mib() or ""),
+                      esp_mount=distro.esp_mount,
                       locale_file=distro.locale_file)
     tree.add("install/fstab", template("fstab.j2", **layout))
     if ctx.profile.network.wired == "dhcp":
@@ -259,7 +264,9 @@ def step_kernel(ctx: Context, tree: Tree) -> None:
 
 
 def step_archinstall(ctx: Context, tree: Tree) -> None:
-    if ctx.profile.base != "arch":
+    # archinstall's layouts size partitions up front and cannot give /var "the rest of the
+    # disk": a profile with its own /var partition installs with install/install.sh only
+    if ctx.profile.base != "arch" or ctx.profile.disk.root_size is not None:
         return
     from synapse_os.render.archinstall import archinstall_files
 

@@ -105,7 +105,10 @@ class Machine:
         readonly_disks: dict[str, Path] | None = None,
         host_cpus: str | None = None,
         hugepages: bool = False,
+        snapshot: bool = True,
     ) -> None:
+        """snapshot=False: the guest writes to the image itself (a test that reboots it by
+        starting another Machine on the same image, e.g. after `power_cut`)."""
         self.image = Path(image)
         self.meta = disk.read_metadata(self.image)
         if not self.meta.get("test"):
@@ -128,6 +131,7 @@ class Machine:
         self.readonly_disks = dict(readonly_disks or {})
         self.host_cpus = host_cpus
         self.hugepages = hugepages
+        self.snapshot = snapshot
         cmdline = append_override if append_override is not None else str(self.meta["cmdline"])
         self.append = " ".join(w for w in (cmdline, extra_append) if w)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -153,7 +157,7 @@ class Machine:
                             shell_socket=self.socket_path, memory_mb=self.memory_mb,
                             cpus=self.cpus, kvm=self.kvm, forwards=self.forwards,
                             readonly_disks=self.readonly_disks, host_cpus=self.host_cpus,
-                            hugepages=self.hugepages)
+                            hugepages=self.hugepages, snapshot=self.snapshot)
         if self.nvme:  # sparse: an empty namespace is all the guest's udev needs to see
             config.nvme_disk = self.workdir / "nvme-scratch.img"
             with config.nvme_disk.open("wb") as fh:
@@ -228,6 +232,14 @@ class Machine:
                 pass
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def power_cut(self) -> None:
+        """Stop the guest like a power cut: QEMU is killed, so what the guest had not yet
+        written to its disk is lost and nothing is unmounted."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.close()
 
     @property
     def pid(self) -> int | None:

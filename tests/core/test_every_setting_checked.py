@@ -34,6 +34,10 @@ journald:
   max_retention: 1week
 kernel:
   extra: {{CONFIG_LATENCYTOP: n}}
+system:
+  root: read-only
+disk:
+  root_size: 20G
 """
 
 _RUNTIME_CONFIG = ("read by the service from its rendered configuration (checked by hash); "

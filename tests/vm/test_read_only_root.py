@@ -1,0 +1,111 @@
+"""system.root: read-only, installed by the install path and booted: the root cannot be
+written, /var (its own partition) and /var/ai-data can, `synapse apply` makes the root
+writable for its transaction only, and an apply killed midway, followed by a power cut,
+leaves a system that boots read-only and whose next apply recovers the transaction."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synapse_os.profile import load_profile
+from synapse_os.state import install_checks
+from synapse_os.vm.machine import Machine
+from synapse_os.vm.runner import (
+    GUEST_SYNAPSE,
+    resolved_profile_yaml,
+    run_checks,
+    upload,
+    wait_for_service,
+)
+from tests.conftest import _build
+
+pytestmark = pytest.mark.slow
+
+CHANGED = "/run/synapse-test/changed.yaml"
+KILLED = "/run/synapse-test/killed.yaml"
+ROOT_STATE = "findmnt -no OPTIONS / | cut -d, -f1"
+
+
+@pytest.fixture(scope="module")
+def read_only(tuned_profile: Path, local_kernel_tarball: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The CI's tuned profile (same name, so the same cached kernel) with a read-only root
+    on a 5G root partition."""
+    profile = tmp_path_factory.mktemp("read-only") / "cpu-avx2-debian.yaml"
+    profile.write_text(f"extends: {tuned_profile}\nsystem:\n  root: read-only\n"
+                       "disk:\n  root_size: 5G\n")
+    return _build(profile, tmp_path_factory, local_kernel_tarball), profile
+
+
+def _with_swappiness(profile: Path, value: int) -> bytes:
+    data = yaml.safe_load(resolved_profile_yaml(load_profile(profile)))
+    data["memory"]["swappiness"] = value
+    return yaml.safe_dump(data, sort_keys=False).encode()
+
+
+def _history(m: Machine) -> list[dict[str, object]]:
+    return json.loads(m.succeed(f"{GUEST_SYNAPSE} history --json 2>/dev/null"))
+
+
+def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
+        read_only: tuple[Path, Path], tmp_path: Path) -> None:
+    built, profile_path = read_only
+    image = tmp_path / "disk.img"  # booted twice, so the guest writes to a copy of its own
+    subprocess.run(["cp", "--sparse=always", str(built), str(image)], check=True)
+    profile = load_profile(profile_path)
+    mounts = [c for c in install_checks(profile) if c.kind == "mount"]
+    assert {c.id for c in mounts} >= {"root mounted", "/var partition", "/tmp in memory"}
+
+    with Machine(image, snapshot=False) as m:
+        m.start()
+        m.wait_for_shell(600)
+        m.wait_for_unit("multi-user.target", 600)
+        assert [(o.id, o.status) for o in run_checks(m, mounts)] == \
+            [(c.id, "pass") for c in mounts]
+        assert "Read-only file system" in m.fail("touch /etc/synapse-write-probe")
+        m.succeed("touch /var/ai-data/probe /tmp/probe && rm /var/ai-data/probe /tmp/probe")
+        assert wait_for_service(m, profile, 900) is None  # the runtime runs on the ro root
+
+        upload(m, CHANGED, _with_swappiness(profile_path, 150))
+        out = m.succeed(f"{GUEST_SYNAPSE} apply {CHANGED} --yes 2>&1", timeout=600)
+        assert "applied transaction" in out and "warning" not in out, out
+        assert m.succeed("sysctl -n vm.swappiness").strip() == "150"
+        assert m.succeed(ROOT_STATE).strip() == "ro"
+        assert m.succeed("grep -h swappiness /etc/sysctl.d/*synapse*").split()[-1] == "150"
+
+        # killed after its first file is in place (journal, backup, temp file, rename...)
+        upload(m, KILLED, _with_swappiness(profile_path, 120))
+        rc, out = m.execute(f"SYNAPSE_FAULT_AFTER_STEP=6 {GUEST_SYNAPSE} apply {KILLED} "
+                            "--yes 2>&1", timeout=600)
+        assert rc == 137, out  # SIGKILL
+        assert m.succeed(ROOT_STATE).strip() == "rw"  # until the next boot
+        assert _history(m)[-1]["state"] == "in-progress"
+        m.power_cut()
+
+    with Machine(image, snapshot=False) as m:
+        m.start()
+        m.wait_for_shell(600)
+        m.wait_for_unit("multi-user.target", 600)
+        assert m.succeed(ROOT_STATE).strip() == "ro"
+        assert _history(m)[-1]["state"] == "in-progress"  # the journal survived on /var
+        upload(m, KILLED, _with_swappiness(profile_path, 120))
+        out = m.succeed(f"{GUEST_SYNAPSE} apply {KILLED} --yes 2>&1", timeout=600)
+        assert "rolled back interrupted transaction" in out and "applied transaction" in out
+        assert m.succeed("sysctl -n vm.swappiness").strip() == "120"
+        assert m.succeed(ROOT_STATE).strip() == "ro"
+        states = [j["state"] for j in _history(m)]
+        assert states[-3:] == ["applied", "rolled-back", "applied"], states
+        assert [o.status for o in run_checks(m, mounts)] == ["pass"] * len(mounts)
+        # and every live check of the profile, as `synapse verify` runs them
+        assert wait_for_service(m, profile, 900) is None
+        rc, out = m.execute(f"{GUEST_SYNAPSE} verify {KILLED} --json 2>/dev/null", timeout=900)
+        failed = [c for c in json.loads(out)["checks"] if c["status"] == "fail"]
+        assert rc == 0 and not failed, failed
+        m.shutdown()
+    shutil.rmtree(tmp_path, ignore_errors=True)
