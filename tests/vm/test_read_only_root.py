@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 CHANGED = "/run/synapse-test/changed.yaml"
 KILLED = "/run/synapse-test/killed.yaml"
 ROOT_STATE = "findmnt -no OPTIONS / | cut -d, -f1"
+GUEST_MEMORY_MB = 6144  # above the profile's 4G memory_reserve
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +44,19 @@ def read_only(tuned_profile: Path, local_kernel_tarball: Path,
     return _build(profile, tmp_path_factory, local_kernel_tarball), profile
 
 
-def _with_swappiness(profile: Path, value: int) -> bytes:
+def _changed(profile: Path, swappiness: int, hardware: dict[str, object]) -> bytes:
+    """The profile with another swappiness, for the guest's own hardware (apply refuses a
+    profile written for other hardware)."""
     data = yaml.safe_load(resolved_profile_yaml(load_profile(profile)))
-    data["memory"]["swappiness"] = value
+    data["memory"]["swappiness"] = swappiness
+    data["hardware"].update(hardware)
     return yaml.safe_dump(data, sort_keys=False).encode()
+
+
+def _hardware(m: Machine) -> dict[str, object]:
+    found = json.loads(m.succeed(f"{GUEST_SYNAPSE} init --json", timeout=300))["hardware"]
+    return {key: found[key] for key in ("cpu_vendor", "physical_cores", "logical_cpus")} \
+        | {"ram": f"{GUEST_MEMORY_MB // 1024}G"}
 
 
 def _history(m: Machine) -> list[dict[str, object]]:
@@ -62,17 +72,18 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
     mounts = [c for c in install_checks(profile) if c.kind == "mount"]
     assert {c.id for c in mounts} >= {"root mounted", "/var partition", "/tmp in memory"}
 
-    with Machine(image, snapshot=False) as m:
+    with Machine(image, snapshot=False, memory_mb=GUEST_MEMORY_MB) as m:
         m.start()
         m.wait_for_shell(600)
         m.wait_for_unit("multi-user.target", 600)
+        hardware = _hardware(m)
         assert [(o.id, o.status) for o in run_checks(m, mounts)] == \
             [(c.id, "pass") for c in mounts]
         assert "Read-only file system" in m.fail("touch /etc/synapse-write-probe")
         m.succeed("touch /var/ai-data/probe /tmp/probe && rm /var/ai-data/probe /tmp/probe")
         assert wait_for_service(m, profile, 900) is None  # the runtime runs on the ro root
 
-        upload(m, CHANGED, _with_swappiness(profile_path, 150))
+        upload(m, CHANGED, _changed(profile_path, 150, hardware))
         out = m.succeed(f"{GUEST_SYNAPSE} apply {CHANGED} --yes 2>&1", timeout=600)
         assert "applied transaction" in out and "warning" not in out, out
         assert m.succeed("sysctl -n vm.swappiness").strip() == "150"
@@ -80,7 +91,7 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         assert m.succeed("grep -h swappiness /etc/sysctl.d/*synapse*").split()[-1] == "150"
 
         # killed after its first file is in place (journal, backup, temp file, rename...)
-        upload(m, KILLED, _with_swappiness(profile_path, 120))
+        upload(m, KILLED, _changed(profile_path, 120, hardware))
         rc, out = m.execute(f"SYNAPSE_FAULT_AFTER_STEP=6 {GUEST_SYNAPSE} apply {KILLED} "
                             "--yes 2>&1", timeout=600)
         assert rc == 137, out  # SIGKILL
@@ -88,13 +99,13 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         assert _history(m)[-1]["state"] == "in-progress"
         m.power_cut()
 
-    with Machine(image, snapshot=False) as m:
+    with Machine(image, snapshot=False, memory_mb=GUEST_MEMORY_MB) as m:
         m.start()
         m.wait_for_shell(600)
         m.wait_for_unit("multi-user.target", 600)
         assert m.succeed(ROOT_STATE).strip() == "ro"
         assert _history(m)[-1]["state"] == "in-progress"  # the journal survived on /var
-        upload(m, KILLED, _with_swappiness(profile_path, 120))
+        upload(m, KILLED, _changed(profile_path, 120, hardware))
         out = m.succeed(f"{GUEST_SYNAPSE} apply {KILLED} --yes 2>&1", timeout=600)
         assert "rolled back interrupted transaction" in out and "applied transaction" in out
         assert m.succeed("sysctl -n vm.swappiness").strip() == "120"
