@@ -3,7 +3,7 @@ path a user runs on a bare disk.
 
     synapse bundle (cached packages and wheels) → sparse image file attached as a disk
     (loopdisk) → the bundle's install/partition.sh → its install/install.sh --removable,
-    offline (its own network namespace) → models at runtime.models → boot metadata
+    offline (its own network namespace), which places the bundled models → boot metadata
 
 The image is written to a temp file beside OUTPUT and renamed into place, so a failed
 build leaves nothing behind; the bundle and mount point live in a work directory that is
@@ -28,6 +28,7 @@ from synapse_os.image.bundle import build_bundle
 from synapse_os.image.cache import LayerCache
 from synapse_os.image.progress import Progress
 from synapse_os.kernel.pkgbuild import localversion_for
+from synapse_os.model import bundled
 from synapse_os.models import default_model
 from synapse_os.proc import require_tool, run
 from synapse_os.profile.model import Profile, parse_size
@@ -113,8 +114,12 @@ def build_image(
     tmp: Path | None = None
     try:
         tree = work / "tree"
+        # the real small model at every runtime.models path, placed by install.sh
+        models = bundled.collect(profile, source=default_model()[0]) \
+            if profile.runtime is not None else []
         bundle = build_bundle(profile, tree, test=test, cache=cache, progress=progress,
-                              profile_dir=profile_dir, kernel_tarball=kernel_tarball)
+                              profile_dir=profile_dir, kernel_tarball=kernel_tarball,
+                              models=models)
         size = image_size(profile, tree)
         parent = output.resolve().parent
         disk.check_space(parent, size, f"the disk image {output.name}")
@@ -138,10 +143,6 @@ def build_image(
                 with progress.step("install/install.sh --removable, offline (no network)"):
                     run(["unshare", "--net", "--", "bash", tree / "install/install.sh",
                          "--mnt", mnt, "--removable"], timeout=3600)
-                if profile.runtime is not None:
-                    with progress.step("placing the model at the profile's runtime.models paths"):
-                        models = install_models(mnt, profile)
-                    progress.note("models: " + ", ".join(models))
                 info = boot_metadata(profile, mnt / ESP, output, test)
             finally:
                 unmount(mnt)
@@ -197,9 +198,9 @@ def image_size(profile: Profile, tree: Path) -> int:
         installed += int(size or 0) * 1024 + deb.stat().st_size
     wheels = sum(p.stat().st_size for p in (tree / "bundle/wheels").glob("*.whl")) \
         if (tree / "bundle/wheels").is_dir() else 0
-    models = 0
-    if profile.runtime is not None and profile.runtime.models:
-        models = default_model()[0].stat().st_size
+    index = tree / bundled.INDEX  # each line a model file install.sh places
+    models = sum((tree / bundled.MODELS_DIR / f"{line.split()[0]}.gguf").stat().st_size
+                 for line in index.read_text().splitlines()) if index.exists() else 0
     system = installed + 3 * wheels
     if profile.disk.root_size is None:
         total = parse_size(profile.disk.esp_size) + system + models + HEADROOM
@@ -213,34 +214,6 @@ def image_size(profile: Profile, tree: Path) -> int:
         total = parse_size(profile.disk.esp_size) + root + models + HEADROOM
     mib = 1024 * 1024
     return (total + mib - 1) // mib * mib + 2 * mib  # partition alignment and the GPTs
-
-
-def install_models(root: Path, profile: Profile) -> list[str]:
-    """Copy the real small model to every runtime.models path (hard links share one copy).
-
-    Models stay root's and world-readable, as tmpfiles.d makes their directory: the
-    service only reads them.
-    """
-    rt = profile.runtime
-    if rt is None or not rt.models:
-        return []
-    source, _sha = default_model()
-    placed: dict[str, Path] = {}
-    for ref in rt.models.values():
-        if ref.path in placed:
-            continue
-        dest = root / ref.path.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.exists() or dest.is_symlink():
-            dest.unlink()
-        first = next(iter(placed.values()), None)
-        if first is not None:
-            os.link(first, dest)
-        else:
-            shutil.copyfile(source, dest)
-        os.chmod(dest, 0o644)
-        placed[ref.path] = dest
-    return sorted(placed)
 
 
 def boot_metadata(profile: Profile, esp: Path, output: Path, test: bool) -> ImageInfo:

@@ -10,6 +10,8 @@
                                linux-image and linux-headers packages and its resolution
     out/bundle/wheels/         the runtime's wheels: synapse, llama-cpp-python built for the
                                profile's ISA, and their dependencies (pip --no-index)
+    out/bundle/models/         the files runtime.models names, by sha256, and their index
+                               (synapse_os/model/bundled.py); install.sh places them
     out/bundle/SHA256SUMS      every file of out/; both scripts check it before they act
 
 `--test` adds the VM test driver's root shell and serial autologin to the overlay, so
@@ -27,6 +29,7 @@ from synapse_os.image import archrepo, debian, kernelsrc
 from synapse_os.image.cache import LayerCache, link_or_copy
 from synapse_os.image.progress import Progress
 from synapse_os.image.runtime import build_synapse_wheel, wheelhouse
+from synapse_os.model import bundled
 from synapse_os.models import sha256_file
 from synapse_os.outdir import check_output_dir
 from synapse_os.profile.model import Profile
@@ -80,6 +83,7 @@ class BundleInfo:
     size_bytes: int
     packages: int
     wheels: int
+    models: int = 0
     synapse_version: str = __version__
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -104,10 +108,12 @@ def build_bundle(
     progress: Progress | None = None,
     profile_dir: Path = Path("."),
     kernel_tarball: Path | None = None,
+    models: list[bundled.BundledModel] | None = None,
 ) -> BundleInfo:
     """`profile_dir`: where the profile's relative paths (kernel.localmodconfig) start.
     `kernel_tarball`: a local copy of a custom kernel's kernel.org tarball (checked against
-    its pinned sha256) instead of the download."""
+    its pinned sha256) instead of the download. `models`: what `bundled.collect` found (none:
+    the installed system gets its models some other way)."""
     progress = progress or Progress()
     cache = cache or LayerCache()
     output = Path(output)
@@ -160,6 +166,9 @@ def build_bundle(
                     link_or_copy(w, dest / w.name)
                 build_synapse_wheel(dest)
                 counts["wheels"] = len(list(dest.glob("*.whl")))
+        if models:
+            with progress.step("laying the bundle: the profile's models (bundle/models)"):
+                bundled.write(models, root)
         with progress.step("checksumming every file (bundle/SHA256SUMS)"):
             write_sums(root)
 
@@ -174,7 +183,8 @@ def build_bundle(
     return BundleInfo(
         output=str(output), profile=profile.name, profile_hash=profile.hash(),
         base=profile.base, test=test, files=files, size_bytes=size, packages=counts["packages"],
-        wheels=counts["wheels"], timings=dict(progress.timings),
+        wheels=counts["wheels"], models=len({m.sha256 for m in models or []}),
+        timings=dict(progress.timings),
     )
 
 

@@ -63,27 +63,38 @@ def build_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
 @click.argument("profile", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Directory for the rendered tree and its bundle (replaced atomically).")
+@click.option("--models-root", type=click.Path(path_type=Path), default=Path("/"),
+              show_default=True,
+              help="The root whose runtime.models paths hold the model files to bundle "
+                   "(where `synapse model add --root` stored them).")
+@click.option("--without-models", is_flag=True,
+              help="Bundle no model files; place them on the installed system yourself.")
 @install_options
-def bundle_cmd(profile: Path, output: Path, test: bool, cache_dir: Path | None,
-               kernel_tarball: Path | None, as_json: bool) -> None:
+def bundle_cmd(profile: Path, output: Path, models_root: Path, without_models: bool, test: bool,
+               cache_dir: Path | None, kernel_tarball: Path | None, as_json: bool) -> None:
     """Render PROFILE with everything its install needs offline into OUTPUT.
 
-    Then, on the target booted from any live medium: OUTPUT/install/partition.sh --yes
-    /dev/disk/by-id/DISK, and OUTPUT/install/install.sh (no network needed).
+    The model files runtime.models names travel in it too, each checked against the
+    sha256 the profile pins. Then, on the target booted from any live medium:
+    OUTPUT/install/partition.sh --yes /dev/disk/by-id/DISK, and OUTPUT/install/install.sh
+    (no network needed).
     """
     from synapse_os.image.bundle import build_bundle
     from synapse_os.image.cache import LayerCache
     from synapse_os.image.progress import Progress
+    from synapse_os.model import bundled
     from synapse_os.profile import load_profile
 
-    info = build_bundle(load_profile(profile), output, test=test, cache=LayerCache(cache_dir),
+    loaded = load_profile(profile)
+    models = [] if without_models else bundled.collect(loaded, root=models_root)
+    info = build_bundle(loaded, output, test=test, cache=LayerCache(cache_dir),
                         progress=Progress(quiet=as_json), profile_dir=profile.parent,
-                        kernel_tarball=kernel_tarball)
+                        kernel_tarball=kernel_tarball, models=models)
     if as_json:
         emit_json(info.as_dict())
     else:
         click.echo(f"bundled {output}: {info.files} files, {info.size_bytes / 1024**2:.0f} MiB "
-                   f"({info.packages} packages, {info.wheels} wheels) in "
+                   f"({info.packages} packages, {info.wheels} wheels, {info.models} models) in "
                    f"{sum(info.timings.values()):.0f} s")
 
 

@@ -321,3 +321,44 @@ def test_list_verify_remove(added: dict[str, Any], tmp_path: Path) -> None:
                   "--root", other, "--json")
     assert res.returncode == 0, res.stderr
     assert stored(other) == []
+
+
+def test_bundle_carries_the_pinned_model_with_its_record(added: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """`synapse bundle` takes the models the profile pins from --models-root (checked against
+    the pins, never through a symlink); install.sh places them from bundle/models/index."""
+    from synapse_os.model import bundled
+    from synapse_os.profile import load_profile
+
+    root, profile, sha = added["root"], added["profile"], added["result"]["sha256"]
+    models = bundled.collect(load_profile(profile), root=root)
+    assert [(m.roles, m.target, m.sha256) for m in models] == \
+        [(("main",), f"/var/ai-data/models/{sha}.gguf", sha)]
+    tree = tmp_path / "tree"
+    bundled.write(models, tree)
+    assert sorted(os.listdir(tree / "bundle/models")) == [f"{sha}.gguf", f"{sha}.json", "index"]
+    assert sha256(tree / f"bundle/models/{sha}.gguf") == sha
+    assert (tree / f"bundle/models/{sha}.json").read_bytes() == \
+        (root / STORE / f"{sha}.json").read_bytes()
+    assert (tree / "bundle/models/index").read_text() == f"{sha} /var/ai-data/models/{sha}.gguf\n"
+
+    def bundle(profile_path: Path, models_root: Path) -> subprocess.CompletedProcess[str]:
+        return synapse("bundle", profile_path, "-o", tmp_path / "out", "--models-root",
+                       models_root)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused(bundle(profile, empty), "runtime.models.main", "is not on this machine",
+            "--without-models")
+    other = tmp_path / "other.yaml"
+    other.write_text(profile.read_text().replace(sha, "f" * 64))
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    pinned_elsewhere = moved / STORE / f"{'f' * 64}.gguf"  # where `other` pins its model
+    pinned_elsewhere.symlink_to(root / STORE / f"{sha}.gguf")
+    refused(bundle(other, moved), "runtime.models.main", "is a symlink")
+    pinned_elsewhere.unlink()
+    os.link(moved / STORE / f"{sha}.gguf", pinned_elsewhere)
+    refused(bundle(other, moved), "runtime.models.main", f"has sha256 {sha}",
+            f"the profile pins {'f' * 64}")
+    assert not (tmp_path / "out").exists()
