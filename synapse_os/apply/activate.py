@@ -20,6 +20,7 @@ from synapse_os.state import SystemState, sysctl_path
 
 ZRAM_SETUP_UNIT = "systemd-zram-setup@zram0.service"
 ZRAM_CONFIG = "etc/systemd/zram-generator.conf"
+RUNTIME_CONFIG = "etc/synapse/runtime.yaml"
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,14 @@ def plan_activations(changed: Iterable[str], enabled: Iterable[str], disabled: I
             if unit in state.active:
                 out.append(Activation("start", ("systemctl", "start", unit), f"{unit} enabled",
                                       required=False))
+        engine = state.service_unit  # a running engine takes a new model or unit on restart
+        if engine is not None and engine not in masked + disabled + enabled:
+            inputs = [r for r in changed if r == RUNTIME_CONFIG
+                      or r.startswith((f"etc/systemd/system/{engine}",
+                                       f"etc/systemd/system/{engine}.d/"))]
+            if inputs:
+                out.append(Activation("restart", ("systemctl", "try-restart", engine),
+                                      ", ".join(inputs)))
     out.extend(_boot_activations(changed))
     return out
 

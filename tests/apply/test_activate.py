@@ -42,6 +42,20 @@ def test_each_file_maps_to_its_activation(with_systemd: None) -> None:
     ]
 
 
+def test_a_running_engine_restarts_for_its_new_config_or_unit(with_systemd: None) -> None:
+    """A model pinned by `synapse model add` reaches the engine with the apply that renders it."""
+    state = SystemState(service_unit="synapse-runtime.service")
+    for changed in (["etc/synapse/runtime.yaml"],
+                    ["etc/systemd/system/synapse-runtime.service.d/90-tuning.conf"]):
+        assert names(activate.plan_activations(changed, [], [], [], state))[-1] == \
+            "systemctl try-restart synapse-runtime.service"
+    assert "systemctl try-restart synapse-runtime.service" not in names(
+        activate.plan_activations(["etc/sysctl.d/90-synapse.conf"], [], [], [], state))
+    # enabled (and started) by this apply: no second start
+    assert not any("synapse-runtime" in n for n in names(activate.plan_activations(
+        ["etc/synapse/runtime.yaml"], ["synapse-runtime.service"], [], [], state)))
+
+
 def test_only_what_changed(with_systemd: None) -> None:
     acts = activate.plan_activations(["etc/sysctl.d/90-synapse.conf"], [], [], [],
                                      SystemState())

@@ -1,6 +1,7 @@
 """system.root: read-only, installed by the install path and booted: the root cannot be
-written, /var (its own partition) and /var/ai-data can, `synapse apply` makes the root
-writable for its transaction only, and an apply killed midway, followed by a power cut,
+written, /var (its own partition) and /var/ai-data can, `synapse model add` takes the
+installed model into /var/ai-data and the runtime serves it after the apply that pins it,
+`synapse apply` makes the root writable for its transaction only, and an apply killed midway, followed by a power cut,
 leaves a system that boots read-only and whose next apply recovers the transaction."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import yaml
 
 from synapse_os.profile import load_profile
 from synapse_os.state import install_checks
+from synapse_os.vm.assertions import vm_assertions
 from synapse_os.vm.machine import Machine
 from synapse_os.vm.runner import (
     GUEST_SYNAPSE,
@@ -31,6 +34,7 @@ CHANGED = "/run/synapse-test/changed.yaml"
 KILLED = "/run/synapse-test/killed.yaml"
 ROOT_STATE = "findmnt -no OPTIONS / | cut -d, -f1"
 GUEST_MEMORY_MB = 6144  # above the profile's 4G memory_reserve
+INSTALLED_MODEL = "/var/lib/synapse/models/gemma3-270m-q4_k_m.gguf"  # by install.sh
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +74,14 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
     subprocess.run(["cp", "--sparse=always", str(built), str(image)], check=True)
     profile = load_profile(profile_path)
     mounts = [c for c in install_checks(profile) if c.kind == "mount"]
+    completion = next(c for c in vm_assertions(profile) if c.id == "service completion")
     assert {c.id for c in mounts} >= {"root mounted", "/var partition", "/tmp in memory"}
 
     with Machine(image, snapshot=False, memory_mb=GUEST_MEMORY_MB) as m:
         m.start()
         m.wait_for_shell(600)
         m.wait_for_unit("multi-user.target", 600)
+        assert m.succeed("systemctl --failed --no-legend --plain").strip() == ""
         hardware = _hardware(m)
         assert [(o.id, o.status) for o in run_checks(m, mounts)] == \
             [(c.id, "pass") for c in mounts]
@@ -83,15 +89,32 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         m.succeed("touch /var/ai-data/probe /tmp/probe && rm /var/ai-data/probe /tmp/probe")
         assert wait_for_service(m, profile, 900) is None  # the runtime runs on the ro root
 
+        # the model the install placed, taken in: inspected in the sandbox, stored on /var
+        # by content hash and pinned as the main model of the changed profile
         upload(m, CHANGED, _changed(profile_path, 150, hardware))
+        started = time.monotonic()
+        added = json.loads(m.succeed(f"{GUEST_SYNAPSE} model add {INSTALLED_MODEL} --role main "
+                                     f"{CHANGED} --json", timeout=900))
+        print(f"model add in the guest: {time.monotonic() - started:.0f} s")
+        stored = f"/var/ai-data/models/{added['sha256']}.gguf"
+        assert m.succeed("ls /var/ai-data/models").split() == \
+            [f"{added['sha256']}.gguf", f"{added['sha256']}.json"]
         out = m.succeed(f"{GUEST_SYNAPSE} apply {CHANGED} --yes 2>&1", timeout=600)
         assert "applied transaction" in out and "warning" not in out, out
+        assert "systemctl try-restart synapse-runtime.service: ok" in out, out
         assert m.succeed("sysctl -n vm.swappiness").strip() == "150"
         assert m.succeed(ROOT_STATE).strip() == "ro"
         assert m.succeed("grep -h swappiness /etc/sysctl.d/*synapse*").split()[-1] == "150"
+        # the restarted runtime serves the stored model
+        assert wait_for_service(m, profile, 900) is None
+        pid = m.succeed("systemctl show -P MainPID synapse-runtime.service").strip()
+        assert stored in m.succeed(f"cat /proc/{pid}/maps")
+        assert run_checks(m, [completion])[0].status == "pass"
 
         # killed after its first file is in place (journal, backup, temp file, rename...)
-        upload(m, KILLED, _changed(profile_path, 120, hardware))
+        killed = yaml.safe_load(m.succeed(f"cat {CHANGED}"))
+        killed["memory"]["swappiness"] = 120
+        upload(m, KILLED, yaml.safe_dump(killed, sort_keys=False).encode())
         rc, out = m.execute(f"SYNAPSE_FAULT_AFTER_STEP=6 {GUEST_SYNAPSE} apply {KILLED} "
                             "--yes 2>&1", timeout=600)
         assert rc == 137, out  # SIGKILL
@@ -104,8 +127,9 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         m.wait_for_shell(600)
         m.wait_for_unit("multi-user.target", 600)
         assert m.succeed(ROOT_STATE).strip() == "ro"
+        assert m.succeed("systemctl --failed --no-legend --plain").strip() == ""
         assert _history(m)[-1]["state"] == "in-progress"  # the journal survived on /var
-        upload(m, KILLED, _changed(profile_path, 120, hardware))
+        upload(m, KILLED, yaml.safe_dump(killed, sort_keys=False).encode())
         out = m.succeed(f"{GUEST_SYNAPSE} apply {KILLED} --yes 2>&1", timeout=600)
         assert "rolled back interrupted transaction" in out and "applied transaction" in out
         assert m.succeed("sysctl -n vm.swappiness").strip() == "120"
