@@ -21,6 +21,7 @@ from synapse_os.state import SystemState, sysctl_path
 ZRAM_SETUP_UNIT = "systemd-zram-setup@zram0.service"
 ZRAM_CONFIG = "etc/systemd/zram-generator.conf"
 RUNTIME_CONFIG = "etc/synapse/runtime.yaml"
+ENGINE_START_S = 1800  # the engine's restart returns once its models are loaded
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Activation:
     argv: tuple[str, ...]
     reason: str
     required: bool = True  # False: a failure is a warning (e.g. starting a service)
+    timeout_s: float = 120
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "argv": list(self.argv), "reason": self.reason}
@@ -105,7 +107,7 @@ def plan_activations(changed: Iterable[str], enabled: Iterable[str], disabled: I
                                        f"etc/systemd/system/{engine}.d/"))]
             if inputs:
                 out.append(Activation("restart", ("systemctl", "try-restart", engine),
-                                      ", ".join(inputs)))
+                                      ", ".join(inputs), timeout_s=ENGINE_START_S))
     out.extend(_boot_activations(changed))
     return out
 
@@ -139,7 +141,7 @@ def run_activations(activations: list[Activation]) -> tuple[list[dict[str, objec
     records: list[dict[str, object]] = []
     errors: list[str] = []
     for act in activations:
-        result = proc.run(act.argv, check=False, timeout=120)
+        result = proc.run(act.argv, check=False, timeout=act.timeout_s)
         ok = result.returncode == 0
         detail = proc.tail(result.stderr or result.stdout, 5)
         records.append(act.as_dict() | {"ok": ok, "returncode": result.returncode,

@@ -19,6 +19,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -731,6 +733,16 @@ class SwapRequest(BaseModel):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
+def notify_ready() -> None:
+    """Tell systemd (Type=notify) that the models are loaded and the API listens, so a start
+    or restart of the unit (`synapse apply` restarting it for a new model) returns only then."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address.startswith(("/", "@")):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.sendto(b"READY=1", "\0" + address[1:] if address[0] == "@" else address)
+
+
 def serve(service: Service, host: str, port: int) -> int:
     """Run the server until interrupted; models load in the background (/health 503 meanwhile)."""
     import uvicorn
@@ -743,10 +755,14 @@ def serve(service: Service, host: str, port: int) -> int:
     def load() -> None:
         try:
             service.load_all()
-            log.warning("ready: serving on http://%s:%d", host, port)
         except (UserError, OperationError):
             failed.set()
             server.should_exit = True
+            return
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        log.warning("ready: serving on http://%s:%d", host, port)
+        notify_ready()
 
     threading.Thread(target=load, name="model-loader", daemon=True).start()
     try:

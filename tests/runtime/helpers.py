@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -73,31 +74,46 @@ class Server:
 
 
 def start_server(workdir: Path) -> Server:
-    """Serve workdir/runtime.yaml; returns once /health says ok."""
+    """Serve workdir/runtime.yaml; returns once it tells systemd's notify socket READY=1,
+    which must come only when /health says ok (the unit is Type=notify)."""
     port = free_port()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(workdir / "notify.sock"))
+    notify.setblocking(False)
     log = (workdir / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "synapse_os.cli", "runtime", "serve", "--config",
          str(workdir / "runtime.yaml"), "--port", str(port)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
+        env=os.environ | {"NOTIFY_SOCKET": str(workdir / "notify.sock")})
     log.close()
     url = f"http://127.0.0.1:{port}"
     saw_loading = False
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("runtime exited:\n" + (workdir / "server.log").read_text())
-        try:
-            r = httpx.get(f"{url}/health", timeout=2)
-            if r.status_code == 200:
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail("runtime exited:\n" + (workdir / "server.log").read_text())
+            try:
+                message = notify.recv(4096)
+            except BlockingIOError:
+                message = b""
+            if message:
+                assert message == b"READY=1"
+                assert httpx.get(f"{url}/health", timeout=10).status_code == 200
                 break
-            saw_loading = saw_loading or (r.status_code == 503 and r.json()["status"] == "loading")
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        proc.terminate()
-        pytest.fail("runtime did not become healthy:\n" + (workdir / "server.log").read_text())
+            try:
+                r = httpx.get(f"{url}/health", timeout=2)
+                saw_loading = saw_loading or (r.status_code == 503
+                                              and r.json()["status"] == "loading")
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            proc.terminate()
+            pytest.fail("runtime did not report ready:\n" + (workdir / "server.log").read_text())
+    finally:
+        notify.close()
     srv = Server(url, proc, workdir)
     srv.saw_loading = saw_loading
     return srv
