@@ -5,7 +5,7 @@ cannot forget any of it):
 - no network: a new, empty network namespace (unshare(CLONE_NEWNET); as a non-root user
   together with a new user namespace where the kernel allows it);
 - no writes: the file arrives as an already-open read-only descriptor; the child runs in
-  an empty directory it cannot write, with RLIMIT_FSIZE 0 and no_new_privs; when we are
+  an empty directory it cannot write, with RLIMIT_FSIZE small and no_new_privs; when we are
   root, in its own mount namespace where every file system is read-only, then as `nobody`
   (no supplementary groups) when nobody can run this interpreter, else as root with every
   capability dropped;
@@ -48,6 +48,10 @@ MS_PRIVATE = 1 << 18
 CAP_VERSION_3 = 0x20080522
 ADDRESS_SPACE = 2 << 30
 CPU_SECONDS = 60
+# Not 0: libffi writes the trampolines of ctypes callbacks (llama-cpp-python makes one at
+# import) into a memfd where it may not map anonymous memory writable and executable, as
+# for `nobody`; the read-only mounts already keep every file system from being written.
+FILE_SIZE = 16 << 20
 TIMEOUT_S = 120.0
 OUTPUT_CAP = 1 << 20
 INSTALL = "pip install -e '.[runtime,model]'  (llama-cpp-python reads the GGUF)"
@@ -140,7 +144,7 @@ def _preexec(drop_to: tuple[int, int] | None, status_fd: int) -> Any:
             f"shared (unshare: {os.strerror(ctypes.get_errno())})"
         for res, value in ((resource.RLIMIT_AS, ADDRESS_SPACE),
                            (resource.RLIMIT_CPU, CPU_SECONDS),
-                           (resource.RLIMIT_FSIZE, 0),
+                           (resource.RLIMIT_FSIZE, FILE_SIZE),
                            (resource.RLIMIT_NOFILE, 64),
                            (resource.RLIMIT_CORE, 0)):
             resource.setrlimit(res, (value, value))
@@ -218,7 +222,7 @@ def sandboxed(argv: list[str], fd: int, timeout_s: float = TIMEOUT_S) -> ProbeRe
     except ValueError:
         sandbox = {}
     sandbox.update({"address_space_bytes": ADDRESS_SPACE, "cpu_seconds": CPU_SECONDS,
-                    "file_size_limit": 0, "timeout_s": timeout_s})
+                    "file_size_limit": FILE_SIZE, "timeout_s": timeout_s})
     data: dict[str, Any] | None = None
     lines = out.decode("utf-8", "replace").strip().splitlines()
     if lines and not timed_out:
