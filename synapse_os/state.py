@@ -123,7 +123,10 @@ _SERVICE_PROBES = {
     "User": 'ps -o user:64= -p "$pid"',  # wide enough that ps never shows a uid instead
     # the process's locked memory (VmLck) covers its mappings of .gguf files (smaps, whose
     # own Locked: is shared out between mappings of one file); unknown before a model loads
-    "LockedModels": ("m=$(awk '/^[0-9a-f]+-[0-9a-f]+ / {g = ($6 ~ /[.]gguf$/)} "
+    # (a Type=notify engine is "activating" until then)
+    "LockedModels": ('[ "$(systemctl is-active "$unit")" = activating ] && '
+                     f'{{ echo "still loading its models"; exit {UNKNOWN_RC}; }}; '
+                     "m=$(awk '/^[0-9a-f]+-[0-9a-f]+ / {g = ($6 ~ /[.]gguf$/)} "
                      "g && /^Size:/ {s += $2} END {print s + 0}' \"/proc/$pid/smaps\"); "
                      f'[ "$m" -gt 0 ] || {{ echo "no model loaded yet"; exit {UNKNOWN_RC}; }}; '
                      "l=$(awk '/^VmLck:/ {print $2}' \"/proc/$pid/status\"); "

@@ -164,13 +164,14 @@ def prepare(state: ArmState, candidate: Profile, progress: Progress) -> None:
     """Mount the bench disk, stop the engine, check the settings, read the provenance."""
     started = time.monotonic()
     m = state.machine
-    m.wait_for_unit("multi-user.target", 600)
-    m.succeed(f"mkdir -p {GUEST_DIR} && mount -o ro /dev/disk/by-id/virtio-{BENCH_SERIAL} "
-              f"{GUEST_DIR}")
+    # stopped before the boot finishes: the boot would otherwise wait for it to load models
     for unit in sorted(set(ENGINE_UNITS.values())):
         if m.execute(f"systemctl cat {shlex.quote(unit)} >/dev/null 2>&1")[0] == 0:
             m.succeed(f"systemctl stop {shlex.quote(unit)}", timeout=300)
             state.stopped_units.append(unit)
+    m.wait_for_unit("multi-user.target", 600)
+    m.succeed(f"mkdir -p {GUEST_DIR} && mount -o ro /dev/disk/by-id/virtio-{BENCH_SERIAL} "
+              f"{GUEST_DIR}")
     state.boot_id = m.succeed("cat /proc/sys/kernel/random/boot_id").strip()
     progress(f"arm {state.arm.name}: checking {state.label}'s settings and "
              f"{candidate.name}'s live")

@@ -2,7 +2,8 @@
 written, /var (its own partition) and /var/ai-data can, `synapse model add` takes the
 installed model into /var/ai-data and the runtime serves it after the apply that pins it,
 `synapse apply` makes the root writable for its transaction only, and an apply killed midway, followed by a power cut,
-leaves a system that boots read-only and whose next apply recovers the transaction."""
+leaves a system that boots read-only (through the firmware and systemd-boot) and whose
+next apply recovers the transaction; a setting changed live fails its check there."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from synapse_os.image import disk
 from synapse_os.profile import load_profile
 from synapse_os.state import install_checks
 from synapse_os.vm.assertions import vm_assertions
@@ -101,7 +103,7 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
             [f"{added['sha256']}.gguf", f"{added['sha256']}.json"]
         out = m.succeed(f"{GUEST_SYNAPSE} apply {CHANGED} --yes 2>&1", timeout=600)
         assert "applied transaction" in out and "warning" not in out, out
-        assert "systemctl try-restart synapse-runtime.service: ok" in out, out
+        assert "systemctl try-restart --no-block synapse-runtime.service: ok" in out, out
         assert m.succeed("sysctl -n vm.swappiness").strip() == "150"
         assert m.succeed(ROOT_STATE).strip() == "ro"
         assert m.succeed("grep -h swappiness /etc/sysctl.d/*synapse*").split()[-1] == "150"
@@ -122,11 +124,22 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         assert _history(m)[-1]["state"] == "in-progress"
         m.power_cut()
 
-    with Machine(image, snapshot=False, memory_mb=GUEST_MEMORY_MB) as m:
+    # the second boot goes through the firmware: systemd-boot under OVMF starts the entry
+    # install.sh had kernel-install write for the tuned kernel (Debian's stays a fallback)
+    version = disk.read_metadata(built)["kernel_version"]
+    with Machine(image, snapshot=False, memory_mb=GUEST_MEMORY_MB, uefi=True) as m:
         m.start()
         m.wait_for_shell(600)
+        entry = m.succeed("tr -d '\\000' < /sys/firmware/efi/efivars/"
+                          "LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f | cut -c2-")
+        assert entry.strip() == f"synapse-{version}.conf"
+        assert version.endswith("-synapse") and m.succeed("uname -r").strip() == version
+        cmdline = m.succeed("cat /proc/cmdline").split()
+        assert "ro" in cmdline and all(word in cmdline for word in profile.boot.cmdline)
         m.wait_for_unit("multi-user.target", 600)
         assert m.succeed(ROOT_STATE).strip() == "ro"
+        entries = m.succeed("ls /boot/efi/loader/entries").split()
+        assert any(e.endswith("-amd64.conf") for e in entries), entries
         assert m.succeed("systemctl --failed --no-legend --plain").strip() == ""
         assert _history(m)[-1]["state"] == "in-progress"  # the journal survived on /var
         upload(m, KILLED, yaml.safe_dump(killed, sort_keys=False).encode())
@@ -142,5 +155,22 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         rc, out = m.execute(f"{GUEST_SYNAPSE} verify {KILLED} --json 2>/dev/null", timeout=900)
         failed = [c for c in json.loads(out)["checks"] if c["status"] == "fail"]
         assert rc == 0 and not failed, failed
+
+        # drift: a setting changed live fails its VM assertion and `synapse verify` (both can
+        # fail); /etc cannot drift at all
+        (tmp_path / "killed.yaml").write_text(yaml.safe_dump(killed, sort_keys=False))
+        swappiness = next(c for c in vm_assertions(load_profile(tmp_path / "killed.yaml"))
+                          if c.id == "sysctl vm.swappiness")
+        assert run_checks(m, [swappiness])[0].status == "pass"
+        m.succeed("sysctl -qw vm.swappiness=60")
+        drifted = run_checks(m, [swappiness])[0]
+        assert drifted.status == "fail" and drifted.actual == "60"
+        assert "Read-only file system" in m.fail("systemctl unmask cups.service 2>&1")
+        rc, out = m.execute(f"{GUEST_SYNAPSE} verify {KILLED} --settings-only --json "
+                            "2>/dev/null", timeout=600)
+        verify = {c["id"]: c["status"] for c in json.loads(out)["checks"]}
+        assert rc == 1 and verify["sysctl vm.swappiness"] == "fail"
+        assert verify["unit cups.service masked"] == "pass"
         m.shutdown()
+        assert m.proc is not None and m.proc.returncode == 0
     shutil.rmtree(tmp_path, ignore_errors=True)
