@@ -11,6 +11,8 @@ cannot forget any of it):
   capability dropped;
 - limits: RLIMIT_AS (address space), RLIMIT_CPU, RLIMIT_NOFILE, no core dumps, and a
   wall-clock timeout after which the whole process group is killed;
+- a seccomp filter (x86_64) refusing the system calls a parser never needs (DENIED_SYSCALLS)
+  and every socket family but AF_UNIX;
 - a clean environment and `python -I -B` (no user site, no PYTHON* variables, no .pyc).
 
 The child's output is capped and treated as untrusted (inspect.py checks every field).
@@ -136,6 +138,72 @@ def _drop_capabilities(libc: ctypes.CDLL) -> str:
     return "root without capabilities"
 
 
+# x86_64 system calls a GGUF parser never needs and an exploit would: kernel attack surface
+# (bpf, io_uring, userfaultfd, perf_event_open, keyrings), namespaces and mounts, modules,
+# tracing and other processes' memory. They fail with EPERM; so does socket() for any family
+# but AF_UNIX (glibc's name service lookups use that one).
+DENIED_SYSCALLS = {
+    "ptrace": 101, "chroot": 161, "pivot_root": 155, "mount": 165, "umount2": 166,
+    "swapon": 167, "swapoff": 168, "reboot": 169, "init_module": 175, "delete_module": 176,
+    "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272,
+    "perf_event_open": 298, "name_to_handle_at": 303, "open_by_handle_at": 304,
+    "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311, "finit_module": 313,
+    "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425,
+    "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
+    "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
+}
+SOCKET_SYSCALL = 41
+AF_UNIX = 1
+AUDIT_ARCH_X86_64 = 0xC000003E
+X32_SYSCALL_BIT = 0x40000000
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_ERRNO_EPERM = 0x00050000 | 1
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def seccomp_program() -> list[tuple[int, int, int, int]]:
+    """The classic-BPF filter over seccomp_data (nr at offset 0, arch at 4, args[0] at 16):
+    another architecture is killed, x32 calls and DENIED_SYSCALLS fail with EPERM, socket()
+    only for AF_UNIX."""
+    denied = sorted(DENIED_SYSCALLS.values())
+    n = len(denied)
+    prog = [(BPF_LD_W_ABS, 0, 0, 4), (BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+            (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS), (BPF_LD_W_ABS, 0, 0, 0)]
+    # every jump lands on the EPERM return after the socket check (index n + 7)
+    prog.append((BPF_JGE_K, n + 2, 0, X32_SYSCALL_BIT))
+    prog += [(BPF_JEQ_K, n - i + 1, 0, nr) for i, nr in enumerate(denied)]
+    prog += [(BPF_JEQ_K, 2, 0, SOCKET_SYSCALL),  # -> the family check
+             (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+             (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO_EPERM),
+             (BPF_LD_W_ABS, 0, 0, 16), (BPF_JEQ_K, 0, 1, AF_UNIX),
+             (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO_EPERM)]
+    return prog
+
+
+def _seccomp(libc: ctypes.CDLL) -> str:
+    """Install seccomp_program() (after no_new_privs); what it did, for the record."""
+    if os.uname().machine != "x86_64":
+        return f"unfiltered (no seccomp table for {os.uname().machine})"
+    prog = seccomp_program()
+    filters = (_SockFilter * len(prog))(*(_SockFilter(*ins) for ins in prog))
+    fprog = _SockFprog(len(prog), filters)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        return f"unfiltered (seccomp: {os.strerror(ctypes.get_errno())})"
+    return f"seccomp: {len(DENIED_SYSCALLS)} calls and non-AF_UNIX sockets refused"
+
+
 def _preexec(drop_to: tuple[int, int] | None, status_fd: int) -> Any:
     def setup() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -159,8 +227,9 @@ def _preexec(drop_to: tuple[int, int] | None, status_fd: int) -> Any:
             else:
                 user = _drop_capabilities(libc)
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        os.write(status_fd, json.dumps({"network": network, "user": user,
-                                        "files": files}).encode())
+        syscalls = _seccomp(libc)
+        os.write(status_fd, json.dumps({"network": network, "user": user, "files": files,
+                                        "syscalls": syscalls}).encode())
         os.close(status_fd)
     return setup
 

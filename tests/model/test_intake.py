@@ -145,6 +145,47 @@ def _refused_add(file: Path, profile: Path, root: Path, role: str, *phrases: str
     return line
 
 
+def test_bundle_carries_the_pinned_model_with_its_record(added: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """`synapse bundle` takes the models the profile pins from --models-root (checked against
+    the pins, never through a symlink); install.sh places them from bundle/models/index."""
+    from synapse_os.model import bundled
+    from synapse_os.profile import load_profile
+
+    root, profile, sha = added["root"], added["profile"], added["result"]["sha256"]
+    models = bundled.collect(load_profile(profile), root=root)
+    assert [(m.roles, m.target, m.sha256) for m in models] == \
+        [(("main",), f"/var/ai-data/models/{sha}.gguf", sha)]
+    tree = tmp_path / "tree"
+    bundled.write(models, tree)
+    assert sorted(os.listdir(tree / "bundle/models")) == [f"{sha}.gguf", f"{sha}.json", "index"]
+    assert sha256(tree / f"bundle/models/{sha}.gguf") == sha
+    assert (tree / f"bundle/models/{sha}.json").read_bytes() == \
+        (root / STORE / f"{sha}.json").read_bytes()
+    assert (tree / "bundle/models/index").read_text() == f"{sha} /var/ai-data/models/{sha}.gguf\n"
+
+    def bundle(profile_path: Path, models_root: Path) -> subprocess.CompletedProcess[str]:
+        return synapse("bundle", profile_path, "-o", tmp_path / "out", "--models-root",
+                       models_root)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused(bundle(profile, empty), "runtime.models.main", "is not on this machine",
+            "--without-models")
+    other = tmp_path / "other.yaml"
+    other.write_text(profile.read_text().replace(sha, "f" * 64))
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    pinned_elsewhere = moved / STORE / f"{'f' * 64}.gguf"  # where `other` pins its model
+    pinned_elsewhere.symlink_to(root / STORE / f"{sha}.gguf")
+    refused(bundle(other, moved), "runtime.models.main", "is a symlink")
+    pinned_elsewhere.unlink()
+    os.link(moved / STORE / f"{sha}.gguf", pinned_elsewhere)
+    refused(bundle(other, moved), "runtime.models.main", f"has sha256 {sha}",
+            f"the profile pins {'f' * 64}")
+    assert not (tmp_path / "out").exists()
+
+
 def test_broken_files_are_refused(gemma: tuple[Path, str], tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -286,6 +327,26 @@ def test_the_sandbox_has_no_network_and_cannot_write(tmp_path: Path) -> None:
     assert not target.exists() and victim.read_text() == "keep me"
     assert res.sandbox["network"] == "new namespace"
     assert res.sandbox["files"] == "read-only mount namespace"
+    # what no capability check stops, the seccomp filter does: an Internet socket and
+    # io_uring fail with EPERM; a local socket (name service lookups) still works
+    program = (
+        "import ctypes, errno, json, socket\n"
+        "out = {}\n"
+        "for family in ('AF_INET', 'AF_INET6', 'AF_UNIX'):\n"
+        "    try:\n"
+        "        socket.socket(getattr(socket, family), socket.SOCK_DGRAM).close()\n"
+        "        out[family] = 'created'\n"
+        "    except OSError as exc:\n"
+        "        out[family] = errno.errorcode[exc.errno]\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "params = ctypes.create_string_buffer(120)\n"
+        "rc = libc.syscall(425, 1, params)\n"
+        "out['io_uring_setup'] = 'created' if rc >= 0 else errno.errorcode[ctypes.get_errno()]\n"
+        "print(json.dumps(out))\n")
+    res = sandbox.sandboxed([sys.executable, "-I", "-c", program], -1)
+    assert res.data == {"AF_INET": "EPERM", "AF_INET6": "EPERM", "AF_UNIX": "created",
+                        "io_uring_setup": "EPERM"}, (res.data, res.stderr_tail)
+    assert res.sandbox["syscalls"].startswith("seccomp: ")
     # memory and time are bounded
     res = sandbox.sandboxed([sys.executable, "-I", "-c", "b = bytearray(3 << 30)"], -1)
     assert res.returncode == 1 and "MemoryError" in res.stderr_tail
@@ -322,43 +383,3 @@ def test_list_verify_remove(added: dict[str, Any], tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert stored(other) == []
 
-
-def test_bundle_carries_the_pinned_model_with_its_record(added: dict[str, Any],
-                                                         tmp_path: Path) -> None:
-    """`synapse bundle` takes the models the profile pins from --models-root (checked against
-    the pins, never through a symlink); install.sh places them from bundle/models/index."""
-    from synapse_os.model import bundled
-    from synapse_os.profile import load_profile
-
-    root, profile, sha = added["root"], added["profile"], added["result"]["sha256"]
-    models = bundled.collect(load_profile(profile), root=root)
-    assert [(m.roles, m.target, m.sha256) for m in models] == \
-        [(("main",), f"/var/ai-data/models/{sha}.gguf", sha)]
-    tree = tmp_path / "tree"
-    bundled.write(models, tree)
-    assert sorted(os.listdir(tree / "bundle/models")) == [f"{sha}.gguf", f"{sha}.json", "index"]
-    assert sha256(tree / f"bundle/models/{sha}.gguf") == sha
-    assert (tree / f"bundle/models/{sha}.json").read_bytes() == \
-        (root / STORE / f"{sha}.json").read_bytes()
-    assert (tree / "bundle/models/index").read_text() == f"{sha} /var/ai-data/models/{sha}.gguf\n"
-
-    def bundle(profile_path: Path, models_root: Path) -> subprocess.CompletedProcess[str]:
-        return synapse("bundle", profile_path, "-o", tmp_path / "out", "--models-root",
-                       models_root)
-
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    refused(bundle(profile, empty), "runtime.models.main", "is not on this machine",
-            "--without-models")
-    other = tmp_path / "other.yaml"
-    other.write_text(profile.read_text().replace(sha, "f" * 64))
-    moved = tmp_path / "moved"
-    shutil.copytree(root, moved)
-    pinned_elsewhere = moved / STORE / f"{'f' * 64}.gguf"  # where `other` pins its model
-    pinned_elsewhere.symlink_to(root / STORE / f"{sha}.gguf")
-    refused(bundle(other, moved), "runtime.models.main", "is a symlink")
-    pinned_elsewhere.unlink()
-    os.link(moved / STORE / f"{sha}.gguf", pinned_elsewhere)
-    refused(bundle(other, moved), "runtime.models.main", f"has sha256 {sha}",
-            f"the profile pins {'f' * 64}")
-    assert not (tmp_path / "out").exists()
