@@ -1,7 +1,9 @@
 """Run probe.py on an untrusted GGUF in a locked-down child process.
 
-What the child gets, set up by the parent before the probe runs (preexec, so the probe
-cannot forget any of it):
+Where systemd is the init system (and we are root) the probe runs as a transient unit
+(`systemd-run`) with the runtime unit's own hardening plus no network, a dynamic user and
+the limits below (`unit_properties`). Elsewhere, what the child gets, set up by the
+parent before the probe runs (preexec, so the probe cannot forget any of it):
 - no network: a new, empty network namespace (unshare(CLONE_NEWNET); as a non-root user
   together with a new user namespace where the kernel allows it);
 - no writes: the file arrives as an already-open read-only descriptor; the child runs in
@@ -27,6 +29,7 @@ import os
 import pwd
 import resource
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,11 +257,71 @@ def _read_capped(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes,
 
 
 def run_probe(fd: int) -> ProbeResult:
-    """Inspect the file open read-only at `fd` in the sandbox."""
+    """Inspect the file open read-only at `fd`: in a transient systemd unit with the runtime
+    unit's hardening where systemd is the init system and we are root, else in the
+    namespace, rlimit and seccomp sandbox."""
     if importlib.util.find_spec("llama_cpp") is None:
         raise OperationError(f"llama-cpp-python is needed to inspect a GGUF; run: {INSTALL}") \
             from None
-    return sandboxed([sys.executable, "-I", "-B", "-m", "synapse_os.model.probe", str(fd)], fd)
+    probe = [sys.executable, "-I", "-B", "-m", "synapse_os.model.probe"]
+    runner = systemd_run()
+    if runner is not None:
+        return in_transient_unit(runner, [*probe, "0"], fd)
+    return sandboxed([*probe, str(fd)], fd)
+
+
+def systemd_run() -> str | None:
+    if os.geteuid() != 0 or not os.path.isdir("/run/systemd/system"):
+        return None
+    return shutil.which("systemd-run")
+
+
+def unit_properties() -> list[str]:
+    """The runtime unit's strict hardening (render/hardening.py) with no state directory and
+    local sockets only, plus what a parser of untrusted files needs on top: no network, a
+    user of its own, the same limits as the fallback sandbox, and a run-time limit."""
+    from synapse_os.render.hardening import hardening
+
+    props = [f"{key}={' '.join(words)}" for key, words in hardening("strict", state_dir=None)
+             if key != "RestrictAddressFamilies"]
+    return props + [
+        "RestrictAddressFamilies=AF_UNIX", "PrivateNetwork=yes", "IPAddressDeny=any",
+        "DynamicUser=yes", f"MemoryMax={ADDRESS_SPACE}", f"LimitAS={ADDRESS_SPACE}",
+        f"LimitCPU={CPU_SECONDS}", f"LimitFSIZE={FILE_SIZE}", "LimitNOFILE=64", "LimitCORE=0",
+        f"RuntimeMaxSec={int(TIMEOUT_S)}"]
+
+
+def in_transient_unit(runner: str, argv: list[str], fd: int) -> ProbeResult:
+    """Run argv as a transient service with `fd` as its standard input (systemd-run --pipe
+    hands the descriptor itself over, so the probe reads fd 0)."""
+    unit = f"synapse-model-probe-{os.getpid()}-{time.monotonic_ns()}.service"
+    started = time.monotonic()
+    cmd = [runner, "--pipe", "--wait", "--collect", "--quiet", "--service-type=exec",
+           f"--unit={unit}", *(f"--property={p}" for p in unit_properties()), "--", *argv]
+    proc = subprocess.Popen(cmd, stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, close_fds=True,
+                            start_new_session=True)
+    try:
+        out, err, timed_out = _read_capped(proc, started + TIMEOUT_S + 10)
+        if timed_out:
+            subprocess.run(["systemctl", "kill", "--signal=SIGKILL", unit], check=False,
+                           capture_output=True)
+            os.killpg(proc.pid, signal.SIGKILL)
+        returncode = proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = err.decode("utf-8", "replace")
+    if "Failed to start transient service unit" in text:
+        raise OperationError(f"the inspection sandbox could not be started (systemd-run: "
+                             f"{text.strip().splitlines()[-1]}); nothing was copied")
+    sandbox = {"runner": "systemd-run", "unit": unit, "network": "PrivateNetwork=yes",
+               "user": "DynamicUser=yes", "files": "ProtectSystem=strict",
+               "syscalls": "SystemCallFilter=@system-service",
+               "address_space_bytes": ADDRESS_SPACE, "cpu_seconds": CPU_SECONDS,
+               "file_size_limit": FILE_SIZE, "timeout_s": TIMEOUT_S}
+    return _result(out, text, returncode, timed_out, started, sandbox)
 
 
 def sandboxed(argv: list[str], fd: int, timeout_s: float = TIMEOUT_S) -> ProbeResult:
@@ -290,8 +353,15 @@ def sandboxed(argv: list[str], fd: int, timeout_s: float = TIMEOUT_S) -> ProbeRe
         sandbox = json.loads(status) if status else {}
     except ValueError:
         sandbox = {}
-    sandbox.update({"address_space_bytes": ADDRESS_SPACE, "cpu_seconds": CPU_SECONDS,
-                    "file_size_limit": FILE_SIZE, "timeout_s": timeout_s})
+    sandbox.update({"runner": "namespaces", "address_space_bytes": ADDRESS_SPACE,
+                    "cpu_seconds": CPU_SECONDS, "file_size_limit": FILE_SIZE,
+                    "timeout_s": timeout_s})
+    return _result(out, err.decode("utf-8", "replace"), returncode, timed_out, started, sandbox)
+
+
+def _result(out: bytes, err: str, returncode: int, timed_out: bool, started: float,
+            sandbox: dict[str, Any]) -> ProbeResult:
+    """The child's last stdout line as its JSON object (None when it printed none)."""
     data: dict[str, Any] | None = None
     lines = out.decode("utf-8", "replace").strip().splitlines()
     if lines and not timed_out:
@@ -303,5 +373,4 @@ def sandboxed(argv: list[str], fd: int, timeout_s: float = TIMEOUT_S) -> ProbeRe
     if timed_out:
         returncode = -int(signal.SIGKILL)
         sandbox["timed_out"] = True
-    return ProbeResult(data, returncode, err.decode("utf-8", "replace")[-400:],
-                       time.monotonic() - started, sandbox)
+    return ProbeResult(data, returncode, err[-400:], time.monotonic() - started, sandbox)

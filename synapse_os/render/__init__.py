@@ -21,6 +21,7 @@ from synapse_os.errors import UserError
 from synapse_os.outdir import File, write_dir
 from synapse_os.profile.model import Profile
 from synapse_os.render.escape import FILTERS
+from synapse_os.render.hardening import hardening
 from synapse_os.resources import data_dir
 from synapse_os.state import (
     ENGINE_UNITS,
@@ -207,7 +208,9 @@ def step_runtime(ctx: Context, tree: Tree) -> None:
     extra = {"synapse_bin": SYNAPSE_BIN, "memory_high": ctx.memory_high,
              "gpu": ctx.profile.hardware.gpu != "none",
              "llama": rt.llama.settings(rt.speculative.enabled),
-             "cpu_affinity": (ctx.profile.cpu_partition() or (None, None))[0]}
+             "cpu_affinity": (ctx.profile.cpu_partition() or (None, None))[0],
+             "hardening": hardening(rt.sandboxing, gpu=ctx.profile.hardware.gpu != "none",
+                                    realtime=rt.cpu_scheduling_policy in ("fifo", "rr"))}
     tree.add("rootfs/etc/sysusers.d/synapse.conf", template("sysusers.conf.j2", **ctx.vars()))
     tree.add("rootfs/etc/tmpfiles.d/synapse-runtime.conf",
              template("tmpfiles-runtime.conf.j2", **ctx.vars()))

@@ -354,6 +354,30 @@ def test_the_sandbox_has_no_network_and_cannot_write(tmp_path: Path) -> None:
     assert res.sandbox.get("timed_out") and res.data is None and res.seconds < 10
 
 
+def test_the_probes_transient_unit_carries_the_runtime_units_hardening(tmp_path: Path) -> None:
+    """Where systemd runs (root), the probe runs as a transient unit: the runtime unit's own
+    sandboxing (one declaration) plus no network, a dynamic user and the same limits; the
+    properties are valid unit settings (systemd-analyze verify)."""
+    from synapse_os.profile import load_profile
+    from synapse_os.render import render_profile
+
+    props = sandbox.unit_properties()
+    unit = render_profile(load_profile(PROFILES / "cpu-avx2-debian.yaml")).files[
+        "rootfs/etc/systemd/system/synapse-runtime.service"].content.decode().splitlines()
+    shared = [p for p in props if p.split("=")[0] in {line.split("=")[0] for line in unit}]
+    assert "ProtectSystem=strict" in shared and "SystemCallFilter=@system-service" in shared
+    assert all(p in unit for p in shared
+               if not p.startswith(("RestrictAddressFamilies=", "LimitMEMLOCK="))), shared
+    assert {"PrivateNetwork=yes", "DynamicUser=yes", "RestrictAddressFamilies=AF_UNIX",
+            f"LimitFSIZE={sandbox.FILE_SIZE}"} <= set(props)
+    assert not any(p.startswith("ReadWritePaths=") for p in props)
+    path = tmp_path / "synapse-model-probe.service"
+    path.write_text("[Service]\nExecStart=/bin/true\n" + "\n".join(props) + "\n")
+    res = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                         text=True, env=dict(os.environ, SYSTEMD_LOG_LEVEL="notice"))
+    assert res.returncode == 0 and str(path) not in res.stderr, res.stderr
+
+
 def test_list_verify_remove(added: dict[str, Any], tmp_path: Path) -> None:
     root, profile, sha = added["root"], added["profile"], added["result"]["sha256"]
     listed = json.loads(synapse("model", "list", "--root", root, "--profile", profile,

@@ -101,6 +101,9 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         stored = f"/var/ai-data/models/{added['sha256']}.gguf"
         assert m.succeed("ls /var/ai-data/models").split() == \
             [f"{added['sha256']}.gguf", f"{added['sha256']}.json"]
+        # systemd runs here: the parser ran as a transient unit with the runtime's hardening
+        record = json.loads(m.succeed(f"cat /var/ai-data/models/{added['sha256']}.json"))
+        assert record["sandbox"]["runner"] == "systemd-run", record["sandbox"]
         out = m.succeed(f"{GUEST_SYNAPSE} apply {CHANGED} --yes 2>&1", timeout=600)
         assert "applied transaction" in out and "warning" not in out, out
         assert "systemctl try-restart --no-block synapse-runtime.service: ok" in out, out
