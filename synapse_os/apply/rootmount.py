@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from synapse_os.apply.untrusted import inside
 from synapse_os.errors import OperationError
 from synapse_os.proc import run
 
@@ -34,7 +35,8 @@ def writable(root: Path, warn: list[str], needed: bool = True) -> Iterator[None]
     read-only again on the way out; a failure to make it read-only again is added to `warn`
     (the transaction stands, and the next boot mounts the root read-only)."""
     etc = root / "etc"
-    if not needed or not etc.is_dir() or not read_only(etc):
+    # a target root is untrusted: an etc/ that leads out of it is never remounted
+    if not needed or not etc.is_dir() or not inside(root, etc) or not read_only(etc):
         yield
         return
     mount = mount_point(etc)
