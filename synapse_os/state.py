@@ -112,6 +112,14 @@ class SystemState:
                     or self.journald or self.zram)
 
 
+def _starting(unit: str) -> str:
+    """Shell that exits unknown while UNIT (shell-quoted) starts up: a Type=notify engine
+    loading its models is activating/start, which is not yet what it will be; the
+    activating/auto-restart of a crash loop is not excused."""
+    return (f'[ "$(systemctl show -P ActiveState {unit} 2>/dev/null)'
+            f'$(systemctl show -P SubState {unit} 2>/dev/null)" = activatingstart ] && '
+            f'{{ echo "starting (loading its models)"; exit {UNKNOWN_RC}; }};')
+
 # How the engine's process shows each unit property it was started with: the live value,
 # not the unit file (whose hash the file checks already compare).
 POLICY_CLASS = {"other": "TS", "batch": "B", "idle": "IDL", "fifo": "FF", "rr": "RR"}
@@ -123,10 +131,8 @@ _SERVICE_PROBES = {
     "User": 'ps -o user:64= -p "$pid"',  # wide enough that ps never shows a uid instead
     # the process's locked memory (VmLck) covers its mappings of .gguf files (smaps, whose
     # own Locked: is shared out between mappings of one file); unknown before a model loads
-    # (a Type=notify engine is "activating" until then)
-    "LockedModels": ('[ "$(systemctl is-active "$unit")" = activating ] && '
-                     f'{{ echo "still loading its models"; exit {UNKNOWN_RC}; }}; '
-                     "m=$(awk '/^[0-9a-f]+-[0-9a-f]+ / {g = ($6 ~ /[.]gguf$/)} "
+    "LockedModels": (_starting('"$unit"') + " m=$(awk "
+                     "'/^[0-9a-f]+-[0-9a-f]+ / {g = ($6 ~ /[.]gguf$/)} "
                      "g && /^Size:/ {s += $2} END {print s + 0}' \"/proc/$pid/smaps\"); "
                      f'[ "$m" -gt 0 ] || {{ echo "no model loaded yet"; exit {UNKNOWN_RC}; }}; '
                      "l=$(awk '/^VmLck:/ {print $2}' \"/proc/$pid/status\"); "
@@ -316,7 +322,8 @@ def checks(state: SystemState) -> list[Check]:
                          f"systemctl is-enabled {shlex.quote(unit)} 2>/dev/null; true"))
     for unit in state.active:
         out.append(Check(f"unit {unit} active", "unit", src[f"unit {unit}"], "active",
-                         f"{SYSTEMD_UP} systemctl is-active {shlex.quote(unit)} 2>/dev/null; true"))
+                         f"{SYSTEMD_UP} {_starting(shlex.quote(unit))} "
+                         f"systemctl is-active {shlex.quote(unit)} 2>/dev/null; true"))
     for key, value in state.journald.items():
         out.append(Check(
             f"journald {key}", "journald", src[f"journald {key}"], value,

@@ -357,3 +357,29 @@ def test_cpu_lists_are_written_as_the_kernel_prints_them(spec: str, text: str) -
     from synapse_os.state import cpulist_text
 
     assert cpulist_text(spec) == text
+
+
+def test_a_starting_engine_is_unknown_but_a_crash_loop_fails(tmp_path: Path) -> None:
+    """A Type=notify engine loading its models is activating/start: its active check and
+    its locked-models check read unknown meanwhile; activating/auto-restart (a crash loop)
+    still fails the active check. systemctl here is a stand-in printing the given states
+    (this machine has no systemd as PID 1); the probes are the shipped ones, minus the
+    systemd-is-running guard."""
+    from synapse_os.state import SYSTEMD_UP
+
+    fake = tmp_path / "systemctl"
+    fake.write_text('#!/bin/sh\ncase "$*" in\n  *ActiveState*|is-active*) echo "$ACTIVE" ;;\n'
+                    '  *SubState*) echo "$SUB" ;;\nesac\n')
+    fake.chmod(0o755)
+    profile = load_profile(PROFILES / "cpu-avx2-debian.yaml")
+    active = next(c for c in checks(desired_state(profile))
+                  if c.id == "unit synapse-runtime.service active")
+    probe = active.probe.replace(SYSTEMD_UP, "")
+    seen = []
+    for state, sub in (("activating", "start"), ("activating", "auto-restart"),
+                       ("active", "running"), ("failed", "failed")):
+        res = subprocess.run(["sh", "-c", probe], capture_output=True, text=True,
+                             env={"PATH": f"{tmp_path}:/usr/bin:/bin", "ACTIVE": state,
+                                  "SUB": sub})
+        seen.append(active.evaluate(res.returncode, res.stdout)[0])
+    assert seen == ["unknown", "fail", "pass", "fail"]
