@@ -115,11 +115,9 @@ def build_image(
     try:
         tree = work / "tree"
         # the real small model at every runtime.models path, placed by install.sh
-        models = bundled.collect(profile, source=default_model()[0]) \
-            if profile.runtime is not None else []
         bundle = build_bundle(profile, tree, test=test, cache=cache, progress=progress,
                               profile_dir=profile_dir, kernel_tarball=kernel_tarball,
-                              models=models)
+                              model_source=default_model()[0] if profile.runtime else None)
         size = image_size(profile, tree)
         parent = output.resolve().parent
         disk.check_space(parent, size, f"the disk image {output.name}")

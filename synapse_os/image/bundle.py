@@ -108,18 +108,22 @@ def build_bundle(
     progress: Progress | None = None,
     profile_dir: Path = Path("."),
     kernel_tarball: Path | None = None,
-    models: list[bundled.BundledModel] | None = None,
+    models_root: Path | None = None,
+    model_source: Path | None = None,
 ) -> BundleInfo:
     """`profile_dir`: where the profile's relative paths (kernel.localmodconfig) start.
     `kernel_tarball`: a local copy of a custom kernel's kernel.org tarball (checked against
-    its pinned sha256) instead of the download. `models`: what `bundled.collect` found (none:
-    the installed system gets its models some other way)."""
+    its pinned sha256) instead of the download. The model files runtime.models names come from
+    `models_root` (at their paths) or, for test images, `model_source` (one file at every
+    path); with neither, the installed system gets its models some other way."""
     progress = progress or Progress()
     cache = cache or LayerCache()
     output = Path(output)
     if profile.base == "arch":
         archrepo.require_arch_host(profile)
     check_output_dir(output, MANIFEST, listed=True)
+    models = bundled.collect(profile, root=models_root, source=model_source) \
+        if models_root is not None or model_source is not None else []
     tree = render_profile(profile)
     if test:
         add_test_access(tree)
@@ -183,7 +187,7 @@ def build_bundle(
     return BundleInfo(
         output=str(output), profile=profile.name, profile_hash=profile.hash(),
         base=profile.base, test=test, files=files, size_bytes=size, packages=counts["packages"],
-        wheels=counts["wheels"], models=len({m.sha256 for m in models or []}),
+        wheels=counts["wheels"], models=len({m.sha256 for m in models}),
         timings=dict(progress.timings),
     )
 

@@ -82,14 +82,12 @@ def bundle_cmd(profile: Path, output: Path, models_root: Path, without_models: b
     from synapse_os.image.bundle import build_bundle
     from synapse_os.image.cache import LayerCache
     from synapse_os.image.progress import Progress
-    from synapse_os.model import bundled
     from synapse_os.profile import load_profile
 
-    loaded = load_profile(profile)
-    models = [] if without_models else bundled.collect(loaded, root=models_root)
-    info = build_bundle(loaded, output, test=test, cache=LayerCache(cache_dir),
+    info = build_bundle(load_profile(profile), output, test=test, cache=LayerCache(cache_dir),
                         progress=Progress(quiet=as_json), profile_dir=profile.parent,
-                        kernel_tarball=kernel_tarball, models=models)
+                        kernel_tarball=kernel_tarball,
+                        models_root=None if without_models else models_root)
     if as_json:
         emit_json(info.as_dict())
     else:
