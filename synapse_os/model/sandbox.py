@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,6 +257,25 @@ def _read_capped(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes,
     return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), False
 
 
+def _wait_capped(proc: subprocess.Popen[bytes], deadline: float,
+                 on_timeout: Callable[[], object] | None = None
+                 ) -> tuple[bytes, bytes, bool, int]:
+    """(stdout, stderr, timed out, exit code) of proc; past the deadline `on_timeout` runs
+    and the whole process group is killed, as it is on any error."""
+    try:
+        out, err, timed_out = _read_capped(proc, deadline)
+        if timed_out:
+            if on_timeout is not None:
+                on_timeout()
+            os.killpg(proc.pid, signal.SIGKILL)
+        returncode = proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return out, err, timed_out, returncode
+
+
 def run_probe(fd: int) -> ProbeResult:
     """Inspect the file open read-only at `fd`: in a transient systemd unit with the runtime
     unit's hardening where systemd is the init system and we are root, else in the
@@ -301,17 +321,10 @@ def in_transient_unit(runner: str, argv: list[str], fd: int) -> ProbeResult:
     proc = subprocess.Popen(cmd, stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, close_fds=True,
                             start_new_session=True)
-    try:
-        out, err, timed_out = _read_capped(proc, started + TIMEOUT_S + 10)
-        if timed_out:
-            subprocess.run(["systemctl", "kill", "--signal=SIGKILL", unit], check=False,
-                           capture_output=True)
-            os.killpg(proc.pid, signal.SIGKILL)
-        returncode = proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    out, err, timed_out, returncode = _wait_capped(
+        proc, started + TIMEOUT_S + 10,
+        lambda: subprocess.run(["systemctl", "kill", "--signal=SIGKILL", unit], check=False,
+                               capture_output=True))
     text = err.decode("utf-8", "replace")
     if "Failed to start transient service unit" in text:
         raise OperationError(f"the inspection sandbox could not be started (systemd-run: "
@@ -338,15 +351,7 @@ def sandboxed(argv: list[str], fd: int, timeout_s: float = TIMEOUT_S) -> ProbeRe
             cwd=cwd, env=env, pass_fds=(status_w,) if fd < 0 else (fd, status_w), close_fds=True,
             preexec_fn=_preexec(drop_to, status_w), start_new_session=True)
         os.close(status_w)
-        try:
-            out, err, timed_out = _read_capped(proc, started + timeout_s)
-            if timed_out:
-                os.killpg(proc.pid, signal.SIGKILL)
-            returncode = proc.wait()
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        out, err, timed_out, returncode = _wait_capped(proc, started + timeout_s)
         with os.fdopen(status_r, "rb") as fh:
             status = fh.read(4096)
     try:
