@@ -68,6 +68,14 @@ def unit_value(value: object) -> str:
     return _only(value, UNIT_SAFE, "a systemd unit value", "_ . , : / + @ = [ ] -")
 
 
+def unit_words(words: object) -> str:
+    """Space-separated words of a list-valued unit setting (RestrictAddressFamilies=), each
+    a safe unit value."""
+    if not isinstance(words, (list, tuple)):
+        raise UnsafeValue(f"{words!r} is not a list of systemd unit words")
+    return " ".join(unit_value(w) for w in words)
+
+
 def unit_text(value: object) -> str:
     """Free text in a unit (Description=): specifiers escaped as %%."""
     return _one_line(value, "a systemd unit").replace("%", "%%")
@@ -99,6 +107,7 @@ FILTERS = {
     "sh_words": shell_words,
     "bare": bare_word,
     "unit": unit_value,
+    "unit_words": unit_words,
     "unit_text": unit_text,
     "field": conf_field,
     "value": conf_value,

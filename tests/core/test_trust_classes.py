@@ -388,3 +388,12 @@ def test_unit_with_edge_values_passes_systemd_analyze(tmp_path: Path) -> None:
 ])
 def test_review_findings_are_refused(body: str, expect: str, tmp_path: Path) -> None:
     refused(tmp_path, HEAD + body, expect)
+
+
+def test_unit_words_escape_each_word_and_refuse_a_line_break() -> None:
+    from synapse_os.render.escape import UnsafeValue, unit_words
+
+    assert unit_words(("AF_UNIX", "AF_INET")) == "AF_UNIX AF_INET" and unit_words(()) == ""
+    for hostile in (("AF_UNIX", "x\nExecStartPre=/bin/sh"), ("a b",), "AF_UNIX"):
+        with pytest.raises(UnsafeValue):
+            unit_words(hostile)
