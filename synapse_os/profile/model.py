@@ -489,6 +489,11 @@ class ModelRef(Strict):
     context: int = Field(4096, ge=128, le=1_048_576, description="Context window (tokens).")
     gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
 
+    def same_file(self, other: ModelRef | None) -> bool:
+        """Whether `other` names the same weights (the same path or the same pinned sha256)."""
+        return other is not None and (self.path == other.path or (
+            self.sha256 is not None and self.sha256 == other.sha256))
+
 
 class Speculative(Strict):
     enabled: bool = Field(False, description="Speculative decoding with the draft model.")
@@ -611,6 +616,12 @@ class Runtime(Strict):
             raise ValueError(f"runtime.models: the {self.engine} engine needs a 'main' model")
         if self.speculative.enabled and "draft" not in self.models:
             raise ValueError("speculative.enabled needs a 'draft' model")
+        if self.speculative.enabled and self.models["draft"].same_file(self.models.get("main")):
+            raise ValueError(
+                "runtime.models.draft is the main model itself, and speculation with it is "
+                "slower than plain decoding (each step runs the model k+1 times); use a "
+                "smaller model with the main model's vocabulary, or set speculative.enabled: "
+                "false")
         conflicts = self.llama.conflicts(self.speculative.enabled)
         if conflicts:
             raise ValueError(

@@ -193,6 +193,12 @@ def test_llama_options_default_to_throughput_and_to_exactness_with_speculation(
     ("  llama: {numa: distribute}\n", "ollama",
      "runtime.llama.numa: ollama takes no such setting"),
     ("  llama: {kv_cache_type: q5_1}\n", "synapse-runtime", "runtime.llama.kv_cache_type"),
+    # the main model as its own draft: speculation that can only be slower
+    ("  models:\n    main: {path: /m.gguf}\n    draft: {path: /m.gguf}\n"
+     "  speculative: {enabled: true}\n", "ollama", "runtime.models.draft is the main model"),
+    (f"  models:\n    main: {{path: /a.gguf, sha256: {'ab' * 32}}}\n"
+     f"    draft: {{path: /b.gguf, sha256: {'ab' * 32}}}\n"
+     "  speculative: {enabled: true}\n", "ollama", "runtime.models.draft is the main model"),
 ])
 def test_llama_options_an_engine_would_break_or_ignore_are_refused(
         tmp_path: Path, body: str, engine: str, needle: str) -> None:

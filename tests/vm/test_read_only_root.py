@@ -43,13 +43,10 @@ INSTALLED_MODEL = "/var/lib/synapse/models/gemma3-270m-q4_k_m.gguf"  # by instal
 def read_only(tuned_profile: Path, local_kernel_tarball: Path,
               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The CI's tuned profile (same name, so the same cached kernel) with a read-only root
-    on a 5G root partition, serving its main model only."""
+    on a 5G root partition."""
     profile = tmp_path_factory.mktemp("read-only") / "cpu-avx2-debian.yaml"
     profile.write_text(f"extends: {tuned_profile}\nsystem:\n  root: read-only\n"
-                       "disk:\n  root_size: 5G\n"
-                       # one model, not three roles of it: each load takes ~1 min under TCG
-                       "runtime:\n  models: {small: null, draft: null}\n"
-                       "  speculative: {enabled: false}\n")
+                       "disk:\n  root_size: 5G\n")
     return _build(profile, tmp_path_factory, local_kernel_tarball), profile
 
 
