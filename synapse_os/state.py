@@ -20,6 +20,7 @@ from synapse_os.profile.model import (
     HZ_CHOICES,
     NVME_QUEUE_SYSFS,
     OWNED_SYSCTL,
+    RUNTIME_SOCKET,
     SYSFS_FIELDS,
     Profile,
     parse_size,
@@ -138,6 +139,12 @@ _SERVICE_PROBES = {
                      "l=$(awk '/^VmLck:/ {print $2}' \"/proc/$pid/status\"); "
                      '[ "${l:-0}" -ge "$m" ] && echo locked || echo "${l:-0} of $m kB locked"'),
     "CPUAffinity": "awk '/^Cpus_allowed_list:/ {print $2}' \"/proc/$pid/status\"",
+    # the engine is in a container: a child of systemd-nspawn with its own PID and network
+    # namespaces (nothing but loopback of its own)
+    "Isolation": ('[ "$nspawn" = 1 ] '
+                  '&& [ "$(readlink "/proc/$pid/ns/pid")" != "$(readlink /proc/1/ns/pid)" ] '
+                  '&& [ "$(readlink "/proc/$pid/ns/net")" != "$(readlink /proc/1/ns/net)" ] '
+                  '&& echo nspawn || echo none'),
     "MemoryHigh": (f'cg=$(systemctl show -p ControlGroup --value "$unit"); '
                    f'[ -r "/sys/fs/cgroup$cg/memory.high" ] || exit {UNKNOWN_RC}; '
                    'cat "/sys/fs/cgroup$cg/memory.high"'),
@@ -145,11 +152,15 @@ _SERVICE_PROBES = {
 
 
 def _service_probe(unit: str, prop: str) -> str:
-    """Runs against the unit's main process; 'unknown' where it is not running."""
+    """Runs against the engine: the unit's main process, or the process systemd-nspawn (the
+    main process of an isolated engine) runs; 'unknown' where it is not running."""
     return (f"{SYSTEMD_UP} unit={shlex.quote(unit)}; "
             'pid=$(systemctl show -p MainPID --value "$unit" 2>/dev/null); '
             f'[ "${{pid:-0}}" -gt 0 ] 2>/dev/null || {{ echo "$unit is not running"; '
-            f"exit {UNKNOWN_RC}; }}; {_SERVICE_PROBES[prop]}")
+            f"exit {UNKNOWN_RC}; }}; nspawn=0; "
+            'if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd-nspawn ]; then nspawn=1; '
+            'pid=$(pgrep -o -P "$pid"); [ -n "$pid" ] || { echo "its container is starting"; '
+            f"exit {UNKNOWN_RC}; }}; fi; {_SERVICE_PROBES[prop]}")
 
 
 def sysctl_path(key: str) -> str:
@@ -210,6 +221,10 @@ def desired_state(profile: Profile) -> SystemState:
         enable.append(unit)
         active.append(unit)
         sources[f"unit {unit}"] = "runtime.engine"
+        if profile.runtime.isolation == "nspawn":
+            enable.append(RUNTIME_SOCKET)
+            active.append(RUNTIME_SOCKET)
+            sources[f"unit {RUNTIME_SOCKET}"] = "runtime.isolation"
     for unit in profile.services.mask:
         sources[f"unit {unit}"] = "services.mask"
     for unit in profile.services.disable:
@@ -248,6 +263,7 @@ def desired_state(profile: Profile) -> SystemState:
             ("User", None if rt.engine == "ollama" else rt.user, "runtime.user"),
             ("LockedModels", "locked" if rt.mlock else None, "runtime.mlock"),
             ("CPUAffinity", partition and partition[0], "cpu.inference_cpus"),
+            ("Isolation", "nspawn" if rt.isolation == "nspawn" else None, "runtime.isolation"),
         ):
             if value is not None:
                 service[prop] = str(value)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synapse_os import proc
+from synapse_os.profile.model import RUNTIME_SOCKET
 from synapse_os.state import SystemState, sysctl_path
 
 ZRAM_SETUP_UNIT = "systemd-zram-setup@zram0.service"
@@ -95,9 +96,15 @@ def plan_activations(changed: Iterable[str], enabled: Iterable[str], disabled: I
             out.append(Activation("stop", ("systemctl", "stop", unit), f"{unit} masked/disabled",
                                   required=False))
         for unit in enabled:
-            if unit in state.active:
+            # the engine's start or restart pulls its socket in (Wants= and After=, systemd's
+            # own), once the engine that listened itself has let the port go
+            if unit in state.active and unit != RUNTIME_SOCKET:
                 out.append(Activation("start", ("systemctl", "start", unit), f"{unit} enabled",
                                       required=False))
+        socket_file = f"etc/systemd/system/{RUNTIME_SOCKET}"
+        if socket_file in gone:  # isolation switched off: the engine listens itself again
+            out.append(Activation("stop", ("systemctl", "stop", RUNTIME_SOCKET), socket_file,
+                                  required=False))
         # a running engine takes a new model or unit on restart; not waited for (it is
         # "activating" until its models are loaded, which verify reports as such)
         engine = state.service_unit

@@ -26,6 +26,7 @@ class Distro:
     esp_mount: str  # where the installed system mounts the EFI system partition
     default_entry: str  # loader.conf's default: the entry (or glob) the install writes
     locale_file: str  # where the system's LANG is read at login (relative to /)
+    container: tuple[str, ...]  # what runtime.isolation: nspawn needs (systemd-nspawn)
 
     def packages(self, profile: Profile) -> list[str]:
         """The full package list for a profile, sorted and without duplicates."""
@@ -43,6 +44,8 @@ class Distro:
             pkgs.add(self.zram_generator)
         if profile.runtime is not None:
             pkgs.update(self.python)
+            if profile.runtime.isolation == "nspawn":
+                pkgs.update(self.container)
         pkgs.update(self.bootloader[profile.boot.loader])
         pkgs.add(self.filesystem_tools[profile.disk.root_fs])
         if profile.network.wired == "dhcp":
@@ -69,6 +72,7 @@ ARCH = Distro(
     esp_mount="/boot",  # kernels live on the ESP; the rendered entries name them
     default_entry="synapse.conf",
     locale_file="etc/locale.conf",
+    container=(),  # Arch's systemd package has systemd-nspawn
 )
 
 DEBIAN = Distro(
@@ -92,6 +96,7 @@ DEBIAN = Distro(
     esp_mount="/boot/efi",
     default_entry="synapse-*",
     locale_file="etc/default/locale",  # pam_env and Debian's systemd read this, not locale.conf
+    container=("systemd-container",),
 )
 
 BACKENDS = {"arch": ARCH, "debian": DEBIAN}

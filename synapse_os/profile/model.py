@@ -67,6 +67,8 @@ ENGINE_UNITS = {
     "llama-server": "synapse-llama-server.service",
     "ollama": "ollama.service",
 }
+# opens the API for synapse-runtime in its container (runtime.isolation: nspawn)
+RUNTIME_SOCKET = "synapse-runtime.socket"
 
 # Words the blueprint put on the kernel command line that the kernel does not know.
 BOGUS_CMDLINE = {
@@ -609,6 +611,12 @@ class Runtime(Strict):
         "kernel and device protections), basic (ProtectSystem=full and the essentials) or "
         "none.")
     user: UserName = Field("synapse", description="The system user the service runs as.")
+    isolation: Literal["none", "nspawn"] = Field(
+        "none", description="nspawn: the engine runs in a systemd-nspawn container made of the "
+        "host's /usr (the venv, its configuration and the models' directories bound read-only, "
+        "its state directory writable), with no network of its own: the API socket is opened "
+        "by systemd (synapse-runtime.socket) and passed in. synapse-runtime only; needs "
+        "sandboxing: none (the container is the sandbox).")
 
     @model_validator(mode="after")
     def _check(self) -> Runtime:
@@ -642,10 +650,37 @@ class Runtime(Strict):
             raise ValueError("runtime.mlock: ollama takes no mlock setting from its service "
                              "(only per request), so it would be ignored; remove it or use "
                              "the synapse-runtime or llama-server engine")
+        if self.isolation == "nspawn":
+            self._check_nspawn()
         if not self.provenance.startswith(RUNTIME_STATE + "/"):
             raise ValueError(f"runtime.provenance: {self.provenance!r} is outside "
                              f"{RUNTIME_STATE}/, the only directory the service may write")
         return self
+
+
+    def _check_nspawn(self) -> None:
+        if self.engine != "synapse-runtime":
+            raise ValueError(f"runtime.isolation: nspawn runs the synapse-runtime engine only, "
+                             f"not {self.engine}; remove it or use engine: synapse-runtime")
+        if self.sandboxing != "none":
+            raise ValueError(
+                f"runtime.isolation: nspawn starts the container from the service, which "
+                f"sandboxing: {self.sandboxing} would forbid (namespaces, mounts); set "
+                "runtime.sandboxing: none (the container is the sandbox)")
+        for role, ref in self.models.items():
+            if ref.path.startswith("/") and ref.path.count("/") < 2:
+                raise ValueError(f"runtime.models.{role}.path: {ref.path!r} lies in /, which "
+                                 "the container cannot bind; keep models in a directory "
+                                 "(e.g. /var/ai-data/models)")
+            if ":" in ref.path and not ref.path.startswith("pypi:"):
+                raise ValueError(f"runtime.models.{role}.path: {ref.path!r} has a ':', which "
+                                 "systemd-nspawn's bind mounts cannot take; rename the file")
+
+    def container_binds(self) -> list[str]:
+        """Host directories the nspawn container sees read-only: the models' own ones."""
+        dirs = {ref.path.rsplit("/", 1)[0] for ref in self.models.values()
+                if ref.path.startswith("/")}
+        return sorted(d for d in dirs if d)
 
 
 class Packages(Strict):
@@ -763,6 +798,11 @@ class Profile(Strict):
             if engine_unit in [*self.services.mask, *self.services.disable]:
                 raise ValueError(f"services.mask: {engine_unit} is the runtime's own unit; "
                                  "remove the runtime section or keep the unit")
+        if self.runtime is not None and self.runtime.isolation == "nspawn" \
+                and self.hardware.gpu != "none":
+            raise ValueError(f"runtime.isolation: nspawn binds no GPU into the container, so "
+                             f"the {self.hardware.gpu} GPU would go unused; remove it or set "
+                             "hardware.gpu: none")
         if weakened and self.security_risk != SECURITY_ACK:
             raise ValueError(
                 f"security_risk: {weakened[0]} switches off a protection; to accept that, set "

@@ -19,7 +19,8 @@ from synapse_os import __version__
 from synapse_os.distro import distro_for
 from synapse_os.errors import UserError
 from synapse_os.outdir import File, write_dir
-from synapse_os.profile.model import Profile
+from synapse_os.profile.model import RUNTIME_SOCKET, Profile
+from synapse_os.render.container import nspawn_words
 from synapse_os.render.escape import FILTERS
 from synapse_os.render.hardening import hardening
 from synapse_os.resources import data_dir
@@ -209,6 +210,7 @@ def step_runtime(ctx: Context, tree: Tree) -> None:
              "gpu": ctx.profile.hardware.gpu != "none",
              "llama": rt.llama.settings(rt.speculative.enabled),
              "cpu_affinity": (ctx.profile.cpu_partition() or (None, None))[0],
+             "container": None,
              "hardening": hardening(rt.sandboxing, gpu=ctx.profile.hardware.gpu != "none",
                                     realtime=rt.cpu_scheduling_policy in ("fifo", "rr"))}
     tree.add("rootfs/etc/sysusers.d/synapse.conf", template("sysusers.conf.j2", **ctx.vars()))
@@ -221,6 +223,10 @@ def step_runtime(ctx: Context, tree: Tree) -> None:
         return
     if rt.engine == "llama-server" and "main" not in rt.models:
         raise UserError("runtime.models: the llama-server engine needs a 'main' model")
+    if rt.isolation == "nspawn":
+        extra |= {"container": nspawn_words(rt, ctx.threads), "socket_unit": RUNTIME_SOCKET}
+        tree.add(f"rootfs/etc/systemd/system/{RUNTIME_SOCKET}",
+                 template(f"{RUNTIME_SOCKET}.j2", **ctx.vars()))
     tree.add(f"rootfs/etc/systemd/system/{unit}",
              template(f"{unit}.j2", **ctx.vars(**extra)))
     if rt.engine == "synapse-runtime":

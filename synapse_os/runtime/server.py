@@ -743,11 +743,30 @@ def notify_ready() -> None:
         sock.sendto(b"READY=1", "\0" + address[1:] if address[0] == "@" else address)
 
 
+SD_LISTEN_FDS_START = 3
+
+
+def passed_socket() -> socket.socket | None:
+    """The listening socket systemd passed (socket activation: LISTEN_FDS for this process),
+    as the isolated runtime gets it through systemd-nspawn; None when none was passed."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not inherited by anything the runtime starts
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    sock.set_inheritable(False)
+    return sock
+
+
 def serve(service: Service, host: str, port: int) -> int:
-    """Run the server until interrupted; models load in the background (/health 503 meanwhile)."""
+    """Run the server until interrupted; models load in the background (/health 503 meanwhile).
+    It serves on the socket systemd passed where there is one, else it binds host:port."""
     import uvicorn
 
     app = App(service)
+    passed = passed_socket()
+    if passed is not None:
+        host, port = passed.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app.api, host=host, port=port, log_level="warning",
                                            access_log=False))
     failed = threading.Event()
@@ -766,7 +785,7 @@ def serve(service: Service, host: str, port: int) -> int:
 
     threading.Thread(target=load, name="model-loader", daemon=True).start()
     try:
-        server.run()
+        server.run(sockets=[passed] if passed is not None else None)
     finally:
         service.close()
     return 1 if failed.is_set() else 0

@@ -86,3 +86,22 @@ def test_reboot_reasons() -> None:
 def test_target_tree_gets_no_live_activation(root: Path) -> None:
     plan = make_plan(load_profile(PROFILES / "nvidia-gpu.yaml"), root)
     assert not plan.live and plan.activations == []
+
+
+def test_switching_isolation_hands_the_port_between_engine_and_socket(
+        with_systemd: None) -> None:
+    """On: the socket is not started beside the engine that still listens on its port; the
+    engine's restart pulls it in. Off: the socket lets the port go before the restart."""
+    state = SystemState(service_unit="synapse-runtime.service",
+                        active=("synapse-runtime.service", "synapse-runtime.socket"))
+    unit, socket_unit = ("etc/systemd/system/synapse-runtime.service",
+                         "etc/systemd/system/synapse-runtime.socket")
+    on = names(activate.plan_activations([unit, socket_unit], ["synapse-runtime.socket"], [],
+                                         [], state))
+    assert on == ["systemctl daemon-reload",
+                  "systemctl try-restart --no-block synapse-runtime.service"]
+    off = names(activate.plan_activations([unit, socket_unit], [], [], [],
+                                          SystemState(service_unit="synapse-runtime.service"),
+                                          removed=[socket_unit]))
+    assert off[-2:] == ["systemctl stop synapse-runtime.socket",
+                        "systemctl try-restart --no-block synapse-runtime.service"]

@@ -111,6 +111,9 @@ def leaves(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
 EVERYTHING_ELSE = f"""\
 extends: {PROFILES / "cpu-avx2.yaml"}
 name: everything-else
+runtime:
+  isolation: nspawn
+  sandboxing: none
 memory:
   dirty_bytes: 256M
   dirty_background_bytes: 64M

@@ -131,3 +131,30 @@ def test_zram_expression_check_agrees_with_the_real_generator(expr: str, tmp_pat
         assert theirs, f"we accept {expr!r} but zram-generator rejects it: {res.stderr}"
     if not theirs:
         assert not ours
+
+
+def test_isolated_runtime_units_pass_systemd_analyze_and_name_real_nspawn_options(
+        synapse_at_unit_path: None, tmp_path: Path) -> None:
+    """runtime.isolation: nspawn: the service and its socket verify together, and every
+    option the service gives systemd-nspawn is one this systemd-nspawn lists."""
+    analyze = need_tool("systemd-analyze", "apt-get install systemd")
+    nspawn = need_tool("systemd-nspawn", "apt-get install systemd-container")
+    profile = tmp_path / "isolated.yaml"
+    profile.write_text(f"extends: {PROFILES / 'cpu-avx2.yaml'}\n"
+                       "runtime: {isolation: nspawn, sandboxing: none}\n")
+    out = tmp_path / "out"
+    render_to(load_profile(profile), out)
+    units = out / "rootfs/etc/systemd/system"
+    service, socket_unit = units / "synapse-runtime.service", units / "synapse-runtime.socket"
+    res = subprocess.run([analyze, "verify", str(service), str(socket_unit)],
+                         capture_output=True, text=True,
+                         env=dict(os.environ, SYSTEMD_LOG_LEVEL="notice"))
+    assert res.returncode == 0 and "synapse-runtime" not in res.stderr, res.stderr
+    [exec_start] = [line for line in service.read_text().splitlines()
+                    if line.startswith("ExecStart=")]
+    words = exec_start.removeprefix("ExecStart=").split()
+    assert words[0] == nspawn and "--" in words
+    listed = subprocess.run([nspawn, "--help"], capture_output=True, text=True).stdout
+    options = [w.split("=")[0] for w in words[1:words.index("--")]]
+    assert options and all(f" {o}" in listed for o in options), options
+    assert words[words.index("--") + 1] == SYNAPSE_BIN

@@ -15,6 +15,8 @@ import openai
 import pytest
 import yaml
 
+from tests.conftest import need_tool
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -73,19 +75,28 @@ class Server:
         self.proc.wait(timeout=30)
 
 
-def start_server(workdir: Path) -> Server:
+def start_server(workdir: Path, socket_activated: bool = False) -> Server:
     """Serve workdir/runtime.yaml; returns once it tells systemd's notify socket READY=1,
-    which must come only when /health says ok (the unit is Type=notify)."""
+    which must come only when /health says ok (the unit is Type=notify). Socket-activated:
+    systemd's own systemd-socket-activate opens the port and passes it (LISTEN_FDS), as
+    synapse-runtime.socket does through systemd-nspawn; the first connection starts it."""
     port = free_port()
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(workdir / "notify.sock"))
     notify.setblocking(False)
     log = (workdir / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "synapse_os.cli", "runtime", "serve", "--config",
-         str(workdir / "runtime.yaml"), "--port", str(port)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
-        env=os.environ | {"NOTIFY_SOCKET": str(workdir / "notify.sock")})
+    env = os.environ | {"NOTIFY_SOCKET": str(workdir / "notify.sock")}
+    serve = [sys.executable, "-m", "synapse_os.cli", "runtime", "serve", "--config",
+             str(workdir / "runtime.yaml")]
+    if socket_activated:
+        need_tool("systemd-socket-activate", "apt-get install systemd")
+        # it hands the program only the variables it is told to
+        keep = [f"-E{name}={env[name]}" for name in ("NOTIFY_SOCKET", "PYTHONPATH") if name in env]
+        argv = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", *keep, *serve]
+    else:
+        argv = [*serve, "--port", str(port)]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     log.close()
     url = f"http://127.0.0.1:{port}"
     saw_loading = False

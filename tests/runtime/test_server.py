@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 import yaml
 
@@ -356,3 +357,28 @@ def test_selftest_deterministic(small_model: tuple[Path, str], tmp_path: Path) -
     tampered = subprocess.run(base + ["--expect", str(tmp_path / "hashes.json")], cwd=REPO,
                               capture_output=True, text=True, timeout=300)
     assert tampered.returncode == 1 and "t01" in tampered.stdout
+
+
+def test_serves_on_the_socket_systemd_passes(small_model: tuple[Path, str],
+                                            tmp_path: Path) -> None:
+    """Socket activation, as the isolated runtime gets its API socket (synapse-runtime.socket
+    through systemd-nspawn): the runtime binds nothing itself, answers on the passed socket
+    and still says READY=1 only once its model is loaded."""
+    model, sha = small_model
+    _write_config(tmp_path / "runtime.yaml", model, sha, roles=("main",))
+    srv = start_server(tmp_path, socket_activated=True)
+    try:
+        port = int(srv.url.rsplit(":", 1)[1])
+        # systemd-socket-activate execs the runtime in its own place (LISTEN_PID is its pid)
+        runtime = psutil.Process(srv.proc.pid)
+        assert "synapse_os.cli" in runtime.cmdline()
+        # the runtime listens only on the fd it was given, nothing of its own
+        assert [c.laddr.port for c in runtime.net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN] == [port]
+        reply = srv.client().chat.completions.create(
+            model="main", messages=[{"role": "user", "content": "Say hi"}], max_tokens=4,
+            temperature=0)
+        assert reply.choices[0].message.content
+        assert f"serving on http://127.0.0.1:{port}" in (tmp_path / "server.log").read_text()
+    finally:
+        srv.stop()

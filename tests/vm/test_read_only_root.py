@@ -43,10 +43,12 @@ INSTALLED_MODEL = "/var/lib/synapse/models/gemma3-270m-q4_k_m.gguf"  # by instal
 def read_only(tuned_profile: Path, local_kernel_tarball: Path,
               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The CI's tuned profile (same name, so the same cached kernel) with a read-only root
-    on a 5G root partition."""
+    on a 5G root partition, its engine isolated by systemd-nspawn."""
     profile = tmp_path_factory.mktemp("read-only") / "cpu-avx2-debian.yaml"
     profile.write_text(f"extends: {tuned_profile}\nsystem:\n  root: read-only\n"
-                       "disk:\n  root_size: 5G\n")
+                       "disk:\n  root_size: 5G\n"
+                       # the engine in its container: every check below runs against it
+                       "runtime:\n  isolation: nspawn\n  sandboxing: none\n")
     return _build(profile, tmp_path_factory, local_kernel_tarball), profile
 
 
@@ -110,11 +112,22 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         assert m.succeed("sysctl -n vm.swappiness").strip() == "150"
         assert m.succeed(ROOT_STATE).strip() == "ro"
         assert m.succeed("grep -h swappiness /etc/sysctl.d/*synapse*").split()[-1] == "150"
-        # the restarted runtime serves the stored model
+        # the restarted runtime serves the stored model, from inside its container
         assert wait_for_service(m, profile, 900) is None
-        pid = m.succeed("systemctl show -P MainPID synapse-runtime.service").strip()
+        nspawn = m.succeed("systemctl show -P MainPID synapse-runtime.service").strip()
+        assert m.succeed(f"cat /proc/{nspawn}/comm").strip() == "systemd-nspawn"
+        pid = m.succeed(f"pgrep -o -P {nspawn}").strip()
         assert stored in m.succeed(f"cat /proc/{pid}/maps")
         assert run_checks(m, [completion])[0].status == "pass"
+        # its own network namespace holds only the loopback device (the API socket came
+        # from synapse-runtime.socket), its models are mounted read-only, it runs as synapse
+        assert m.succeed(f"nsenter --target {pid} --net ip -brief link | cut -d' ' -f1"
+                         ).split() == ["lo"]
+        assert m.succeed(f"awk '$5 == \"/var/ai-data/models\" {{print $6}}' "
+                         f"/proc/{pid}/mountinfo").startswith("ro")
+        assert m.succeed(f"ps -o user= -p {pid}").strip() == "synapse"
+        isolation = next(c for c in vm_assertions(profile) if c.id.endswith(" Isolation"))
+        assert run_checks(m, [isolation])[0].status == "pass"
 
         # killed after its first file is in place (journal, backup, temp file, rename...)
         killed = yaml.safe_load(m.succeed(f"cat {CHANGED}"))

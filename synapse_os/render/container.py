@@ -1,0 +1,35 @@
+"""The engine's container (`runtime.isolation: nspawn`), declared once: the unit renders
+these words and the live check knows the engine by its systemd-nspawn parent.
+
+systemd-nspawn --volatile=yes on / gives a tmpfs root holding only the host's /usr
+(read-only); what the engine needs beyond it is bound in, read-only but for its state
+directory. --private-network leaves it the loopback device alone: the API socket is
+opened by systemd (the .socket unit) and reaches the engine as LISTEN_FDS through nspawn.
+--keep-unit keeps the container in the service's cgroup (MemoryHigh, the unit's
+processes); the engine runs as the runtime's user, not as root.
+"""
+
+from __future__ import annotations
+
+from synapse_os.profile.model import RUNTIME_STATE, Runtime
+
+NSPAWN = "/usr/bin/systemd-nspawn"
+VENV = "/opt/synapse"
+CONFIG_DIR = "/etc/synapse"
+
+
+def nspawn_words(rt: Runtime, threads: int | None) -> list[str]:
+    """systemd-nspawn and its options, up to the `--` before the engine's command."""
+    words = [NSPAWN, "--quiet", "--keep-unit", "--register=no", "--volatile=yes",
+             "--directory=/", "--private-network", "--console=pipe", "--notify-ready=yes",
+             "--kill-signal=SIGTERM", f"--user={rt.user}"]
+    # the user's name resolves inside (nspawn --user), the venv and the config are read
+    for path in ("/etc/passwd", "/etc/group", CONFIG_DIR, VENV, *rt.container_binds()):
+        words.append(f"--bind-ro={path}")
+    words.append(f"--bind={RUNTIME_STATE}")
+    if rt.mlock:
+        words.append("--rlimit=RLIMIT_MEMLOCK=infinity")
+    if threads:
+        words.append(f"--setenv=OMP_NUM_THREADS={threads}")
+    return [*words, "--"]
+
