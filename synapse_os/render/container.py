@@ -16,13 +16,19 @@ from synapse_os.profile.model import RUNTIME_STATE, Runtime
 NSPAWN = "/usr/bin/systemd-nspawn"
 VENV = "/opt/synapse"
 CONFIG_DIR = "/etc/synapse"
+SYSTEMD_NOTIFY = "/run/systemd/notify"  # the socket systemd reads its services' READY=1 on
+CONTAINER_NOTIFY = "/run/host/systemd-notify"
 
 
 def nspawn_words(rt: Runtime, threads: int | None) -> list[str]:
     """systemd-nspawn and its options, up to the `--` before the engine's command."""
     words = [NSPAWN, "--quiet", "--keep-unit", "--register=no", "--volatile=yes",
              "--directory=/", "--private-network", "--console=pipe", "--notify-ready=yes",
-             "--kill-signal=SIGTERM", f"--user={rt.user}"]
+             "--kill-signal=SIGTERM", f"--user={rt.user}",
+             # READY=1 goes straight to systemd (NotifyAccess=all): nspawn's own notify
+             # socket takes only the container's root, and the engine is not root
+             f"--bind-ro={SYSTEMD_NOTIFY}:{CONTAINER_NOTIFY}",
+             f"--setenv=NOTIFY_SOCKET={CONTAINER_NOTIFY}"]
     # the user's name resolves inside (nspawn --user), the venv and the config are read
     for path in ("/etc/passwd", "/etc/group", CONFIG_DIR, VENV, *rt.container_binds()):
         words.append(f"--bind-ro={path}")

@@ -269,3 +269,33 @@ def test_nvme_queues_are_set_by_a_udev_rule_not_at_boot_only() -> None:
     assert line.endswith('ATTR{queue/scheduler}="none", ATTR{queue/read_ahead_kb}="4096"')
     tmpfiles = tree.files["rootfs/etc/tmpfiles.d/synapse-sysfs.conf"].content.decode()
     assert "/sys/block/" not in tmpfiles and "transparent_hugepage/enabled" in tmpfiles
+
+
+@pytest.mark.parametrize(("body", "engine", "needle"), [
+    ("  isolation: nspawn\n", "synapse-runtime",
+     "runtime.isolation: nspawn starts the container from the service, which sandboxing: "
+     "strict would forbid"),
+    ("  isolation: nspawn\n  sandboxing: none\n", "llama-server",
+     "runtime.isolation: nspawn runs the synapse-runtime engine only"),
+])
+def test_isolation_the_container_cannot_honour_is_refused(
+        tmp_path: Path, body: str, engine: str, needle: str) -> None:
+    assert needle in error_of(_runtime(tmp_path, body, engine))
+
+
+@pytest.mark.parametrize(("path", "needle"), [("/m.gguf", "'/m.gguf' lies in /"),
+                                              ("/a:b/m.gguf", "has a ':'")])
+def test_isolation_refuses_a_model_it_cannot_bind(tmp_path: Path, path: str,
+                                                   needle: str) -> None:
+    assert needle in error_of(write(tmp_path, "synapse: 1\nname: t\nruntime:\n  models:\n"
+                                              f"    main: {{path: {path}}}\n"
+                                              "  isolation: nspawn\n  sandboxing: none\n"))
+
+
+def test_isolation_binds_the_models_directories_and_refuses_a_gpu(tmp_path: Path) -> None:
+    path = _runtime(tmp_path, "  isolation: nspawn\n  sandboxing: none\n")
+    runtime = load_profile(path).runtime
+    assert runtime is not None and runtime.container_binds() == ["/var/lib/synapse/models"]
+    gpu = tmp_path / "gpu.yaml"
+    gpu.write_text(path.read_text() + "hardware: {gpu: nvidia}\n")
+    assert "binds no GPU into the container" in error_of(gpu)
