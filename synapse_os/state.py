@@ -159,8 +159,12 @@ def _service_probe(unit: str, prop: str) -> str:
             f'[ "${{pid:-0}}" -gt 0 ] 2>/dev/null || {{ echo "$unit is not running"; '
             f"exit {UNKNOWN_RC}; }}; nspawn=0; "
             'if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd-nspawn ]; then nspawn=1; '
-            'pid=$(pgrep -o -P "$pid"); [ -n "$pid" ] || { echo "its container is starting"; '
-            f"exit {UNKNOWN_RC}; }}; fi; {_SERVICE_PROBES[prop]}")
+            # the container's PID 1, once it is the engine (not nspawn's child setting it up)
+            'for c in $(pgrep -P "$pid"); do [ "$(awk \'/^NSpid:/ {print $NF}\' '
+            '"/proc/$c/status" 2>/dev/null)" = 1 ] && engine=$c; done; pid=${engine:-}; '
+            '{ [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != systemd-nspawn ]; } '
+            f'|| {{ echo "its container is starting"; exit {UNKNOWN_RC}; }}; fi; '
+            f"{_SERVICE_PROBES[prop]}")
 
 
 def sysctl_path(key: str) -> str:

@@ -96,8 +96,8 @@ def plan_activations(changed: Iterable[str], enabled: Iterable[str], disabled: I
             out.append(Activation("stop", ("systemctl", "stop", unit), f"{unit} masked/disabled",
                                   required=False))
         for unit in enabled:
-            # the engine's start or restart pulls its socket in (Wants= and After=, systemd's
-            # own), once the engine that listened itself has let the port go
+            # the engine's start or restart starts its socket first (its unit's Requires= and
+            # After=), once the engine that listened itself has let the port go
             if unit in state.active and unit != RUNTIME_SOCKET:
                 out.append(Activation("start", ("systemctl", "start", unit), f"{unit} enabled",
                                       required=False))

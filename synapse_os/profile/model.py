@@ -668,19 +668,16 @@ class Runtime(Strict):
                 f"sandboxing: {self.sandboxing} would forbid (namespaces, mounts); set "
                 "runtime.sandboxing: none (the container is the sandbox)")
         for role, ref in self.models.items():
-            if ref.path.startswith("/") and ref.path.count("/") < 2:
-                raise ValueError(f"runtime.models.{role}.path: {ref.path!r} lies in /, which "
-                                 "the container cannot bind; keep models in a directory "
-                                 "(e.g. /var/ai-data/models)")
             if ":" in ref.path and not ref.path.startswith("pypi:"):
                 raise ValueError(f"runtime.models.{role}.path: {ref.path!r} has a ':', which "
-                                 "systemd-nspawn's bind mounts cannot take; rename the file")
+                                 "systemd-nspawn's bind mounts cannot take; use a path "
+                                 "without one (e.g. where `synapse model add` stores it)")
 
     def container_binds(self) -> list[str]:
-        """Host directories the nspawn container sees read-only: the models' own ones."""
-        dirs = {ref.path.rsplit("/", 1)[0] for ref in self.models.values()
-                if ref.path.startswith("/")}
-        return sorted(d for d in dirs if d)
+        """Host files the nspawn container sees read-only: the model files themselves, not
+        their directories (relative and pypi: models live under the bound configuration and
+        state directories)."""
+        return sorted({ref.path for ref in self.models.values() if ref.path.startswith("/")})
 
 
 class Packages(Strict):

@@ -250,9 +250,13 @@ Locale = Annotated[str, AfterValidator(matching(
 
 def _ip(value: str) -> str:
     try:
-        return str(ipaddress.ip_address(value))
+        address = ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address (e.g. 127.0.0.1 or ::1)") from None
+    if getattr(address, "scope_id", None):
+        raise ValueError(f"{value!r} names an interface ('%'); give the address alone "
+                         "(e.g. ::1)")
+    return str(address)
 
 
 IpAddress = Annotated[str, AfterValidator(_ip)]

@@ -224,7 +224,8 @@ def step_runtime(ctx: Context, tree: Tree) -> None:
     if rt.engine == "llama-server" and "main" not in rt.models:
         raise UserError("runtime.models: the llama-server engine needs a 'main' model")
     if rt.isolation == "nspawn":
-        extra |= {"container": nspawn_words(rt, ctx.threads), "socket_unit": RUNTIME_SOCKET}
+        extra |= {"container": nspawn_words(rt, ctx.threads, SYNAPSE_BIN),
+                  "socket_unit": RUNTIME_SOCKET}
         tree.add(f"rootfs/etc/systemd/system/{RUNTIME_SOCKET}",
                  template(f"{RUNTIME_SOCKET}.j2", **ctx.vars()))
     tree.add(f"rootfs/etc/systemd/system/{unit}",

@@ -14,23 +14,26 @@ from __future__ import annotations
 from synapse_os.profile.model import RUNTIME_STATE, Runtime
 
 NSPAWN = "/usr/bin/systemd-nspawn"
-VENV = "/opt/synapse"
 CONFIG_DIR = "/etc/synapse"
 SYSTEMD_NOTIFY = "/run/systemd/notify"  # the socket systemd reads its services' READY=1 on
 CONTAINER_NOTIFY = "/run/host/systemd-notify"
 
 
-def nspawn_words(rt: Runtime, threads: int | None) -> list[str]:
-    """systemd-nspawn and its options, up to the `--` before the engine's command."""
+def nspawn_words(rt: Runtime, threads: int | None, synapse_bin: str) -> list[str]:
+    """systemd-nspawn and its options, up to the `--` before the engine's command
+    (`synapse_bin`, in the venv that is bound in)."""
+    venv = synapse_bin.rsplit("/bin/", 1)[0]
     words = [NSPAWN, "--quiet", "--keep-unit", "--register=no", "--volatile=yes",
              "--directory=/", "--private-network", "--console=pipe", "--notify-ready=yes",
              "--kill-signal=SIGTERM", f"--user={rt.user}",
+             # the host's setuid programs are in /usr: they cannot raise the engine again
+             "--no-new-privileges=yes",
              # READY=1 goes straight to systemd (NotifyAccess=all): nspawn's own notify
              # socket takes only the container's root, and the engine is not root
              f"--bind-ro={SYSTEMD_NOTIFY}:{CONTAINER_NOTIFY}",
              f"--setenv=NOTIFY_SOCKET={CONTAINER_NOTIFY}"]
     # the user's name resolves inside (nspawn --user), the venv and the config are read
-    for path in ("/etc/passwd", "/etc/group", CONFIG_DIR, VENV, *rt.container_binds()):
+    for path in ("/etc/passwd", "/etc/group", CONFIG_DIR, venv, *rt.container_binds()):
         words.append(f"--bind-ro={path}")
     words.append(f"--bind={RUNTIME_STATE}")
     if rt.mlock:

@@ -283,19 +283,17 @@ def test_isolation_the_container_cannot_honour_is_refused(
     assert needle in error_of(_runtime(tmp_path, body, engine))
 
 
-@pytest.mark.parametrize(("path", "needle"), [("/m.gguf", "'/m.gguf' lies in /"),
-                                              ("/a:b/m.gguf", "has a ':'")])
-def test_isolation_refuses_a_model_it_cannot_bind(tmp_path: Path, path: str,
-                                                   needle: str) -> None:
-    assert needle in error_of(write(tmp_path, "synapse: 1\nname: t\nruntime:\n  models:\n"
-                                              f"    main: {{path: {path}}}\n"
-                                              "  isolation: nspawn\n  sandboxing: none\n"))
+def test_isolation_refuses_a_model_it_cannot_bind(tmp_path: Path) -> None:
+    assert "has a ':'" in error_of(write(tmp_path, "synapse: 1\nname: t\nruntime:\n  models:\n"
+                                                   "    main: {path: /a:b/m.gguf}\n"
+                                                   "  isolation: nspawn\n  sandboxing: none\n"))
 
 
-def test_isolation_binds_the_models_directories_and_refuses_a_gpu(tmp_path: Path) -> None:
+def test_isolation_binds_only_the_model_files_and_refuses_a_gpu(tmp_path: Path) -> None:
     path = _runtime(tmp_path, "  isolation: nspawn\n  sandboxing: none\n")
     runtime = load_profile(path).runtime
-    assert runtime is not None and runtime.container_binds() == ["/var/lib/synapse/models"]
+    assert runtime is not None and runtime.container_binds() == [
+        "/var/lib/synapse/models/d.gguf", "/var/lib/synapse/models/m.gguf"]
     gpu = tmp_path / "gpu.yaml"
     gpu.write_text(path.read_text() + "hardware: {gpu: nvidia}\n")
     assert "binds no GPU into the container" in error_of(gpu)

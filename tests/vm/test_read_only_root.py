@@ -123,8 +123,8 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         # from synapse-runtime.socket), its models are mounted read-only, it runs as synapse
         assert m.succeed(f"nsenter --target {pid} --net ip -brief link | "
                          "awk '$2 != \"DOWN\" {print $1}'").split() == ["lo"]
-        assert m.succeed(f"awk '$5 == \"/var/ai-data/models\" {{print $6}}' "
-                         f"/proc/{pid}/mountinfo").startswith("ro")
+        assert m.succeed(f"awk '$5 == \"{stored}\" {{print $6}}' /proc/{pid}/mountinfo"
+                         ).startswith("ro")
         assert m.succeed(f"ps -o user= -p {pid}").strip() == "synapse"
         isolation = next(c for c in vm_assertions(profile) if c.id.endswith(" Isolation"))
         assert run_checks(m, [isolation])[0].status == "pass"
