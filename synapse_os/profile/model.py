@@ -613,7 +613,7 @@ class Runtime(Strict):
     user: UserName = Field("synapse", description="The system user the service runs as.")
     isolation: Literal["none", "nspawn"] = Field(
         "none", description="nspawn: the engine runs in a systemd-nspawn container made of the "
-        "host's /usr (the venv, its configuration and the models' directories bound read-only, "
+        "host's /usr (the venv, its configuration and the model files bound read-only, "
         "its state directory writable), with no network of its own: the API socket is opened "
         "by systemd (synapse-runtime.socket) and passed in. synapse-runtime only; needs "
         "sandboxing: none (the container is the sandbox).")

@@ -36,8 +36,8 @@ def nspawn_words(rt: Runtime, threads: int | None, synapse_bin: str) -> list[str
     for path in ("/etc/passwd", "/etc/group", CONFIG_DIR, venv, *rt.container_binds()):
         words.append(f"--bind-ro={path}")
     words.append(f"--bind={RUNTIME_STATE}")
-    if rt.mlock:
-        words.append("--rlimit=RLIMIT_MEMLOCK=infinity")
+    if rt.mlock:  # nspawn's own seccomp filter refuses mlock to a container without it
+        words += ["--rlimit=RLIMIT_MEMLOCK=infinity", "--system-call-filter=@memlock"]
     if threads:
         words.append(f"--setenv=OMP_NUM_THREADS={threads}")
     return [*words, "--"]

@@ -84,6 +84,12 @@ INJECTIONS = {
     "service host that is not an address": (
         "runtime:\n  host: '0.0.0.0 --api-key x'\n  models:\n    main: {path: /m.gguf}\n",
         "runtime.host"),
+    "service host with an interface scope": (  # ipaddress takes any text after '%'
+        "runtime:\n  host: 'fe80::1%$x;y'\n  models:\n    main: {path: /m.gguf}\n",
+        "runtime.host"),
+    "container bind with another mount's options": (
+        "runtime:\n  isolation: nspawn\n  sandboxing: none\n"
+        "  models:\n    main: {path: '/m.gguf:/etc:rw'}\n", "runtime.models.main.path"),
 }
 
 
