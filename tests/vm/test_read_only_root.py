@@ -34,6 +34,7 @@ pytestmark = pytest.mark.slow
 
 CHANGED = "/run/synapse-test/changed.yaml"
 KILLED = "/run/synapse-test/killed.yaml"
+SMALL_BOX = "/run/synapse-test/small-box.yaml"  # 4300M of RAM, 4G of it reserved
 ROOT_STATE = "findmnt -no OPTIONS / | cut -d, -f1"
 GUEST_MEMORY_MB = 6144  # above the profile's 4G memory_reserve
 INSTALLED_MODEL = "/var/lib/synapse/models/gemma3-270m-q4_k_m.gguf"  # by install.sh
@@ -106,6 +107,24 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         # systemd runs here: the parser ran as a transient unit with the runtime's hardening
         record = json.loads(m.succeed(f"cat /var/ai-data/models/{added['sha256']}.json"))
         assert record["sandbox"]["runner"] == "systemd-run", record["sandbox"]
+        # what must not be taken in: each refused in one sentence, nothing copied or pinned
+        m.succeed(f"head -c 40M {INSTALLED_MODEL} > /tmp/truncated.gguf && "
+                  f"cp {INSTALLED_MODEL} /tmp/corrupt.gguf && printf '\\0\\0\\0\\0\\0\\0\\0\\100' "
+                  "| dd of=/tmp/corrupt.gguf bs=1 seek=24 conv=notrunc status=none && "
+                  "cp /usr/bin/python3 /tmp/python.gguf")  # header: a first key of 2**62 bytes
+        upload(m, SMALL_BOX, _changed(profile_path, 150, hardware | {"ram": "4300M"}))
+        pinned = m.succeed(f"sha256sum {CHANGED}")
+        for file, target, phrase in (("/tmp/truncated.gguf", CHANGED, "is truncated"),
+                                     ("/tmp/corrupt.gguf", CHANGED, "corrupted GGUF header"),
+                                     ("/tmp/python.gguf", CHANGED, "is not a GGUF file"),
+                                     (INSTALLED_MODEL, SMALL_BOX, "more than the")):
+            rc, out = m.execute(f"{GUEST_SYNAPSE} model add {file} --role main {target} 2>&1",
+                                timeout=600)
+            assert rc == 2 and phrase in out and "nothing was copied" in out, (file, out)
+            assert len(out.strip().splitlines()) == 1, out
+        assert m.succeed("ls /var/ai-data/models").split() == \
+            [f"{added['sha256']}.gguf", f"{added['sha256']}.json"]
+        assert m.succeed(f"sha256sum {CHANGED}") == pinned
         out = m.succeed(f"{GUEST_SYNAPSE} apply {CHANGED} --yes 2>&1", timeout=600)
         assert "applied transaction" in out and "warning" not in out, out
         assert "systemctl try-restart --no-block synapse-runtime.service: ok" in out, out
