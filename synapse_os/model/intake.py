@@ -13,12 +13,12 @@ from synapse_os.apply.untrusted import inside
 from synapse_os.errors import OperationError, UserError
 from synapse_os.model import inspect as insp
 from synapse_os.model import pins, store
+from synapse_os.model.bundled import target_path
 from synapse_os.profile import load_profile
 from synapse_os.profile.model import ModelRef, Profile
 from synapse_os.profile.types import parse_size
 
 ROLES = ("main", "small", "draft")
-RUNTIME_CONFIG_DIR = "/etc/synapse"  # relative model paths are relative to runtime.yaml
 DEFAULT_CONTEXT = int(ModelRef.model_fields["context"].default)
 DEFAULT_RESERVE = "2G"
 
@@ -96,8 +96,7 @@ def _main_inspection(root: Path, dir_fd: int | None, profile: Profile,
                             f"knows (only pypi:{MODEL_PACKAGE})")
         file = default_model()[0]
     else:
-        rel = posixpath.normpath(posixpath.join(RUNTIME_CONFIG_DIR, path)).lstrip("/")
-        file = root / rel
+        file = root / str(target_path(path)).lstrip("/")
         if not inside(root, file):
             raise UserError(f"{profile_path}: main model {path} leads outside {root} through "
                             "a symlink; refusing to read it")

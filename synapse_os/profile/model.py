@@ -61,6 +61,7 @@ from synapse_os.profile.zram_expr import ZramExpressionError, check_zram_express
 __all__ = ["MITIGATIONS_ACK", "SECURITY_ACK", "Profile", "parse_size"]
 
 RUNTIME_STATE = "/var/lib/synapse/runtime"  # the service's StateDirectory
+RUNTIME_CONFIG_DIR = "/etc/synapse"  # runtime.yaml's directory: relative model paths start there
 # the systemd unit each engine runs as
 ENGINE_UNITS = {
     "synapse-runtime": "synapse-runtime.service",

@@ -11,10 +11,9 @@ processes); the engine runs as the runtime's user, not as root.
 
 from __future__ import annotations
 
-from synapse_os.profile.model import RUNTIME_STATE, Runtime
+from synapse_os.profile.model import RUNTIME_CONFIG_DIR, RUNTIME_STATE, Runtime
 
 NSPAWN = "/usr/bin/systemd-nspawn"
-CONFIG_DIR = "/etc/synapse"
 SYSTEMD_NOTIFY = "/run/systemd/notify"  # the socket systemd reads its services' READY=1 on
 CONTAINER_NOTIFY = "/run/host/systemd-notify"
 
@@ -33,7 +32,7 @@ def nspawn_words(rt: Runtime, threads: int | None, synapse_bin: str) -> list[str
              f"--bind-ro={SYSTEMD_NOTIFY}:{CONTAINER_NOTIFY}",
              f"--setenv=NOTIFY_SOCKET={CONTAINER_NOTIFY}"]
     # the user's name resolves inside (nspawn --user), the venv and the config are read
-    for path in ("/etc/passwd", "/etc/group", CONFIG_DIR, venv, *rt.container_binds()):
+    for path in ("/etc/passwd", "/etc/group", RUNTIME_CONFIG_DIR, venv, *rt.container_binds()):
         words.append(f"--bind-ro={path}")
     words.append(f"--bind={RUNTIME_STATE}")
     if rt.mlock:  # nspawn's own seccomp filter refuses mlock to a container without it
