@@ -130,3 +130,15 @@ def stock_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     image = _build(STOCK, tmp_path_factory)
     yield image
     image.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def llama_bench() -> Path:
+    """The real llama-bench, built with CMake from the llama-cpp-python sdist on first use:
+    the portable build, so the host tests and the A/B guests (TCG: AVX2, no AVX-512) run
+    the same binary and CI compiles llama.cpp for llama-bench once."""
+    need_tool("cmake", "apt-get install cmake")
+    need_tool("c++", "apt-get install g++")
+    from synapse_os.bench import build
+
+    return build.build(build.resolve_source(None), flavour="portable").path

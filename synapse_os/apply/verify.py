@@ -80,11 +80,14 @@ def profile_checks(profile: Profile, root: Path, settings_only: bool) -> tuple[l
     return out, notes
 
 
+def run_checks(checks: list[Check]) -> list[Result]:
+    with ThreadPoolExecutor(max_workers=PROBE_WORKERS) as pool:
+        return list(pool.map(run_check, checks))
+
+
 def verify(profile: Profile, root: Path, settings_only: bool = False) -> Report:
     check_list, notes = profile_checks(profile, root, settings_only)
-    with ThreadPoolExecutor(max_workers=PROBE_WORKERS) as pool:
-        results = list(pool.map(run_check, check_list))
-    return Report(root, root.resolve() == Path("/"), results, notes)
+    return Report(root, root.resolve() == Path("/"), run_checks(check_list), notes)
 
 
 def _short(actual: str, width: int = 72) -> str:

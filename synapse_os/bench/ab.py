@@ -19,7 +19,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +32,8 @@ from synapse_os.bench.runner import model_info
 from synapse_os.errors import OperationError, UserError
 from synapse_os.image import disk
 from synapse_os.profile.model import Profile
-from synapse_os.state import ENGINE_UNITS, Check
-from synapse_os.vm.assertions import vm_assertions
+from synapse_os.state import ENGINE_UNITS
+from synapse_os.vm.assertions import settled_checks
 from synapse_os.vm.machine import Machine
 from synapse_os.vm.qemu import kvm_works
 from synapse_os.vm.report import Outcome
@@ -108,13 +108,6 @@ class ArmState:
         return self.arm.profile.name
 
 
-def settled_checks(profile: Profile) -> list[Check]:
-    """The profile's live checks that hold with its engine stopped: not the service's own
-    checks, nor that its unit is active."""
-    engine = {f"unit {unit} active" for unit in ENGINE_UNITS.values()}
-    return [c for c in vm_assertions(profile) if c.kind != "service" and c.id not in engine]
-
-
 def check_image(arm: Arm, image: Path) -> None:
     meta = disk.read_metadata(image)
     if not meta.get("test"):
@@ -126,17 +119,19 @@ def check_image(arm: Arm, image: Path) -> None:
                         f"{arm.profile.name!r}; rebuild it, or leave the image out to build it")
 
 
-def bench_disk(binary: Path, model: Path, work: Path) -> Path:
-    """An ext4 image holding llama-bench and the model (mke2fs -d: no mount needed)."""
+def bench_disk(binary: Path, model: Path | None, work: Path) -> Path:
+    """An ext4 image holding llama-bench and the model, if one is given (mke2fs -d: no
+    mount needed)."""
     proc.require_tool("mke2fs", "apt-get install e2fsprogs")
     staging = work / "bench-disk"
     staging.mkdir()
     shutil.copy2(binary, staging / "llama-bench")
-    try:
-        os.link(model, staging / "model.gguf")
-    except OSError:
-        shutil.copy2(model, staging / "model.gguf")
-    size_mib = (binary.stat().st_size + model.stat().st_size) // 2**20 + 64
+    if model is not None:
+        try:
+            os.link(model, staging / "model.gguf")
+        except OSError:
+            shutil.copy2(model, staging / "model.gguf")
+    size_mib = (binary.stat().st_size + (model.stat().st_size if model else 0)) // 2**20 + 64
     image = work / "bench.img"
     proc.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", BENCH_SERIAL, "-d", str(staging),
               str(image), f"{size_mib}M"], timeout=600)
@@ -209,45 +204,54 @@ def _live(outcomes: list[Outcome]) -> dict[str, dict[str, str]]:
             for o in outcomes}
 
 
-def _counts(outcomes: list[Outcome]) -> dict[str, int]:
-    return {s: sum(1 for o in outcomes if o.status == s) for s in ("pass", "fail", "unknown")}
+def _counts(statuses: Iterable[str]) -> dict[str, int]:
+    listed = list(statuses)
+    return {s: listed.count(s) for s in ("pass", "fail", "unknown")}
 
 
 def arm_records(state: ArmState, settings: AbSettings, model: dict[str, Any],
                 bench: build.LlamaBench, virtualised: dict[str, Any],
                 run_id: str, when: str) -> list[dict[str, Any]]:
     """One record per test: every round's samples merged, each round also kept apart."""
-    by_test: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
-    for round_no, position, results in state.rounds:
+    return test_records(
+        [(r, p, res, {}) for r, p, res in state.rounds], state.label, state.system, model,
+        {"path": f"{bench.path} (as {GUEST_BINARY} in the guest)", **bench.build_info},
+        run_id, when,
+        {"arm": state.arm.name, "profile": state.label,
+         "profile_hash": state.arm.profile.hash(), "image": str(state.image),
+         "boot_id": state.boot_id, "boot_seconds": state.boot_seconds,
+         "virtualised": virtualised, "stopped_units": state.stopped_units,
+         "live": _live(state.own_checks), "candidate_live": _live(state.candidate_checks)})
+
+
+def test_records(rounds: list[tuple[int, int, list[dict[str, Any]], dict[str, Any]]], label: str,
+                 system: dict[str, Any], model: dict[str, Any], llama_bench: dict[str, Any],
+                 run_id: str, when: str, ab: dict[str, Any]) -> list[dict[str, Any]]:
+    """Records of one arm from its rounds (round, position, llama-bench results, what else
+    to keep with the round): one per test, the rounds' samples merged and kept apart."""
+    by_test: dict[str, list[tuple[int, int, dict[str, Any], dict[str, Any]]]] = {}
+    for round_no, position, results, extra in rounds:
         for result in results:
             by_test.setdefault(llamabench.record_name(result), []).append(
-                (round_no, position, result))
+                (round_no, position, result, extra))
     out = []
     for name, runs in by_test.items():
         record = runs[0][2]
-        for _, _, more in runs[1:]:
+        for _, _, more, _ in runs[1:]:
             record = llamabench.merge(record, more)
         record["synapse"] = {
-            "schema": SCHEMA, "label": state.label, "run_id": run_id, "time": when,
-            "host": state.system.get("host"), "real": True, "test": name,
+            "schema": SCHEMA, "label": label, "run_id": run_id, "time": when,
+            "host": system.get("host"), "real": True, "test": name,
             "repetitions": len(record["samples_ts"]), "extra_runs": 0,
             "cv": stats.cv(record["samples_ts"]),
             "median_ts": stats.median(record["samples_ts"]), "model": model,
-            "llama_bench": {"path": f"{bench.path} (as {GUEST_BINARY} in the guest)",
-                            **bench.build_info},
-            "bandwidth": {"read_gbps": None, "method": "not measured inside a guest"},
+            "llama_bench": llama_bench,
+            "bandwidth": {"read_gbps": None, "method": "not measured in an A/B run"},
             "roofline": None,
-            "provenance": state.system,
-            "ab": {
-                "arm": state.arm.name, "profile": state.label,
-                "profile_hash": state.arm.profile.hash(), "image": str(state.image),
-                "boot_id": state.boot_id, "boot_seconds": state.boot_seconds,
-                "virtualised": virtualised, "stopped_units": state.stopped_units,
-                "rounds": [{"round": r, "position": p, "samples_ts": res["samples_ts"]}
-                           for r, p, res in runs],
-                "live": _live(state.own_checks),
-                "candidate_live": _live(state.candidate_checks),
-            },
+            "provenance": system,
+            "ab": {**ab, "rounds": [{"round": r, "position": p,
+                                     "samples_ts": res["samples_ts"], **extra}
+                                    for r, p, res, extra in runs]},
         }
         out.append(record)
     return out
@@ -293,7 +297,8 @@ def ab_markdown(states: dict[str, ArmState], settings: AbSettings, summary: dict
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in (a, b):
-        own, cand = _counts(s.own_checks), _counts(s.candidate_checks)
+        own = _counts(o.status for o in s.own_checks)
+        cand = _counts(o.status for o in s.candidate_checks)
         lines.append(
             f"| {s.arm.name} | {s.label} | {s.system.get('kernel')} | {s.boot_id[:8]} | "
             f"{s.boot_seconds:.0f} | {', '.join(s.stopped_units) or '–'} | "
@@ -302,19 +307,24 @@ def ab_markdown(states: dict[str, ArmState], settings: AbSettings, summary: dict
     failing = [o.id for o in a.candidate_checks if o.status == "fail"]
     lines += ["", f"Arm A fails {len(failing)} of {b.label}'s settings"
               + (f" (e.g. {', '.join(failing[:6])})" if failing else "") + "."]
-    lines += ["", "### Interleaved verdicts", "",
-              "A change is called only when the whole run and both halves in time agree.", "",
-              "| test | whole ratio [95% CI] | first half | second half | verdict |",
-              "|---|---|---|---|---|"]
+    lines += _verdict_lines(summary, tcg)
+    lines += ["", "Records: `records/A.jsonl`, `records/B.jsonl` (every round's samples, the "
+              "live value of each checked setting, the provenance of each guest); "
+              "`ab.json` has this summary.", ""]
+    return "\n".join(lines)
+
+
+def _verdict_lines(summary: dict[str, Any], tcg: bool) -> list[str]:
+    lines = ["", "### Interleaved verdicts", "",
+             "A change is called only when the whole run and both halves in time agree.", "",
+             "| test | whole ratio [95% CI] | first half | second half | verdict |",
+             "|---|---|---|---|---|"]
     for name, result in summary["interleaved"].items():
         cells = [f"{result[k]['ratio']:.3f} [{result[k]['ci_low']:.3f}, {result[k]['ci_high']:.3f}]"
                  for k in ("whole", "first_half", "second_half")]
         verdict = result["verdict"] + (" (TCG: not a speed claim)" if tcg else "")
         lines.append(f"| {name} | {' | '.join(cells)} | {verdict} |")
-    lines += ["", "Records: `records/A.jsonl`, `records/B.jsonl` (every round's samples, the "
-              "live value of each checked setting, the provenance of each guest); "
-              "`ab.json` has this summary.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _check_output(output: Path) -> None:
@@ -416,8 +426,9 @@ def run_ab(arms: tuple[Arm, Arm], settings: AbSettings, output: Path,
                 k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()},
             "virtualised": virtualised, "harness_host": socket.gethostname(),
             "arms": {name: {"profile": s.label, "image": str(s.image), "boot_id": s.boot_id,
-                            "boot_seconds": s.boot_seconds, "own_checks": _counts(s.own_checks),
-                            "candidate_checks": _counts(s.candidate_checks),
+                            "boot_seconds": s.boot_seconds,
+                            "own_checks": _counts(o.status for o in s.own_checks),
+                            "candidate_checks": _counts(o.status for o in s.candidate_checks),
                             "stopped_units": s.stopped_units, "seconds": s.timings}
                      for name, s in states.items()},
             "comparison": result.as_dict(),
@@ -434,4 +445,82 @@ def run_ab(arms: tuple[Arm, Arm], settings: AbSettings, output: Path,
         os.replace(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+# --- the boot A/B's report (synapse_os.bench.bootab measures; this compares) ---------------
+
+def boot_report(output: Path) -> dict[str, Any]:
+    """RESULTS.md, plots, records/ and ab.json of a finished boot A/B, from its boots.json."""
+    source = output / "boots.json"
+    try:
+        data = json.loads(source.read_text())
+        plan, boots = data["plan"], data["boots"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{source} is not the boots.json a boot A/B writes ({exc}); pass the "
+                        "-o directory of `synapse bench ab --boot-entries`") from None
+    records: dict[str, list[dict[str, Any]]] = {}
+    for arm in ARMS:
+        mine = [b for b in boots if b["arm"] == arm]
+        if not mine:
+            raise UserError(f"{source} has no boot of arm {arm}: that A/B did not finish")
+        rounds = [(b["round"], b["position"], b["results"],
+                   {"boot_id": b["boot_id"], "entry": b["entry"],
+                    "kernel": b["system"].get("kernel"),
+                    "checks": _counts(c["status"] for c in b["checks"])}) for b in mine]
+        first = mine[0]
+        records[arm] = test_records(rounds, plan["labels"][arm], first["system"], plan["model"],
+                                    plan["llama_bench"], plan["started"], plan["started"], {
+            "arm": arm, "profile": plan["profile"], "profile_hash": plan["profile_hash"],
+            "entry": plan["entries"][arm], "boot_id": first["boot_id"],
+            "virtualised": first["virtualised"], "stopped_units": first["stopped_units"],
+            "live": {c["id"]: {k: c[k] for k in ("status", "actual", "expected")}
+                     for c in first["checks"]}})
+    for name, recs in records.items():
+        write(output / "records" / f"{name}.jsonl", recs)
+    loaded = {name: [Record(r, f"{name}.jsonl:{i}") for i, r in enumerate(recs, 1)]
+              for name, recs in records.items()}
+    result = compare.compare(loaded["A"], loaded["B"])
+    virtualised = boots[0]["virtualised"]
+    summary = {
+        "baseline": plan["labels"]["A"], "candidate": plan["labels"]["B"],
+        "order": " ".join(b["arm"] for b in boots), "entries": plan["entries"],
+        "settings": plan["settings"], "virtualised": virtualised,
+        "boots": [{k: b[k] for k in ("index", "arm", "entry", "boot_id", "stock_word",
+                                     "booted_s", "seconds")}
+                  | {"kernel": b["system"].get("kernel"),
+                     "checks": _counts(c["status"] for c in b["checks"])}
+                  for b in boots],
+        "comparison": result.as_dict(),
+        "interleaved": interleaved(records["A"], records["B"]),
+    }
+    tcg = virtualised["accel"] == "tcg"
+    s = plan["settings"]
+    lines = ["", "## The boot A/B run", ""]
+    if tcg:
+        lines += ["**Booted under TCG (QEMU's instruction emulator): these figures show the "
+                  "mechanics, not the speed of either boot. No speed claim is made from "
+                  "them.**", ""]
+    lines += [f"{len(boots)} boots of one machine ({virtualised['accel']}) in ABBA order "
+              f"({summary['order']}): A = entry {plan['entries']['A']}, B = entry "
+              f"{plan['entries']['B']}. Each boot ran llama-bench once: -p {s['n_prompt']} "
+              f"-n {s['n_gen']} -r {s['repetitions']}{'' if s['warmup'] else ' --no-warmup'}.",
+              "", "| boot | arm | entry | kernel | synapse.stock | boot id | up at its step (s) "
+              "| profile's checks (pass/fail/unknown) |", "|---|---|---|---|---|---|---|---|"]
+    for b in summary["boots"]:
+        c = b["checks"]
+        lines.append(f"| {b['index'] + 1} | {b['arm']} | {b['entry']} | {b['kernel']} | "
+                     f"{'yes' if b['stock_word'] else 'no'} | {b['boot_id'][:8]} | "
+                     f"{b['booted_s']:.0f} | {c['pass']}/{c['fail']}/{c['unknown']} |")
+    first_a = next(b for b in boots if b["arm"] == "A")
+    failing = [c["id"] for c in first_a["checks"] if c["status"] == "fail"]
+    lines += ["", f"Arm A fails {len(failing)} of the profile's settings"
+              + (f" (e.g. {', '.join(failing[:6])})" if failing else "") + "."]
+    lines += _verdict_lines(summary, tcg)
+    lines += ["", "Records: `records/A.jsonl`, `records/B.jsonl`; every boot as measured: "
+              "`boots.json`; this summary: `ab.json`.", ""]
+    text = report.markdown(result, loaded["A"], loaded["B"])
+    (output / "RESULTS.md").write_text(text + "\n".join(lines))
+    report.plots(result, output)
+    (output / "ab.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

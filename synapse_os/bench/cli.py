@@ -155,8 +155,12 @@ def compare_cmd(baseline: Path, candidate: Path, allow_model_mismatch: bool,
 
 
 @group.command("ab")
-@click.argument("baseline", type=click.Path(path_type=Path))
-@click.argument("candidate", type=click.Path(path_type=Path))
+@click.argument("profiles", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--boot-entries", metavar="A,B", help="On a tuned machine itself: compare two of "
+              "its boot entries, e.g. stock,tuned (stock: the distribution's kernel with "
+              "none of PROFILE's settings), rebooting between them; PROFILE is the machine's.")
+@click.option("--no-reboot", is_flag=True, help="--boot-entries: plan and set the first "
+              "one-shot entry, but leave the reboot to you.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="New directory for RESULTS.md, plots, records/ and ab.json.")
 @click.option("--image-a", type=click.Path(path_type=Path),
@@ -185,15 +189,47 @@ def compare_cmd(baseline: Path, candidate: Path, allow_model_mismatch: bool,
 @click.option("--host-cpus", help="KVM: run both guests on these host CPUs (e.g. 2-5).")
 @click.option("--hugepages", is_flag=True, help="KVM: back guest RAM with hugetlbfs pages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def ab_cmd(baseline: Path, candidate: Path, output: Path, image_a: Path | None,
+def ab_cmd(profiles: tuple[Path, ...], boot_entries: str | None, no_reboot: bool,
+           output: Path, image_a: Path | None,
            image_b: Path | None, n_prompt: int, n_gen: int, repetitions: int, rounds: int,
            no_warmup: bool, threads: int | None, cpus: int, memory_mb: int, model: Path | None,
            llama_bench: Path | None, host_cpus: str | None, hugepages: bool,
            as_json: bool) -> None:
-    """Boot BASELINE's and CANDIDATE's images in QEMU and compare them with llama-bench."""
-    from synapse_os.bench.ab import AbSettings, Arm, run_ab
+    """Compare two systems with llama-bench: BASELINE's and CANDIDATE's images booted in
+    QEMU, or (--boot-entries A,B PROFILE) two boot entries of this machine, rebooting."""
     from synapse_os.profile import load_profile
 
+    if boot_entries is not None:
+        if len(profiles) != 1:
+            raise UserError("--boot-entries takes one profile, the machine's own "
+                            f"({len(profiles)} given)")
+        from synapse_os.bench import bootab, build
+        from synapse_os.bench.runner import model_info
+
+        boot_settings = bootab.BootSettings(n_prompt=n_prompt, n_gen=n_gen,
+                                            repetitions=repetitions, rounds=rounds,
+                                            warmup=not no_warmup, threads=threads)
+        boot_settings.check()
+        bootab.entry_words(boot_entries)
+        profile = load_profile(profiles[0])
+        model_path, model_record = model_info(model)
+        bench = build.locate(llama_bench)
+        plan = bootab.start(profile, boot_entries, output, boot_settings, bench.path,
+                            model_path, model_record,
+                            {"path": str(bench.path), **bench.build_info}, reboot=not no_reboot)
+        if as_json:
+            emit_json(plan)
+            return
+        _console().print(f"boot A/B of {plan['entries']['A']} (A) and {plan['entries']['B']} "
+                         f"(B): {len(plan['order'])} boots, {' '.join(plan['order'])}; results "
+                         f"in {plan['output']}" + ("; reboot to start" if no_reboot else ""))
+        return
+    if len(profiles) != 2:
+        raise UserError(f"bench ab takes BASELINE and CANDIDATE profiles ({len(profiles)} given), "
+                        "or one profile with --boot-entries")
+    from synapse_os.bench.ab import AbSettings, Arm, run_ab
+
+    baseline, candidate = profiles
     arms = (Arm("A", load_profile(baseline), baseline.parent, image_a),
             Arm("B", load_profile(candidate), candidate.parent, image_b))
     settings = AbSettings(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
@@ -214,6 +250,32 @@ def ab_cmd(baseline: Path, candidate: Path, output: Path, image_a: Path | None,
                       f"{result['verdict']}")
     console.print(f"wrote {output / 'RESULTS.md'} ({summary['virtualised']['accel']}, "
                   f"{summary['wall_seconds']:.0f} s)")
+
+
+@group.command("ab-step", hidden=True)
+def ab_step_cmd() -> None:
+    """One boot's part of a boot A/B (run by synapse-bench-ab.service)."""
+    from synapse_os.bench import bootab
+
+    _console().print(bootab.step())
+
+
+@group.command("ab-report")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def ab_report_cmd(directory: Path, as_json: bool) -> None:
+    """Write RESULTS.md, plots and records of a finished boot A/B (its -o DIRECTORY)."""
+    from synapse_os.bench.ab import boot_report
+
+    summary = boot_report(directory)
+    if as_json:
+        emit_json(summary)
+        return
+    for name, result in summary["interleaved"].items():
+        whole = result["whole"]
+        _console().print(f"{name}: B / A = {whole['ratio']:.3f} [{whole['ci_low']:.3f}, "
+                         f"{whole['ci_high']:.3f}], {result['verdict']}")
+    _console().print(f"wrote {directory / 'RESULTS.md'}")
 
 
 @group.command("report")

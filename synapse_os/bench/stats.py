@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
 
 NOISE_BAND = 0.01  # +/- 1 %
 ALPHA = 0.05
@@ -59,6 +58,8 @@ def mann_whitney_p(baseline: Sequence[float], candidate: Sequence[float]) -> flo
     cand = np.asarray(candidate, dtype=float)
     if np.ptp(np.concatenate([base, cand])) == 0:
         return 1.0
+    from scipy import stats as sps  # here: the runtime's install (a boot A/B) has no scipy
+
     return float(sps.mannwhitneyu(cand, base, alternative="two-sided").pvalue)
 
 

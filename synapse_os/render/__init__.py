@@ -239,6 +239,22 @@ def step_runtime(ctx: Context, tree: Tree) -> None:
                  + yaml.safe_dump(config, sort_keys=True, default_flow_style=False))
 
 
+def step_stock(ctx: Context, tree: Tree) -> None:
+    """The stock boot state and the boot A/B's step unit, where synapse is installed."""
+    if ctx.profile.runtime is None:
+        return
+    from synapse_os.render import stock
+
+    tree.add(stock.GENERATOR, template("synapse-stock-generator.j2", **ctx.vars(
+        **stock.generator_context(ctx.state, set(tree.files)))), 0o755)
+    unit = f"rootfs/etc/systemd/system/{stock.BENCH_UNIT}"
+    tree.add(unit, template(f"{stock.BENCH_UNIT}.j2", **ctx.vars(
+        state_file=stock.BOOT_AB_STATE, synapse_bin=SYNAPSE_BIN,
+        engines=sorted(ENGINE_UNITS.values()))))
+    tree.link(f"rootfs/etc/systemd/system/multi-user.target.wants/{stock.BENCH_UNIT}",
+              f"/etc/systemd/system/{stock.BENCH_UNIT}")
+
+
 def step_install(ctx: Context, tree: Tree) -> None:
     distro = distro_for(ctx.profile)
     header = f"# Packages for profile {ctx.profile.name} ({distro.name}), rendered by synapse.\n"
@@ -288,6 +304,7 @@ STEPS: list[Step] = [
     step_system,
     step_boot,
     step_runtime,
+    step_stock,
     step_install,
     step_kernel,
     step_archinstall,

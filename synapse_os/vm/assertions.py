@@ -62,3 +62,12 @@ def vm_assertions(profile: Profile) -> list[Check]:
     """Everything asserted in a booted guest of this profile, in a stable order."""
     return [*live_checks(profile), *install_checks(profile), *profile_file_checks(profile),
             *service_checks(profile)]
+
+
+def settled_checks(profile: Profile) -> list[Check]:
+    """The profile's checks that hold with its engine stopped (an A/B arm): not the
+    service's own checks, nor that its unit is active."""
+    from synapse_os.state import ENGINE_UNITS
+
+    engine = {f"unit {unit} active" for unit in ENGINE_UNITS.values()}
+    return [c for c in vm_assertions(profile) if c.kind != "service" and c.id not in engine]

@@ -30,7 +30,7 @@ from typing import Any
 
 from synapse_os.errors import OperationError
 from synapse_os.image import disk
-from synapse_os.vm.qemu import QemuConfig, kvm_works
+from synapse_os.vm.qemu import QemuConfig, find_ovmf_flash, kvm_works
 
 READY = b"@@SYNAPSE-SHELL-READY@@"
 FRAME = re.compile(rb"@@SYN (\d+) (\d+) ([A-Za-z0-9+/=]*)\n")
@@ -106,9 +106,12 @@ class Machine:
         host_cpus: str | None = None,
         hugepages: bool = False,
         snapshot: bool = True,
+        reboots: bool = False,
     ) -> None:
         """snapshot=False: the guest writes to the image itself (a test that reboots it by
-        starting another Machine on the same image, e.g. after `power_cut`)."""
+        starting another Machine on the same image, e.g. after `power_cut`). reboots=True
+        (UEFI only): the guest may reboot itself, and keeps its firmware variables across
+        reboots; wait for the test shell again after each."""
         self.image = Path(image)
         self.meta = disk.read_metadata(self.image)
         if not self.meta.get("test"):
@@ -132,6 +135,9 @@ class Machine:
         self.host_cpus = host_cpus
         self.hugepages = hugepages
         self.snapshot = snapshot
+        if reboots and not uefi:
+            raise ValueError("a guest that reboots itself boots through UEFI")
+        self.reboots = reboots
         cmdline = append_override if append_override is not None else str(self.meta["cmdline"])
         self.append = " ".join(w for w in (cmdline, extra_append) if w)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -157,7 +163,11 @@ class Machine:
                             shell_socket=self.socket_path, memory_mb=self.memory_mb,
                             cpus=self.cpus, kvm=self.kvm, forwards=self.forwards,
                             readonly_disks=self.readonly_disks, host_cpus=self.host_cpus,
-                            hugepages=self.hugepages, snapshot=self.snapshot)
+                            hugepages=self.hugepages, snapshot=self.snapshot,
+                            reboot=self.reboots)
+        if self.reboots:
+            config.efi_vars = self.workdir / "efi-vars.fd"
+            shutil.copyfile(find_ovmf_flash()[1], config.efi_vars)
         if self.nvme:  # sparse: an empty namespace is all the guest's udev needs to see
             config.nvme_disk = self.workdir / "nvme-scratch.img"
             with config.nvme_disk.open("wb") as fh:

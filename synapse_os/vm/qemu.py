@@ -21,6 +21,13 @@ OVMF_CANDIDATES = (
     "/usr/share/edk2/x64/OVMF.fd",
     "/usr/share/edk2-ovmf/x64/OVMF.fd",
 )
+# UEFI with variables that persist across the guest's reboots (bootctl set-oneshot): the
+# firmware's code and a writable copy of its variable store, as two flash devices
+OVMF_FLASH_CANDIDATES = (
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ("/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"),
+)
 SHELL_PORT = "org.synapse.shell"
 
 
@@ -39,6 +46,15 @@ def find_ovmf() -> str:
             return candidate
     raise UserError("UEFI firmware (OVMF.fd) was not found; install it with: apt-get install ovmf "
                     "(or boot with --direct, which needs no firmware)")
+
+
+def find_ovmf_flash() -> tuple[str, str]:
+    """(code, variable store template) of a flash-based OVMF."""
+    for code, variables in OVMF_FLASH_CANDIDATES:
+        if Path(code).is_file() and Path(variables).is_file():
+            return code, variables
+    raise UserError("UEFI firmware with a variable store (OVMF_CODE*.fd and OVMF_VARS*.fd) was "
+                    "not found; install it with: apt-get install ovmf")
 
 
 KVM_PROBE_SECONDS = 10.0  # OVMF reaches its boot manager in 1-3 s under a working KVM
@@ -100,6 +116,8 @@ class QemuConfig:
     forwards: dict[int, int] = field(default_factory=dict)  # 127.0.0.1 port -> guest TCP port
     nvme_disk: Path | None = None  # a scratch NVMe namespace (its queue settings are checked)
     readonly_disks: dict[str, Path] = field(default_factory=dict)  # virtio serial -> raw image
+    efi_vars: Path | None = None  # UEFI from flash, with this writable variable store
+    reboot: bool = False  # a guest reboot restarts it (else QEMU exits)
     host_cpus: str | None = None  # KVM: run QEMU (and so every vCPU) on these host CPUs only
     hugepages: bool = False  # KVM: back guest RAM with the host's hugetlbfs pages
     extra: list[str] = field(default_factory=list)
@@ -111,7 +129,8 @@ class QemuConfig:
         ]
         argv = [
             require_qemu(), *accel, "-m", str(self.memory_mb), "-smp", str(self.cpus),
-            "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
+            "-nodefaults", "-display", "none", *([] if self.reboot else ["-no-reboot"]),
+            "-no-user-config",
             "-drive", f"file={opt(self.image)},format=raw,if=virtio,cache=unsafe"
             + (",snapshot=on" if self.snapshot else ""),
             "-object", "rng-random,filename=/dev/urandom,id=rng0",
@@ -146,6 +165,10 @@ class QemuConfig:
             if self.initrd is not None:
                 argv += ["-initrd", str(self.initrd)]
             argv += ["-append", self.append]
+        elif self.efi_vars is not None:
+            argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
+                     f"file={opt(Path(find_ovmf_flash()[0]))}",
+                     "-drive", f"if=pflash,format=raw,unit=1,file={opt(self.efi_vars)}"]
         else:
             argv += ["-bios", find_ovmf()]
         argv += self.extra

@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from synapse_os.cli import cli
-from tests.conftest import need_tool
 
 # Short settings: real llama-bench on the real small model, a thread sweep of 1 and 2.
 SHORT_RUN = ["-p", "16", "-n", "8", "--pg", "16,8", "-r", "3", "--max-repetitions", "6",
@@ -31,18 +30,6 @@ def invoke(args: list[str]) -> Result:
 
 def error_text(result: Result) -> str:
     return str(result.exception) if result.exception else result.output
-
-
-@pytest.fixture(scope="session")
-def llama_bench() -> Path:
-    """The real llama-bench, built with CMake from the llama-cpp-python sdist on first use:
-    the portable build, so the host tests and the A/B guests (TCG: AVX2, no AVX-512) run
-    the same binary and CI compiles llama.cpp for llama-bench once."""
-    need_tool("cmake", "apt-get install cmake")
-    need_tool("c++", "apt-get install g++")
-    from synapse_os.bench import build
-
-    return build.build(build.resolve_source(None), flavour="portable").path
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,26 @@ def test_bad_settings_are_one_sentence_and_nothing_is_written(tmp_path: Path, ex
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--boot-entries", "stock", str(TUNED)], "is not two different entries"),
+    (["--boot-entries", "tuned,tuned", str(TUNED)], "is not two different entries"),
+    (["--boot-entries", "stock,tuned", str(TUNED), "--rounds", "1"], "--rounds 1 is below 2"),
+    (["--boot-entries", "stock,tuned", str(STOCK), str(TUNED)], "takes one profile"),
+    (["--boot-entries", "stock,tuned", str(TUNED), "--llama-bench", "/bin/true"],
+     "did not boot through UEFI"),  # this machine: no firmware variables to set
+    ([str(TUNED)], "takes BASELINE and CANDIDATE profiles"),
+])
+def test_bad_boot_ab_requests_are_one_sentence_and_nothing_is_written(
+        tmp_path: Path, args: list[str], expected: str) -> None:
+    from synapse_os.render.stock import BOOT_AB_DIR
+
+    out = tmp_path / "ab"
+    result = invoke(["bench", "ab", "-o", str(out), *args])
+    assert result.exit_code == 2 and expected in error_text(result), error_text(result)
+    assert len(error_text(result).strip().splitlines()) == 1
+    assert not out.exists() and not Path(BOOT_AB_DIR).exists()
+
+
 def test_the_same_profile_twice_and_a_used_output_are_refused(tmp_path: Path) -> None:
     same = invoke(["bench", "ab", str(TUNED), str(TUNED), "-o", str(tmp_path / "ab")])
     assert same.exit_code == 2 and "both arms are the same profile" in error_text(same)

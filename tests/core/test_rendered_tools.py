@@ -158,3 +158,50 @@ def test_isolated_runtime_units_pass_systemd_analyze_and_name_real_nspawn_option
     options = [w.split("=")[0] for w in words[1:words.index("--")]]
     assert options and all(f" {o}" in listed for o in options), options
     assert words[words.index("--") + 1] == SYNAPSE_BIN
+
+
+def _run_generator(rendered: Path, tmp_path: Path, cmdline: str) -> Path:
+    """The rendered synapse-stock generator, run as systemd would, in a private mount
+    namespace whose /etc is the rendered one and whose /proc/cmdline is `cmdline`."""
+    need_tool("unshare", "apt-get install util-linux")
+    tmp_path.mkdir()
+    (tmp_path / "cmdline").write_text(cmdline + "\n")
+    dirs = [tmp_path / d for d in ("normal", "early", "late")]
+    for d in dirs:
+        d.mkdir()
+    script = (f"mount -t tmpfs none /etc && cp -a {rendered}/rootfs/etc/. /etc/ && "
+              f"mount --bind {tmp_path}/cmdline /proc/cmdline && "
+              f"/etc/systemd/system-generators/synapse-stock {' '.join(map(str, dirs))}")
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert not [p for d in ("normal", "late") for p in (tmp_path / d).iterdir()]
+    return tmp_path / "early"
+
+
+def test_stock_generator_hides_the_profile_files_and_masks_its_units(
+        rendered: dict[str, Path], tmp_path: Path) -> None:
+    """On `synapse.stock` (the boot A/B's stock entry) every file the profile placed for a
+    boot-time reader is bind-mounted over by /dev/null before that reader (units that
+    systemd-analyze accepts, named as systemd names a path), and the engine and zram are
+    masked; without the word the generator writes nothing."""
+    from synapse_os.render.stock import READ_AT_BOOT, ZRAM_UNITS
+
+    analyze = need_tool("systemd-analyze", "apt-get install systemd")
+    tree = rendered["cpu-avx2-debian"]
+    plain = _run_generator(tree, tmp_path / "plain", "root=/dev/vda ro quiet synapse.stockx")
+    assert list(plain.iterdir()) == []
+    early = _run_generator(tree, tmp_path / "stock", "root=/dev/vda ro synapse.stock")
+    placed = [rel for rel in READ_AT_BOOT if (tree / "rootfs" / rel).exists()]
+    assert len(placed) == 4, placed
+    for rel in placed:
+        name = subprocess.run(["systemd-escape", "--path", "--suffix=mount", f"/{rel}"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        unit = early / name
+        assert f"Where=/{rel}\n" in unit.read_text() and "What=/dev/null" in unit.read_text()
+        assert (early / "sysinit.target.requires" / name).resolve() == unit.resolve()
+        res = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                             env=dict(os.environ, SYSTEMD_LOG_LEVEL="notice"))
+        assert res.returncode == 0 and name not in res.stderr, res.stderr
+    for unit in ("synapse-runtime.service", "fstrim.timer", *ZRAM_UNITS):
+        assert os.readlink(early / unit) == "/dev/null", unit

@@ -3,21 +3,25 @@ written, /var (its own partition) and /var/ai-data can, `synapse model add` take
 installed model into /var/ai-data and the runtime serves it after the apply that pins it,
 `synapse apply` makes the root writable for its transaction only, and an apply killed midway, followed by a power cut,
 leaves a system that boots read-only (through the firmware and systemd-boot) and whose
-next apply recovers the transaction; a setting changed live fails its check there."""
+next apply recovers the transaction; a setting changed live fails its check there. That
+machine then runs the boot A/B against itself booted stock (`bench ab --boot-entries`)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from synapse_os.bench.ab import BENCH_SERIAL, GUEST_BINARY, GUEST_DIR, bench_disk
 from synapse_os.image import disk
 from synapse_os.profile import load_profile
+from synapse_os.profile.model import Profile
 from synapse_os.state import install_checks
 from synapse_os.vm.assertions import vm_assertions
 from synapse_os.vm.machine import Machine
@@ -73,7 +77,7 @@ def _history(m: Machine) -> list[dict[str, object]]:
 
 
 def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
-        read_only: tuple[Path, Path], tmp_path: Path) -> None:
+        read_only: tuple[Path, Path], llama_bench: Path, tmp_path: Path) -> None:
     built, profile_path = read_only
     image = tmp_path / "disk.img"  # booted twice, so the guest writes to a copy of its own
     subprocess.run(["cp", "--sparse=always", str(built), str(image)], check=True)
@@ -162,7 +166,10 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
     # the second boot goes through the firmware: systemd-boot under OVMF starts the entry
     # install.sh had kernel-install write for the tuned kernel (Debian's stays a fallback)
     version = disk.read_metadata(built)["kernel_version"]
-    with Machine(image, snapshot=False, memory_mb=GUEST_MEMORY_MB, uefi=True) as m:
+    # (through firmware that keeps its variables across reboots: the boot A/B at the end
+    # reboots the machine itself, one-shot entry by one-shot entry)
+    with Machine(image, snapshot=False, memory_mb=GUEST_MEMORY_MB, uefi=True, reboots=True,
+                 readonly_disks={BENCH_SERIAL: bench_disk(llama_bench, None, tmp_path)}) as m:
         m.start()
         m.wait_for_shell(600)
         entry = m.succeed("tr -d '\\000' < /sys/firmware/efi/efivars/"
@@ -206,6 +213,83 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         verify = {c["id"]: c["status"] for c in json.loads(out)["checks"]}
         assert rc == 1 and verify["sysctl vm.swappiness"] == "fail"
         assert verify["unit cups.service masked"] == "pass"
+        _boot_ab(m, KILLED, load_profile(tmp_path / "killed.yaml"), version, tmp_path / "ab")
         m.shutdown()
         assert m.proc is not None and m.proc.returncode == 0
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+AB_OUT = "/var/lib/synapse/ab-out"  # on /var: the reboots keep it
+SELECTED = ("tr -d '\\000' < /sys/firmware/efi/efivars/"
+            "LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f | cut -c2-")
+
+
+def _boot_ab(m: Machine, guest_profile: str, profile: Profile, version: str,
+             out: Path) -> None:
+    """`synapse bench ab --boot-entries stock,tuned` on the machine itself: it writes the
+    stock entry (Debian's kernel, no profile words, synapse.stock) and reboots itself
+    A B B A with `bootctl set-oneshot`; each boot's step checks the profile's settings and
+    runs llama-bench before the engine starts; the last one boots the tuned entry again.
+    The report is made on the host from what the guest kept (it has no scipy)."""
+    started = time.monotonic()
+    m.succeed(f"mkdir -p {GUEST_DIR} && mount -o ro /dev/disk/by-id/virtio-{BENCH_SERIAL} "
+              f"{GUEST_DIR}")
+    plan = json.loads(m.succeed(
+        f"{GUEST_SYNAPSE} bench ab --boot-entries stock,tuned {guest_profile} -o {AB_OUT} "
+        f"--rounds 2 -p 4 -n 1 -r 1 --no-warmup --llama-bench {GUEST_BINARY} "
+        f"--model {INSTALLED_MODEL} --json", timeout=300))
+    assert plan["order"] == ["A", "B", "B", "A"], plan
+    assert plan["entries"] == {"A": "synapse-stock.conf", "B": f"synapse-{version}.conf"}
+    # four boots of the A/B, then one more: the last arm (stock) reboots the machine into
+    # its default entry, the tuned one
+    for boot in range(5):
+        m.wait_for_shell(900)
+        print(f"boot {boot + 1} after the A/B's start: {time.monotonic() - started:.0f} s")
+    m.wait_for_unit("local-fs.target", 600)
+    assert m.succeed(SELECTED).strip() == f"synapse-{version}.conf"
+    m.succeed(f"test ! -e /var/lib/synapse/bench/ab-boot && test -f {AB_OUT}/README.txt")
+    stock = m.succeed("cat /boot/efi/loader/entries/synapse-stock.conf")
+    options = next(line for line in stock.splitlines() if line.startswith("options "))
+    assert options.split()[1:] == ["root=PARTLABEL=synapse-root", "ro", "synapse.stock"]
+    out.mkdir()
+    (out / "boots.json").write_text(m.succeed(f"cat {AB_OUT}/boots.json", timeout=300))
+    print(f"boot A/B in the guest: {time.monotonic() - started:.0f} s")
+
+    boots = json.loads((out / "boots.json").read_text())["boots"]
+    assert [b["arm"] for b in boots] == ["A", "B", "B", "A"]
+    assert len({b["boot_id"] for b in boots}) == 4
+    for b in boots:
+        checks = {c["id"]: c for c in b["checks"]}
+        kernel = b["system"]["kernel"]
+        assert b["failed_units"] == [], b["failed_units"]
+        assert b["virtualised"]["accel"] == "tcg"
+        assert b["results"] and all(r["samples_ts"] for r in b["results"])
+        if b["arm"] == "A":  # stock: Debian's kernel, none of the profile's settings
+            assert b["entry"] == "synapse-stock.conf" and b["stock_word"]
+            assert not kernel.endswith("-synapse"), kernel
+            assert all(w not in b["system"]["cmdline"].split() for w in profile.boot.cmdline)
+            for check in ("kernel running", "sysctl vm.swappiness", "cmdline mitigations=off",
+                          "zram0 swap active", "journald SystemMaxUse",
+                          "file /etc/sysctl.d/90-synapse.conf", "sysfs /sys/kernel/mm/"
+                          "transparent_hugepage/defrag", "unit synapse-runtime.service enabled"):
+                assert checks[check]["status"] == "fail", checks[check]
+        else:  # tuned: every setting of the profile holds
+            assert b["entry"] == f"synapse-{version}.conf" and not b["stock_word"]
+            assert kernel == version
+            failed = [c for c in b["checks"] if c["status"] == "fail"]
+            assert not failed, failed
+    # the report, where the statistics libraries are
+    report = subprocess.run([sys.executable, "-m", "synapse_os.cli", "bench", "ab-report",
+                             str(out), "--json"], capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr
+    summary = json.loads(report.stdout)
+    assert summary["order"] == "A B B A" and summary["virtualised"]["accel"] == "tcg"
+    records = {arm: [json.loads(line) for line in
+                     (out / "records" / f"{arm}.jsonl").read_text().splitlines()]
+               for arm in ("A", "B")}
+    assert set(summary["interleaved"]) == {r["synapse"]["test"] for r in records["A"]}
+    for arm_records in records.values():
+        assert arm_records and all(len(r["synapse"]["ab"]["rounds"]) == 2 and
+                                   r["synapse"]["ab"]["live"] for r in arm_records)
+    text = (out / "RESULTS.md").read_text()
+    assert "No speed claim" in text and "synapse-stock.conf" in text
