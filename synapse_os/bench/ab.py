@@ -27,12 +27,14 @@ from typing import Any
 
 from synapse_os import proc
 from synapse_os.bench import build, compare, llamabench, provenance, report, stats
+from synapse_os.bench.paths import check_output_dir
 from synapse_os.bench.records import SCHEMA, Record, write
 from synapse_os.bench.runner import model_info
 from synapse_os.errors import OperationError, UserError
 from synapse_os.image import disk
 from synapse_os.profile.model import Profile
 from synapse_os.state import ENGINE_UNITS
+from synapse_os.userfile import read_user_text
 from synapse_os.vm.assertions import settled_checks
 from synapse_os.vm.machine import Machine
 from synapse_os.vm.qemu import kvm_works
@@ -327,14 +329,8 @@ def _verdict_lines(summary: dict[str, Any], tcg: bool) -> list[str]:
     return lines
 
 
-def _check_output(output: Path) -> None:
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise UserError(f"-o {output} exists and is not an empty directory; pass a new or "
-                        "empty directory for the A/B results")
-
-
 def _prepare_output(output: Path) -> Path:
-    _check_output(output)
+    check_output_dir(output)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -347,7 +343,7 @@ def run_ab(arms: tuple[Arm, Arm], settings: AbSettings, output: Path,
     if arms[0].profile.hash() == arms[1].profile.hash():
         raise UserError(f"both arms are the same profile ({arms[0].profile.name}); give a "
                         "baseline and a candidate that differ")
-    _check_output(output)
+    check_output_dir(output)
     for arm in arms:
         if arm.image is not None:
             check_image(arm, arm.image)
@@ -454,16 +450,21 @@ def boot_report(output: Path) -> dict[str, Any]:
     """RESULTS.md, plots, records/ and ab.json of a finished boot A/B, from its boots.json."""
     source = output / "boots.json"
     try:
-        data = json.loads(source.read_text())
-        plan, boots = data["plan"], data["boots"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{source} is not the boots.json a boot A/B writes ({exc}); pass the "
-                        "-o directory of `synapse bench ab --boot-entries`") from None
+        data = json.loads(read_user_text(source, "boots.json", "the -o directory of a "
+                                         "finished `synapse bench ab --boot-entries`"))
+        return _boot_report(output, data["plan"], data["boots"])
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise UserError(f"{source} is not the boots.json of a finished boot A/B ({exc!r}); "
+                        "pass the -o directory of `synapse bench ab --boot-entries`") from None
+
+
+def _boot_report(output: Path, plan: dict[str, Any], boots: list[dict[str, Any]]
+                 ) -> dict[str, Any]:
     records: dict[str, list[dict[str, Any]]] = {}
     for arm in ARMS:
         mine = [b for b in boots if b["arm"] == arm]
         if not mine:
-            raise UserError(f"{source} has no boot of arm {arm}: that A/B did not finish")
+            raise ValueError(f"no boot of arm {arm}")
         rounds = [(b["round"], b["position"], b["results"],
                    {"boot_id": b["boot_id"], "entry": b["entry"],
                     "kernel": b["system"].get("kernel"),
@@ -509,7 +510,8 @@ def boot_report(output: Path) -> dict[str, Any]:
               "| profile's checks (pass/fail/unknown) |", "|---|---|---|---|---|---|---|---|"]
     for b in summary["boots"]:
         c = b["checks"]
-        lines.append(f"| {b['index'] + 1} | {b['arm']} | {b['entry']} | {b['kernel']} | "
+        lines.append(f"| {b['index'] + 1} | {b['arm']} | {_cell(b['entry'])} | "
+                     f"{_cell(b['kernel'])} | "
                      f"{'yes' if b['stock_word'] else 'no'} | {b['boot_id'][:8]} | "
                      f"{b['booted_s']:.0f} | {c['pass']}/{c['fail']}/{c['unknown']} |")
     first_a = next(b for b in boots if b["arm"] == "A")
@@ -524,3 +526,8 @@ def boot_report(output: Path) -> dict[str, Any]:
     report.plots(result, output)
     (output / "ab.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def _cell(value: object) -> str:
+    """A Markdown table cell of text read back from a machine."""
+    return str(value).replace("|", "\\|").replace("\n", " ")[:80]

@@ -19,8 +19,10 @@ runtime is installed, without the bench extras.
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,13 +31,14 @@ from typing import Any
 
 from synapse_os import proc
 from synapse_os.bench import llamabench, provenance
-from synapse_os.distro import distro_for
+from synapse_os.bench.paths import check_output_dir
 from synapse_os.errors import OperationError, UserError
 from synapse_os.profile.model import Profile
 from synapse_os.render.stock import BENCH_UNIT, BOOT_AB_DIR, BOOT_AB_STATE, STOCK_WORD
 from synapse_os.state import ENGINE_UNITS, cmdline_string, desired_state
 
-STOCK_ENTRY = "synapse-stock.conf"
+# not matched by a loader.conf default such as synapse-* (so never the default entry)
+STOCK_ENTRY = "synapse.stock.conf"
 ARM_WORDS = ("stock", "tuned")
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 SELECTED_VAR = f"/sys/firmware/efi/efivars/LoaderEntrySelected-{LOADER_VENDOR}"
@@ -72,18 +75,37 @@ def order(rounds: int) -> list[str]:
 
 # --- boot entries ---------------------------------------------------------------------------
 
-def _entries_dir(profile: Profile) -> Path:
-    return Path(distro_for(profile).esp_mount) / "loader" / "entries"
+def _esp() -> Path:
+    from synapse_os.apply.hostboot import target_esp
+
+    mount = target_esp(Path("/"))
+    if mount is None:
+        raise UserError("no EFI system partition is mounted (at /efi, /boot or /boot/efi): a "
+                        "boot A/B needs systemd-boot's entries (boot.loader: systemd-boot)")
+    return Path("/") / mount
 
 
 def _read_entry(path: Path) -> dict[str, list[str]]:
-    """A Boot Loader Specification type #1 entry: key -> its values, in order."""
+    """A Boot Loader Specification type #1 entry (or loader.conf): key -> its values. Read
+    as apply reads a target: a regular file, not through a link, at most 64 KiB."""
+    from synapse_os.apply.hostboot import _read_regular
+
     out: dict[str, list[str]] = {}
-    for line in path.read_text(errors="replace").splitlines():
-        key, _, value = line.strip().partition(" ")
+    for line in (_read_regular(path, 65536) or "").splitlines():
+        key, *value = line.split(None, 1)  if line.strip() else [""]
         if key and not key.startswith("#"):
-            out.setdefault(key, []).append(value.strip())
+            out.setdefault(key, []).append(value[0].strip() if value else "")
     return out
+
+
+def _entry_id(name: str) -> str:
+    """How systemd-boot names an entry file: lower case, without a boot-counting suffix."""
+    stem = name.lower().removesuffix(".conf")
+    return re.sub(r"\+\d+(-\d+)?$", "", stem) + ".conf"
+
+
+def _entries(esp: Path) -> list[str]:
+    return sorted(p.name for p in (esp / "loader" / "entries").glob("*.conf"))
 
 
 def selected_entry() -> str | None:
@@ -92,14 +114,22 @@ def selected_entry() -> str | None:
         raw = Path(SELECTED_VAR).read_bytes()[4:]  # after the variable's attributes
     except OSError:
         return None
-    return raw.decode("utf-16-le", "replace").rstrip("\0") or None
+    name = raw.decode("utf-16-le", "replace").rstrip("\0")
+    return _entry_id(name) if name else None
 
 
-def _default_entry(profile: Profile, names: list[str]) -> str | None:
-    loader = Path(distro_for(profile).esp_mount) / "loader" / "loader.conf"
-    pattern = _read_entry(loader).get("default", [""])[-1] if loader.is_file() else ""
-    matching = sorted(n for n in names if pattern and fnmatch.fnmatch(n, pattern))
-    return matching[-1] if matching else None
+def _default_entry(esp: Path, names: list[str]) -> str | None:
+    """The entry loader.conf's `default` picks (never the stock one)."""
+    pattern = _read_entry(esp / "loader" / "loader.conf").get("default", [""])[-1]
+    matching = [n for n in names if pattern and n != STOCK_ENTRY
+                and fnmatch.fnmatch(n.lower(), pattern.lower())]
+    return max(matching, key=_version_key) if matching else None
+
+
+def _version_key(text: str) -> list[tuple[int, int | str]]:
+    """Natural order: 6.1.0-28 after 6.1.0-9, 6.12 after 6.9."""
+    return [(0, int(part)) if part.isdigit() else (1, part)
+            for part in re.split(r"(\d+)", text) if part]
 
 
 def _tuned_kernel_suffix(profile: Profile) -> str | None:
@@ -110,35 +140,35 @@ def _tuned_kernel_suffix(profile: Profile) -> str | None:
     return localversion_for(profile)
 
 
-def write_stock_entry(profile: Profile) -> str:
-    """synapse-stock.conf: the newest entry of a kernel other than the profile's own (the
+def write_stock_entry(profile: Profile, esp: Path) -> str:
+    """The stock entry: the newest entry of a kernel other than the profile's own (the
     distribution's), with the profile's command-line words left out and synapse.stock."""
-    directory = _entries_dir(profile)
-    if not directory.is_dir():
-        raise UserError(f"{directory} does not exist: a boot A/B needs systemd-boot's entries "
-                        "(boot.loader: systemd-boot) on the ESP at "
-                        f"{distro_for(profile).esp_mount}")
+    directory = esp / "loader" / "entries"
     suffix = _tuned_kernel_suffix(profile)
     candidates = []
-    for path in sorted(directory.glob("*.conf")):
-        if path.name == STOCK_ENTRY:
-            continue
-        entry = _read_entry(path)
+    for name in _entries(esp):
+        entry = _read_entry(directory / name)
         version = (entry.get("version") or entry.get("linux") or [""])[0]
-        if "linux" in entry and (suffix is None or not version.endswith(suffix)):
-            candidates.append((version, path, entry))
+        if name != STOCK_ENTRY and "linux" in entry and \
+                (suffix is None or not version.endswith(suffix)):
+            candidates.append((version, entry))
     if not candidates:
         raise UserError(f"no entry in {directory} boots a kernel other than the profile's "
                         f"own (*{suffix}); install the distribution's kernel so that it gets one")
-    version, path, entry = max(candidates, key=lambda c: c[0])
+    version, entry = max(candidates, key=lambda c: _version_key(c[0]))
     profile_words = set(desired_state(profile).cmdline)
     options = [w for line in entry.get("options", []) for w in line.split()
                if w not in profile_words and w != STOCK_WORD] + [STOCK_WORD]
+    try:
+        options_line = cmdline_string(options)
+    except ValueError as exc:
+        raise UserError(f"the stock entry cannot be written from kernel {version}'s entry: "
+                        f"{exc}") from None
     lines = [f"title Stock baseline of {profile.name} (synapse bench ab): kernel {version}"]
     lines += [f"{key} {value}" for key in ("version", "machine-id", "sort-key", "linux",
                                            "initrd", "devicetree")
               for value in entry.get(key, [])]
-    lines.append(f"options {cmdline_string(options)}")
+    lines.append(f"options {options_line}")
     target = directory / STOCK_ENTRY
     tmp = target.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
@@ -154,26 +184,26 @@ def entry_words(spec: str) -> list[str]:
     return words
 
 
-def resolve_entries(profile: Profile, spec: str) -> dict[str, str]:
+def resolve_entries(profile: Profile, spec: str, esp: Path) -> dict[str, str]:
     """--boot-entries A,B: each `stock`, `tuned` or an entry's file name -> entry ids."""
     words = entry_words(spec)
-    directory = _entries_dir(profile)
-    names = sorted(p.name for p in directory.glob("*.conf")) if directory.is_dir() else []
+    names = _entries(esp)
+    directory = esp / "loader" / "entries"
     out = {}
     for arm, word in zip(("A", "B"), words, strict=True):
         if word == "stock":
-            out[arm] = write_stock_entry(profile)
+            out[arm] = write_stock_entry(profile, esp)
         elif word == "tuned":
             selected = selected_entry()
             tuned = selected if selected and selected != STOCK_ENTRY and selected in names \
-                else _default_entry(profile, names)
+                else _default_entry(esp, names)
             if tuned is None:
                 raise UserError(f"no tuned entry was found in {directory} (not booted from one, "
                                 "no loader.conf default that matches one); name it in "
                                 "--boot-entries")
             out[arm] = tuned
         else:
-            name = word if word.endswith(".conf") else f"{word}.conf"
+            name = _entry_id(word if word.endswith(".conf") else f"{word}.conf")
             if name not in names:
                 raise UserError(f"--boot-entries: there is no boot entry {word!r} in {directory}; "
                                 f"it has {', '.join(names) or 'none'}")
@@ -191,64 +221,89 @@ def _save(state: dict[str, Any]) -> None:
     os.replace(tmp, BOOT_AB_STATE)
 
 
-def _persistent(output: Path) -> None:
-    parent = output.parent.resolve()
-    while not parent.exists():
-        parent = parent.parent
-    fstype = proc.run(["findmnt", "-no", "FSTYPE", "-T", str(parent)], check=False).stdout.strip()
+def _persistent(path: Path, what: str) -> None:
+    existing = path.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    fstype = proc.run(["findmnt", "-no", "FSTYPE", "-T", str(existing)],
+                      check=False).stdout.strip()
     if fstype in ("tmpfs", "ramfs"):
-        raise UserError(f"-o {output} is on {fstype}, which the reboots of a boot A/B empty; "
-                        "pass a directory on disk (e.g. under /var/lib)")
+        raise UserError(f"{what} {path} is on {fstype}, which the reboots of a boot A/B empty; "
+                        "it must be on disk (e.g. under /var/lib)")
+
+
+def check_request(spec: str, settings: BootSettings, output: Path) -> None:
+    """Everything about a boot A/B request that can be refused before anything is read or
+    written (one sentence each)."""
+    settings.check()
+    entry_words(spec)
+    if os.geteuid() != 0:
+        raise UserError("a boot A/B sets the next boot entry and reboots: run it as root")
+    if not Path("/sys/firmware/efi").is_dir():
+        raise UserError("this machine did not boot through UEFI: a boot A/B needs "
+                        "systemd-boot's one-shot entry (bootctl set-oneshot)")
+    proc.require_tool("bootctl", "apt-get install systemd-boot")
+    if Path(BOOT_AB_STATE).exists():
+        raise UserError(f"a boot A/B is already under way ({BOOT_AB_STATE}); let it finish, or "
+                        f"remove {BOOT_AB_DIR} to abandon it")
+    check_output_dir(output)
+    _persistent(output, "-o")
+    _persistent(Path(BOOT_AB_DIR), "the plan's directory")
 
 
 def start(profile: Profile, spec: str, output: Path, settings: BootSettings,
           llama_bench: Path, model: Path, model_record: dict[str, Any],
           bench_info: dict[str, Any], reboot: bool = True) -> dict[str, Any]:
     """Write the plan and boot the first arm (unless reboot is False)."""
-    settings.check()
-    words = entry_words(spec)
-    if os.geteuid() != 0:
-        raise UserError("a boot A/B sets the next boot entry and reboots: run it as root")
-    if not Path("/sys/firmware/efi").is_dir():
-        raise UserError("this machine did not boot through UEFI: a boot A/B needs "
-                        "systemd-boot's one-shot entry (bootctl set-oneshot)")
-    if Path(BOOT_AB_STATE).exists():
-        raise UserError(f"a boot A/B is already under way ({BOOT_AB_STATE}); let it finish, or "
-                        f"remove {BOOT_AB_DIR} to abandon it")
     output = output.absolute()
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise UserError(f"-o {output} exists and is not an empty directory; pass a new or "
-                        "empty directory for the A/B results")
-    _persistent(output)
-    entries = resolve_entries(profile, spec)
-    from synapse_os.vm.runner import resolved_profile_yaml
-
+    check_request(spec, settings, output)
+    esp = _esp()
+    default = _read_entry(esp / "loader" / "loader.conf").get("default", [""])[-1]
+    if default and fnmatch.fnmatch(STOCK_ENTRY, default.lower()):
+        raise UserError(f"loader.conf's default {default!r} would also pick the stock entry "
+                        f"{STOCK_ENTRY}; make it name the tuned entry alone")
+    words = entry_words(spec)
     work = Path(BOOT_AB_DIR)
-    shutil.rmtree(work, ignore_errors=True)
-    (work / BOOTS).mkdir(parents=True)
-    shutil.copy2(llama_bench, work / "llama-bench")
     try:
-        os.link(model, work / "model.gguf")
-    except OSError:
-        shutil.copy2(model, work / "model.gguf")
-    (work / "profile.yaml").write_bytes(resolved_profile_yaml(profile))
-    state = {
-        "profile": profile.name, "profile_hash": profile.hash(), "entries": entries,
-        "labels": {"A": f"{profile.name} ({words[0]} boot)",
-                   "B": f"{profile.name} ({words[1]} boot)"},
-        "order": order(settings.rounds), "next": 0, "output": str(output),
-        "settings": settings.__dict__, "model": model_record, "llama_bench": bench_info,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    _save(state)
-    _boot(entries[state["order"][0]], reboot)
+        entries = resolve_entries(profile, spec, esp)
+        from synapse_os.vm.runner import resolved_profile_yaml
+
+        shutil.rmtree(work, ignore_errors=True)
+        (work / BOOTS).mkdir(parents=True)
+        shutil.copy2(llama_bench, work / "llama-bench")
+        try:
+            os.link(model, work / "model.gguf")
+        except OSError:
+            shutil.copy2(model, work / "model.gguf")
+        (work / "profile.yaml").write_bytes(resolved_profile_yaml(profile))
+        state = {
+            "profile": profile.name, "profile_hash": profile.hash(), "entries": entries,
+            "labels": {"A": f"{profile.name} ({words[0]} boot)",
+                       "B": f"{profile.name} ({words[1]} boot)"},
+            "order": order(settings.rounds), "next": 0, "output": str(output),
+            "esp": str(esp), "settings": settings.__dict__, "model": model_record,
+            "stock_entry": (esp / "loader" / "entries" / STOCK_ENTRY).read_text()
+            if STOCK_ENTRY in entries.values() else None,
+            "llama_bench": bench_info,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _save(state)
+        proc.run(["bootctl", "set-oneshot", entries[state["order"][0]]], timeout=60)
+    except BaseException:
+        _clean_up(esp)  # nothing of a plan that cannot start stays behind
+        raise
+    if reboot:
+        _reboot()
     return state
 
 
-def _boot(entry: str, reboot: bool) -> None:
-    proc.run(["bootctl", "set-oneshot", entry], timeout=60)
-    if reboot:
-        proc.run(["systemctl", "reboot", "--no-block"], timeout=60)
+def _clean_up(esp: Path) -> None:
+    shutil.rmtree(BOOT_AB_DIR, ignore_errors=True)
+    (esp / "loader" / "entries" / STOCK_ENTRY).unlink(missing_ok=True)
+
+
+def _reboot() -> None:
+    proc.run(["systemctl", "reboot", "--no-block"], timeout=60)
 
 
 def _virtualised() -> dict[str, Any]:
@@ -286,18 +341,30 @@ def _settle(timeout: float = 600) -> None:
 
 
 def step() -> str:
-    """This boot's part of the plan; returns what it did, in one line."""
+    """This boot's part of the plan; returns what it did, in one line. A step that fails
+    abandons the plan (FAILED.txt says why) and never leaves the machine booted stock."""
     if not Path(BOOT_AB_STATE).exists():
         return "no boot A/B is under way"
     state = json.loads(Path(BOOT_AB_STATE).read_text())
+    esp = Path(state["esp"])
+    try:
+        return _step(state, esp)
+    except Exception as exc:
+        why = f"boot {state['next'] + 1} of the A/B failed: {exc}"
+        _abandon(state, esp, why)
+        if STOCK_WORD in Path("/proc/cmdline").read_text().split():
+            _reboot()  # into the default entry: the stock entry is gone
+        raise OperationError(f"{why}; the A/B is abandoned (see {state['output']}/FAILED.txt)"
+                             ) from None
+
+
+def _step(state: dict[str, Any], esp: Path) -> str:
     index = state["next"]
     arm = state["order"][index]
     expected, selected = state["entries"][arm], selected_entry()
     if selected != expected:
-        _abandon(state, f"boot {index + 1} of the A/B should have started entry {expected} "
-                        f"(arm {arm}) but started {selected or 'an unknown entry'}")
-        raise OperationError(f"the boot A/B was abandoned: this boot is not entry {expected}; "
-                             f"see {state['output']}/FAILED.txt")
+        raise OperationError(f"it should have started entry {expected} (arm {arm}) but "
+                             f"started {selected or 'an unknown entry'}")
     from synapse_os.apply.verify import run_checks
     from synapse_os.profile import load_profile
     from synapse_os.vm.assertions import settled_checks
@@ -310,8 +377,8 @@ def step() -> str:
             stopped.append(unit)
     profile = load_profile(Path(BOOT_AB_DIR) / "profile.yaml")
     _settle()
-    # not the wired link's checks: DHCP may still be under way, and it is no tuning
     booted_s = float(Path("/proc/uptime").read_text().split()[0])
+    # not the wired link's checks: DHCP may still be under way, and it is no tuning
     checks = run_checks([c for c in settled_checks(profile) if c.kind != "network"])
     results = _run_llama_bench(state)
     boot = {
@@ -329,14 +396,17 @@ def step() -> str:
     state["next"] = index + 1
     if state["next"] < len(state["order"]):
         _save(state)
-        following = state["order"][state["next"]]
-        _boot(state["entries"][following], reboot=True)
-        return f"boot {index + 1}/{len(state['order'])} (arm {arm}) measured; rebooting into " \
-               f"{state['entries'][following]}"
-    done = _finish(state)
-    names = sorted(p.name for p in _entries_dir(profile).glob("*.conf"))
-    if selected != _default_entry(profile, names):  # back to the machine's own boot
-        proc.run(["systemctl", "reboot", "--no-block"], timeout=60)
+        following = state["entries"][state["order"][state["next"]]]
+        proc.run(["bootctl", "set-oneshot", following], timeout=60)
+        _reboot()
+        return f"boot {index + 1}/{len(state['order'])} (arm {arm}) measured; rebooting " \
+               f"into {following}"
+    back = selected != _default_entry(esp, _entries(esp))
+    _write_collected(state, Path(state["output"]))
+    _clean_up(esp)
+    done = _report(Path(state["output"]))
+    if back:  # the machine's own entry again
+        _reboot()
     return done
 
 
@@ -348,25 +418,28 @@ def _write_collected(state: dict[str, Any], output: Path) -> None:
                                        + "\n")
 
 
-def _abandon(state: dict[str, Any], why: str) -> None:
+def _abandon(state: dict[str, Any], esp: Path, why: str) -> None:
     output = Path(state["output"])
-    _write_collected(state, output)
-    (output / "FAILED.txt").write_text(why + "\n")
-    shutil.rmtree(BOOT_AB_DIR, ignore_errors=True)
-
-
-def _finish(state: dict[str, Any]) -> str:
-    output = Path(state["output"])
-    _write_collected(state, output)
-    shutil.rmtree(BOOT_AB_DIR, ignore_errors=True)
     try:
-        import scipy  # noqa: F401  (the statistics; the bench extra)
-    except ImportError:
-        (output / "README.txt").write_text(
-            "The boots are measured; make the report (statistics and plots) with "
-            f"`synapse bench ab-report {output}` where synapse-os[bench] is installed.\n")
-        return f"boot A/B done: {output}/boots.json (report: synapse bench ab-report {output})"
-    from synapse_os.bench.ab import boot_report
+        _write_collected(state, output)
+        (output / "FAILED.txt").write_text(why + "\n")
+    finally:
+        _clean_up(esp)
 
-    boot_report(output)
-    return f"boot A/B done: {output}/RESULTS.md"
+
+def _report(output: Path) -> str:
+    """The report, where the bench extra is installed; else (or when it fails) a note."""
+    if all(importlib.util.find_spec(m) for m in ("scipy", "matplotlib")):
+        from synapse_os.bench.ab import boot_report
+
+        try:
+            boot_report(output)
+            return f"boot A/B done: {output}/RESULTS.md"
+        except Exception as exc:  # the boots are measured and kept: say so, then how to retry
+            why = f"the report failed ({exc}). "
+    else:
+        why = "This system has no statistics libraries (synapse-os[bench]). "
+    (output / "README.txt").write_text(
+        f"The boots are measured (boots.json). {why}Make the report with "
+        f"`synapse bench ab-report {output}` where synapse-os[bench] is installed.\n")
+    return f"boot A/B done: {output}/boots.json (report: synapse bench ab-report {output})"

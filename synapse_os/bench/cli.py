@@ -209,8 +209,7 @@ def ab_cmd(profiles: tuple[Path, ...], boot_entries: str | None, no_reboot: bool
         boot_settings = bootab.BootSettings(n_prompt=n_prompt, n_gen=n_gen,
                                             repetitions=repetitions, rounds=rounds,
                                             warmup=not no_warmup, threads=threads)
-        boot_settings.check()
-        bootab.entry_words(boot_entries)
+        bootab.check_request(boot_entries, boot_settings, output.absolute())
         profile = load_profile(profiles[0])
         model_path, model_record = model_info(model)
         bench = build.locate(llama_bench)

@@ -1,9 +1,12 @@
-"""Where bench caches live (llama-bench builds, sources, the bandwidth probe)."""
+"""Where bench caches live (llama-bench builds, sources, the bandwidth probe), and the
+A/B runs' output directories."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from synapse_os.errors import UserError
 
 
 def cache_root() -> Path:
@@ -14,3 +17,10 @@ def cache_root() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "synapse"
+
+
+def check_output_dir(output: Path) -> None:
+    """An A/B run writes into a new or empty directory, never over earlier results."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise UserError(f"-o {output} exists and is not an empty directory; pass a new or "
+                        "empty directory for the A/B results")
