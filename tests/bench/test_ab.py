@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from synapse_os.bench import ab, provenance, records
+from synapse_os.errors import UserError
 from tests.bench.conftest import error_text, invoke, read_ndjson
 from tests.conftest import REPO, STOCK, TUNED
 from tests.vm.test_qemu import qemu_pids_for
@@ -155,3 +156,35 @@ def test_ab_boots_both_arms_measures_both_and_reports(stock_image: Path, tuned_i
                        str(out / "records" / "B.jsonl"), "--json"])
     assert compared.exit_code == 0, error_text(compared)
     assert not qemu_pids_for(str(stock_image)) and not qemu_pids_for(str(tuned_image))
+
+
+def test_the_stock_entry_is_the_newest_distribution_kernel_without_the_profile_words(
+        tmp_path: Path) -> None:
+    """Entries as kernel-install writes them (tabs too): the stock entry copies the newest
+    kernel that is not the profile's own (6.1.0-28 after 6.1.0-9), keeps the root options,
+    drops every profile word and adds synapse.stock; an option it cannot write is refused."""
+    from synapse_os.bench import bootab
+    from synapse_os.profile import load_profile
+    from synapse_os.state import desired_state
+
+    profile = load_profile(TUNED)
+    words = " ".join(desired_state(profile).cmdline)
+    entries = tmp_path / "loader" / "entries"
+    entries.mkdir(parents=True)
+    for version in ("6.1.192-synapse", "6.1.0-9-amd64", "6.1.0-28-amd64"):
+        (entries / f"synapse-{version}.conf").write_text(
+            f"title Debian\nversion\t{version}\nmachine-id abc\nlinux /synapse/{version}/linux\n"
+            f"initrd /synapse/{version}/initrd\noptions root=PARTLABEL=synapse-root ro {words}\n")
+    assert bootab.write_stock_entry(profile, tmp_path) == bootab.STOCK_ENTRY
+    stock = bootab._read_entry(entries / bootab.STOCK_ENTRY)
+    assert stock["version"] == ["6.1.0-28-amd64"]
+    assert stock["linux"] == ["/synapse/6.1.0-28-amd64/linux"]
+    assert stock["options"] == ["root=PARTLABEL=synapse-root ro synapse.stock"]
+    (tmp_path / "loader" / "loader.conf").write_text("default synapse-*-synapse.conf\n")
+    names = bootab._entries(tmp_path)
+    assert bootab._default_entry(tmp_path, names) == "synapse-6.1.192-synapse.conf"
+    assert bootab._entry_id("Synapse-6.1.192-synapse+2-1.conf") == "synapse-6.1.192-synapse.conf"
+    (entries / "synapse-6.1.0-30-amd64.conf").write_text(
+        'version 6.1.0-30-amd64\nlinux /l\noptions root=/dev/vda dyndbg="file x +p"\n')
+    with pytest.raises(UserError, match="cannot be written from kernel 6.1.0-30-amd64"):
+        bootab.write_stock_entry(profile, tmp_path)
