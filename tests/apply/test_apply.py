@@ -140,7 +140,7 @@ def test_history_lists_time_profile_hash_result(gpu_profile: Path, root: Path) -
     line = res.stdout.strip()
     assert "nvidia-gpu" in line and profile_hash[:12] in line and "applied" in line
     entry = json.loads(synapse("history", "--root", root, "--json").stdout)[0]
-    assert entry["profile_hash"] == profile_hash and entry["files"] == 16
+    assert entry["profile_hash"] == profile_hash and entry["files"] == 19
     assert entry["started"].endswith("Z") and entry["reboot_needed"] is True
 
 

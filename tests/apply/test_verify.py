@@ -91,7 +91,7 @@ def test_files_on_a_target_tree(gpu_profile: Path, root: Path) -> None:
     assert synapse("apply", gpu_profile, "--root", root, "--yes").returncode == 0
     rc, report = verify_json(gpu_profile, "--root", root)
     assert rc == 0, [c for c in report["checks"] if c["status"] != "pass"]
-    assert report["counts"] == {"pass": 16, "fail": 0, "unknown": 0}
+    assert report["counts"] == {"pass": 19, "fail": 0, "unknown": 0}
     assert by_id(report)["file /etc/systemd/system/cups.service"]["actual"] == "-> /dev/null"
 
     (root / "etc/sysctl.d/90-synapse.conf").write_text("vm.swappiness = 1\n")
