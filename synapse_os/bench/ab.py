@@ -27,6 +27,7 @@ from typing import Any
 
 from synapse_os import proc
 from synapse_os.bench import build, compare, llamabench, provenance, report, stats
+from synapse_os.bench.bootab import check_rounds
 from synapse_os.bench.paths import check_output_dir
 from synapse_os.bench.records import SCHEMA, Record, write
 from synapse_os.bench.runner import model_info
@@ -75,14 +76,7 @@ class AbSettings:
     boot_timeout: float = 900
 
     def check(self) -> None:
-        if self.rounds < 2:
-            raise UserError(f"--rounds {self.rounds} is below 2; an A/B run needs at least two "
-                            "rounds so that each half in time has one")
-        if self.repetitions < 1:
-            raise UserError(f"-r {self.repetitions} is below 1; pass 1 or more repetitions")
-        if self.n_prompt < 0 or self.n_gen < 0 or not (self.n_prompt or self.n_gen):
-            raise UserError("-p and -n take token counts of 0 or more, and at least one must "
-                            "be above 0")
+        check_rounds(self.rounds, self.repetitions, self.n_prompt, self.n_gen)
         if self.cpus < 1 or self.memory_mb < 512:
             raise UserError(f"--cpus {self.cpus} / --memory {self.memory_mb} MiB: a guest needs "
                             "at least 1 vCPU and 512 MiB")

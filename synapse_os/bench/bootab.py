@@ -55,14 +55,19 @@ class BootSettings:
     threads: int | None = None  # None: every CPU this boot has
 
     def check(self) -> None:
-        if self.rounds < 2:
-            raise UserError(f"--rounds {self.rounds} is below 2; a boot A/B needs at least two "
-                            "rounds (four boots) so that each half in time has one")
-        if self.repetitions < 1:
-            raise UserError(f"-r {self.repetitions} is below 1; pass 1 or more repetitions")
-        if self.n_prompt < 0 or self.n_gen < 0 or not (self.n_prompt or self.n_gen):
-            raise UserError("-p and -n take token counts of 0 or more, and at least one must "
-                            "be above 0")
+        check_rounds(self.rounds, self.repetitions, self.n_prompt, self.n_gen)
+
+
+def check_rounds(rounds: int, repetitions: int, n_prompt: int, n_gen: int) -> None:
+    """What every A/B run (guests side by side, or boots) asks of its rounds."""
+    if rounds < 2:
+        raise UserError(f"--rounds {rounds} is below 2; an A/B run needs at least two "
+                        "rounds so that each half in time has one")
+    if repetitions < 1:
+        raise UserError(f"-r {repetitions} is below 1; pass 1 or more repetitions")
+    if n_prompt < 0 or n_gen < 0 or not (n_prompt or n_gen):
+        raise UserError("-p and -n take token counts of 0 or more, and at least one must "
+                        "be above 0")
 
 
 def order(rounds: int) -> list[str]:
