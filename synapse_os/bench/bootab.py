@@ -34,6 +34,7 @@ from synapse_os.bench import llamabench, provenance
 from synapse_os.bench.paths import check_output_dir
 from synapse_os.errors import OperationError, UserError
 from synapse_os.profile.model import Profile
+from synapse_os.profile.types import cpu_list_text, cpu_set
 from synapse_os.render.stock import BENCH_UNIT, BOOT_AB_DIR, BOOT_AB_STATE, STOCK_WORD
 from synapse_os.state import ENGINE_UNITS, cmdline_string, desired_state
 
@@ -318,15 +319,25 @@ def _virtualised() -> dict[str, Any]:
     return {"hypervisor": virt, "accel": accel}
 
 
-def _run_llama_bench(state: dict[str, Any]) -> list[dict[str, Any]]:
+def bench_cpus(profile: Profile) -> list[int]:
+    """The CPUs llama-bench runs on: the profile's inference CPUs where it partitions them
+    (the engine's own, alike in both arms; systemd's CPUAffinity would leave this step the
+    housekeeping CPUs), else every CPU this step may use."""
+    partition = profile.cpu_partition()
+    return sorted(cpu_set(partition[0]) if partition else os.sched_getaffinity(0))
+
+
+def llama_bench_argv(state: dict[str, Any], cpus: list[int]) -> list[str]:
     s = state["settings"]
-    threads = s["threads"] or os.cpu_count() or 1
-    args = [f"{BOOT_AB_DIR}/llama-bench", "-m", f"{BOOT_AB_DIR}/model.gguf", "-o", "jsonl",
+    args = ["taskset", "-c", cpu_list_text(set(cpus)), f"{BOOT_AB_DIR}/llama-bench",
+            "-m", f"{BOOT_AB_DIR}/model.gguf", "-o", "jsonl",
             "-p", str(s["n_prompt"]), "-n", str(s["n_gen"]), "-r", str(s["repetitions"]),
-            "-t", str(threads)]
-    if not s["warmup"]:
-        args.append("--no-warmup")
-    res = proc.run(args, check=False, timeout=7200)
+            "-t", str(s["threads"] or len(cpus))]
+    return args + ([] if s["warmup"] else ["--no-warmup"])
+
+
+def _run_llama_bench(state: dict[str, Any], cpus: list[int]) -> list[dict[str, Any]]:
+    res = proc.run(llama_bench_argv(state, cpus), check=False, timeout=7200)
     if res.returncode != 0:
         raise OperationError(f"llama-bench failed (exit code {res.returncode}): "
                              f"{(res.stderr or res.stdout).strip()[-1500:]}")
@@ -385,13 +396,15 @@ def _step(state: dict[str, Any], esp: Path) -> str:
     booted_s = float(Path("/proc/uptime").read_text().split()[0])
     # not the wired link's checks: DHCP may still be under way, and it is no tuning
     checks = run_checks([c for c in settled_checks(profile) if c.kind != "network"])
-    results = _run_llama_bench(state)
+    cpus = bench_cpus(profile)
+    results = _run_llama_bench(state, cpus)
     boot = {
         "index": index, "arm": arm, "round": index // 2, "position": index,
         "entry": selected, "stock_word": STOCK_WORD in Path("/proc/cmdline").read_text().split(),
         "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
         "booted_s": booted_s,
         "virtualised": _virtualised(), "stopped_units": stopped,
+        "bench_cpus": cpu_list_text(set(cpus)),
         "failed_units": proc.run(["systemctl", "--failed", "--no-legend", "--plain"],
                                  check=False).stdout.splitlines(),
         "checks": [r.as_dict() for r in checks], "system": provenance.collect(),

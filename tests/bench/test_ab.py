@@ -4,6 +4,7 @@ measured by one llama-bench in alternating rounds (under TCG here: mechanics, no
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from synapse_os.bench import ab, provenance, records
 from synapse_os.errors import UserError
 from tests.bench.conftest import error_text, invoke, read_ndjson
-from tests.conftest import REPO, STOCK, TUNED
+from tests.conftest import PROFILES, REPO, STOCK, TUNED
 from tests.vm.test_qemu import qemu_pids_for
 
 
@@ -188,3 +189,29 @@ def test_the_stock_entry_is_the_newest_distribution_kernel_without_the_profile_w
         'version 6.1.0-30-amd64\nlinux /l\noptions root=/dev/vda dyndbg="file x +p"\n')
     with pytest.raises(UserError, match="cannot be written from kernel 6.1.0-30-amd64"):
         bootab.write_stock_entry(profile, tmp_path)
+
+
+def test_a_boot_step_runs_llama_bench_on_the_inference_cpus_where_the_profile_has_them(
+        ) -> None:
+    """systemd's CPUAffinity leaves the step's unit the housekeeping CPUs: llama-bench is
+    pinned to the engine's CPUs instead (one thread each), the same in both arms; a profile
+    that does not partition measures on every CPU the step may use."""
+    from synapse_os.bench import bootab
+    from synapse_os.profile import load_profile
+
+    state = {"settings": bootab.BootSettings(n_prompt=4, n_gen=1, repetitions=1).__dict__}
+    partitioned = load_profile(PROFILES / "cpu-avx2.yaml")
+    assert partitioned.cpu.inference_cpus == "2-15"
+    cpus = bootab.bench_cpus(partitioned)
+    assert cpus == list(range(2, 16))
+    argv = bootab.llama_bench_argv(state, cpus)
+    assert argv[:4] == ["taskset", "-c", "2-15", f"{bootab.BOOT_AB_DIR}/llama-bench"]
+    assert argv[argv.index("-t") + 1] == "14"
+    whole = bootab.bench_cpus(load_profile(TUNED))
+    assert whole == sorted(os.sched_getaffinity(0))
+    argv = bootab.llama_bench_argv(state | {"settings": state["settings"] | {"threads": 1}},
+                                   whole)
+    assert argv[argv.index("-t") + 1] == "1"
+    # taskset takes the list as written (here, on this machine's own CPUs)
+    res = subprocess.run([*argv[:3], "true"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
