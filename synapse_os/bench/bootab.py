@@ -53,7 +53,7 @@ class BootSettings:
     repetitions: int = 3
     rounds: int = 4
     warmup: bool = True
-    threads: int | None = None  # None: every CPU this boot has
+    threads: int | None = None  # None: one per CPU llama-bench runs on (bench_cpus)
 
     def check(self) -> None:
         check_rounds(self.rounds, self.repetitions, self.n_prompt, self.n_gen)

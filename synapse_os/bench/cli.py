@@ -177,7 +177,9 @@ def compare_cmd(baseline: Path, candidate: Path, allow_model_mismatch: bool,
               help="Rounds, each running both arms (ABBA order); at least 2.")
 @click.option("--no-warmup", is_flag=True,
               help="Skip llama-bench's warm-up run before each test (tiny TCG runs).")
-@click.option("--threads", type=int, help="llama-bench threads (default: every vCPU).")
+@click.option("--threads", type=int, help="llama-bench threads (default: every vCPU; with "
+              "--boot-entries, one per CPU it runs on: the inference CPUs where the profile "
+              "partitions).")
 @click.option("--cpus", type=int, default=2, show_default=True, help="vCPUs per guest.")
 @click.option("--memory", "memory_mb", type=int, default=2048, show_default=True,
               help="Guest RAM in MiB.")
