@@ -36,6 +36,7 @@ from synapse_os.errors import OperationError, UserError
 from synapse_os.profile.model import Profile
 from synapse_os.profile.types import cpu_list_text, cpu_set
 from synapse_os.render.stock import BENCH_UNIT, BOOT_AB_DIR, BOOT_AB_STATE, STOCK_WORD
+from synapse_os.runtime.config import physical_cores
 from synapse_os.state import ENGINE_UNITS, cmdline_string, desired_state
 
 # not matched by a loader.conf default such as synapse-* (so never the default entry)
@@ -322,7 +323,8 @@ def _virtualised() -> dict[str, Any]:
 def bench_cpus(profile: Profile) -> list[int]:
     """The CPUs llama-bench runs on: the profile's inference CPUs where it partitions them
     (the engine's own, alike in both arms; systemd's CPUAffinity would leave this step the
-    housekeeping CPUs), else every CPU this step may use."""
+    housekeeping CPUs), else every CPU this step may use. One thread per physical core of
+    them, as the engine runs."""
     partition = profile.cpu_partition()
     return sorted(cpu_set(partition[0]) if partition else os.sched_getaffinity(0))
 
@@ -332,7 +334,7 @@ def llama_bench_argv(state: dict[str, Any], cpus: list[int]) -> list[str]:
     args = ["taskset", "-c", cpu_list_text(set(cpus)), f"{BOOT_AB_DIR}/llama-bench",
             "-m", f"{BOOT_AB_DIR}/model.gguf", "-o", "jsonl",
             "-p", str(s["n_prompt"]), "-n", str(s["n_gen"]), "-r", str(s["repetitions"]),
-            "-t", str(s["threads"] or len(cpus))]
+            "-t", str(s["threads"] or physical_cores(cpus))]
     return args + ([] if s["warmup"] else ["--no-warmup"])
 
 

@@ -7,6 +7,7 @@ nothing heavy (no llama_cpp, no fastapi) so the renderer can use it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -205,11 +206,15 @@ def dump_runtime_config(config: RuntimeConfig) -> str:
 
 def physical_cores_available(sys_cpu: Path = Path("/sys/devices/system/cpu")) -> int:
     """One inference thread per physical core this process may run on (its CPU affinity,
-    e.g. the service's CPUAffinity=): SMT siblings share a core and count once."""
+    e.g. the service's CPUAffinity=)."""
     import os
 
+    return physical_cores(os.sched_getaffinity(0), sys_cpu)
+
+
+def physical_cores(cpus: Iterable[int], sys_cpu: Path = Path("/sys/devices/system/cpu")) -> int:
+    """The physical cores `cpus` lie on: SMT siblings share a core and count once."""
     cores: set[tuple[str, str]] = set()
-    cpus = os.sched_getaffinity(0)
     for cpu in cpus:
         topology = sys_cpu / f"cpu{cpu}" / "topology"
         try:

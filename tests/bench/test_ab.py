@@ -194,10 +194,12 @@ def test_the_stock_entry_is_the_newest_distribution_kernel_without_the_profile_w
 def test_a_boot_step_runs_llama_bench_on_the_inference_cpus_where_the_profile_has_them(
         ) -> None:
     """systemd's CPUAffinity leaves the step's unit the housekeeping CPUs: llama-bench is
-    pinned to the engine's CPUs instead (one thread each), the same in both arms; a profile
-    that does not partition measures on every CPU the step may use."""
+    pinned to the engine's CPUs instead (one thread per physical core, as the engine), the
+    same in both arms; a profile that does not partition measures on every CPU the step may
+    use."""
     from synapse_os.bench import bootab
     from synapse_os.profile import load_profile
+    from synapse_os.runtime.config import physical_cores
 
     state = {"settings": bootab.BootSettings(n_prompt=4, n_gen=1, repetitions=1).__dict__}
     partitioned = load_profile(PROFILES / "cpu-avx2.yaml")
@@ -206,7 +208,7 @@ def test_a_boot_step_runs_llama_bench_on_the_inference_cpus_where_the_profile_ha
     assert cpus == list(range(2, 16))
     argv = bootab.llama_bench_argv(state, cpus)
     assert argv[:4] == ["taskset", "-c", "2-15", f"{bootab.BOOT_AB_DIR}/llama-bench"]
-    assert argv[argv.index("-t") + 1] == "14"
+    assert argv[argv.index("-t") + 1] == str(physical_cores(range(2, 16)))
     whole = bootab.bench_cpus(load_profile(TUNED))
     assert whole == sorted(os.sched_getaffinity(0))
     argv = bootab.llama_bench_argv(state | {"settings": state["settings"] | {"threads": 1}},
