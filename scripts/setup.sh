@@ -25,16 +25,18 @@ if ! grep -qw vfat /proc/filesystems && ! $SUDO modprobe -q vfat 2>/dev/null \
   $SUDO install -m 0755 scripts/mount.vfat-fuse /usr/sbin/mount.vfat
 fi
 
-echo "setup: installing synapse with its runtime, bench, model, fleet and dev extras (llama-cpp-python builds from source: ~8 min on 2 cores the first time, cached after)"
-pip_opts=()
-if grep -qw amx_tile /proc/cpuinfo; then
-  # ggml's AMX kernels die with SIGILL on some AMX hosts (synapse_os/bench/build.py, NO_AMX):
-  # build llama-cpp-python natively without AMX, never from a wheel cached without that
-  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-  export CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"
-  pip_opts=(--no-cache-dir)
+echo "setup: installing synapse with its bench, model, fleet and dev extras"
+python3 -m pip install -q --disable-pip-version-check -e ".[bench,model,fleet,dev]"
+# llama-cpp-python builds from source (~8 min on 2 cores the first time, cached after). On a
+# host whose native build would not run in an AVX2 image or TCG guest (AVX-512, AMX), the
+# host installs the wheel its images carry, built once (synapse_os/image/runtime.py says how)
+echo "setup: installing the runtime extra (llama-cpp-python)"
+llama_wheel="$(python3 -m synapse_os.image.runtime)"
+if [ -n "$llama_wheel" ]; then  # this build, even over one of the same version
+  python3 -m pip install -q --disable-pip-version-check "$llama_wheel"
+  python3 -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$llama_wheel"
 fi
-python3 -m pip install -q --disable-pip-version-check "${pip_opts[@]}" -e ".[runtime,bench,model,fleet,dev]"
+python3 -m pip install -q --disable-pip-version-check -e ".[runtime,bench,model,fleet,dev]"
 # archinstall's own example configuration, which the rendered archinstall config is checked
 # against (archinstall itself cannot import on Debian 12: its disk layer needs a newer libparted)
 python3 -m pip download -q --disable-pip-version-check --no-deps "archinstall==2.8.3" \

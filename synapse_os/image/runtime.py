@@ -1,16 +1,18 @@
 """The runtime's wheels for a bundle: install.sh makes /opt/synapse from them offline.
 
 The wheels are pinned to the versions installed on the build host (the target is Debian
-bookworm with CPython 3.11 like the host, so the host's wheels fit, including the
-llama-cpp-python wheel pip built and cached when synapse was installed). The wheelhouse
-is cached, keyed by the pinned requirement list; synapse's own wheel is built fresh for
-every bundle.
+bookworm with CPython 3.11 like the host, so the host's wheels fit). llama-cpp-python is
+the host's own native build where that runs on the image's CPUs, else one built with the
+CMake arguments the image needs, cached (`llama_wheel`; setup.sh installs that same wheel on
+hosts whose native build would not run in an AVX2 image). The wheelhouse is cached, keyed by
+the pinned requirement list; synapse's own wheel is built fresh for every bundle.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -21,13 +23,14 @@ import synapse_os
 from synapse_os.bench import build as bench_build
 from synapse_os.bench.build import NO_AMX
 from synapse_os.errors import OperationError, UserError
-from synapse_os.image.cache import LayerCache, layer_key
+from synapse_os.image.cache import LayerCache, layer_key, link_or_copy
 from synapse_os.image.progress import Progress
 from synapse_os.proc import run
 
 VENV = "/opt/synapse"
 DIST = "synapse-os"
 EXTRAS = ("runtime",)
+LLAMA = "llama-cpp-python"
 
 
 def _canon(name: str) -> str:
@@ -128,6 +131,24 @@ def llama_cmake_args(isa: str, host_flags: set[str], gpu: str = "none") -> str |
     return cpu
 
 
+def llama_wheel(cache: LayerCache, requirement: str, cmake_args: str) -> Path:
+    """llama-cpp-python (`requirement`, pinned) built from its sdist with CMAKE_ARGS, cached
+    by requirement, Python and arguments: the one wheel both the build host
+    (scripts/setup.sh, through `python -m synapse_os.image.runtime`) and its images use."""
+    key = layer_key("llama-wheel", {"requirement": requirement, "python": sys.version_info[:2],
+                                    "cmake_args": cmake_args})
+    if cache.complete_dir("llama-wheel", key) is None:
+        with cache.put_dir("llama-wheel", key) as tmp:
+            run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-cache-dir",
+                 "--no-binary", LLAMA, "-w", str(tmp), requirement],
+                env={"CMAKE_ARGS": cmake_args}, timeout=3 * 3600)
+    wheels = sorted(cache.path("llama-wheel", key, suffix="").glob("llama_cpp_python-*.whl"))
+    if len(wheels) != 1:
+        raise OperationError(f"pip wheel {requirement} left {len(wheels)} llama-cpp-python "
+                             f"wheels in {cache.path('llama-wheel', key, suffix='')}")
+    return wheels[0]
+
+
 def wheelhouse(cache: LayerCache, progress: Progress, isa: str = "native",
                gpu: str = "none") -> Path:
     """A directory of wheels for every pinned runtime dependency (cached)."""
@@ -141,14 +162,36 @@ def wheelhouse(cache: LayerCache, progress: Progress, isa: str = "native",
         return cached
     with cache.put_dir("wheels", key, reqs) as tmp, progress.step(
             f"collecting {len(reqs)} runtime wheels (pip wheel, pinned to this host)"):
-        pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp)]
-        llama = [r for r in reqs if r.startswith("llama-cpp-python==")]
+        llama = [r for r in reqs if _canon(r.split("==")[0]) == LLAMA]
         if cmake_args is not None and llama:
-            progress.note(f"building {llama[0]} with CMAKE_ARGS {cmake_args}")
-            run([*pip, "--no-cache-dir", "--no-binary", "llama-cpp-python", *llama],
-                env={"CMAKE_ARGS": cmake_args}, timeout=3 * 3600)
+            progress.note(f"{llama[0]} with CMAKE_ARGS {cmake_args}")
+            link_or_copy(wheel := llama_wheel(cache, llama[0], cmake_args), tmp / wheel.name)
             reqs_rest = [r for r in reqs if r not in llama]
         else:
             reqs_rest = reqs
-        run([*pip, *reqs_rest], timeout=3600)
+        run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp),
+             *reqs_rest], timeout=3600)
     return cache.path("wheels", key, suffix="")
+
+
+def host_llama_wheel(cache: LayerCache) -> Path | None:
+    """For scripts/setup.sh, before the runtime extra is installed: the llama-cpp-python
+    wheel an AVX2 image built on this host would carry, so that the host installs that one
+    and its images build none of their own; None where that is the host's own native build
+    (pip builds it, and images reuse it from pip's cache)."""
+    cmake_args = llama_cmake_args("avx2", host_cpu_flags())
+    if cmake_args is None:
+        return None
+    spec = next(Requirement(r) for r in metadata.distribution(DIST).requires or []
+                if _canon(Requirement(r).name) == LLAMA)
+    with tempfile.TemporaryDirectory() as tmp:  # the newest sdist the index has for the spec
+        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+             "-d", tmp, f"{LLAMA}{spec.specifier}"], timeout=1800)
+        [sdist] = Path(tmp).glob("llama_cpp_python-*.tar.gz")
+    version = sdist.name.removeprefix("llama_cpp_python-").removesuffix(".tar.gz")
+    return llama_wheel(cache, f"{LLAMA}=={version}", cmake_args)
+
+
+if __name__ == "__main__":  # scripts/setup.sh: prints the wheel to install, or nothing
+    built = host_llama_wheel(LayerCache())
+    print(built or "")

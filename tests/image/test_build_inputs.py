@@ -131,6 +131,34 @@ def test_hosts_with_avx512_build_a_portable_llama_wheel_for_avx2_images() -> Non
     assert "-DGGML_NATIVE=OFF" in PORTABLE_AVX2 and "-DGGML_AVX512=OFF" in PORTABLE_AVX2
 
 
+def test_the_host_runs_the_llama_wheel_its_avx2_images_carry() -> None:
+    """scripts/setup.sh installs, on a host whose native build would not run in an AVX2
+    image (AVX-512, AMX), the cached wheel those images take in: one build, not two. The
+    installed library is byte for byte the one in that wheel."""
+    import hashlib
+    import zipfile
+    from importlib import metadata
+
+    from synapse_os.image.cache import LayerCache, layer_key
+    from synapse_os.image.runtime import LLAMA, host_cpu_flags, llama_cmake_args
+
+    cmake_args = llama_cmake_args("avx2", host_cpu_flags())
+    installed = metadata.distribution(LLAMA)
+    if cmake_args is None:  # no second build to save: the images take the host's own one
+        return
+    key = layer_key("llama-wheel", {"requirement": f"{LLAMA}=={installed.version}",
+                                    "python": sys.version_info[:2], "cmake_args": cmake_args})
+    cached = LayerCache().complete_dir("llama-wheel", key)
+    assert cached is not None, "no cached llama-cpp-python wheel for this host: run " \
+        "scripts/setup.sh"
+    [wheel] = cached.glob("llama_cpp_python-*.whl")
+    lib = next(f for f in installed.files or [] if f.name == "libllama.so")
+    with zipfile.ZipFile(wheel) as z:
+        packed = z.read(str(lib).replace("\\", "/"))
+    assert hashlib.sha256(packed).hexdigest() == \
+        hashlib.sha256(Path(str(lib.locate())).read_bytes()).hexdigest()
+
+
 def test_a_cached_directory_exists_only_once_it_was_completed(tmp_path: Path) -> None:
     from synapse_os.image.cache import LayerCache
 
