@@ -185,7 +185,7 @@ def host_llama_wheel(cache: LayerCache) -> Path | None:
     spec = next(Requirement(r) for r in metadata.distribution(DIST).requires or []
                 if _canon(Requirement(r).name) == LLAMA)
     with tempfile.TemporaryDirectory() as tmp:  # the newest sdist the index has for the spec
-        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", LLAMA,
              "-d", tmp, f"{LLAMA}{spec.specifier}"], timeout=1800)
         [sdist] = Path(tmp).glob("llama_cpp_python-*.tar.gz")
     version = sdist.name.removeprefix("llama_cpp_python-").removesuffix(".tar.gz")
