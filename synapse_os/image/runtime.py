@@ -131,12 +131,16 @@ def llama_cmake_args(isa: str, host_flags: set[str], gpu: str = "none") -> str |
     return cpu
 
 
+def llama_wheel_key(requirement: str, cmake_args: str) -> str:
+    return layer_key("llama-wheel", {"requirement": requirement,
+                                     "python": sys.version_info[:2], "cmake_args": cmake_args})
+
+
 def llama_wheel(cache: LayerCache, requirement: str, cmake_args: str) -> Path:
     """llama-cpp-python (`requirement`, pinned) built from its sdist with CMAKE_ARGS, cached
     by requirement, Python and arguments: the one wheel both the build host
     (scripts/setup.sh, through `python -m synapse_os.image.runtime`) and its images use."""
-    key = layer_key("llama-wheel", {"requirement": requirement, "python": sys.version_info[:2],
-                                    "cmake_args": cmake_args})
+    key = llama_wheel_key(requirement, cmake_args)
     if cache.complete_dir("llama-wheel", key) is None:
         with cache.put_dir("llama-wheel", key) as tmp:
             run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-cache-dir",
@@ -174,12 +178,17 @@ def wheelhouse(cache: LayerCache, progress: Progress, isa: str = "native",
     return cache.path("wheels", key, suffix="")
 
 
+def host_llama_cmake_args() -> str | None:
+    """What an AVX2 image built on this host needs, which the host then runs too."""
+    return llama_cmake_args("avx2", host_cpu_flags())
+
+
 def host_llama_wheel(cache: LayerCache) -> Path | None:
     """For scripts/setup.sh, before the runtime extra is installed: the llama-cpp-python
     wheel an AVX2 image built on this host would carry, so that the host installs that one
     and its images build none of their own; None where that is the host's own native build
     (pip builds it, and images reuse it from pip's cache)."""
-    cmake_args = llama_cmake_args("avx2", host_cpu_flags())
+    cmake_args = host_llama_cmake_args()
     if cmake_args is None:
         return None
     spec = next(Requirement(r) for r in metadata.distribution(DIST).requires or []

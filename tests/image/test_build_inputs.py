@@ -139,22 +139,21 @@ def test_the_host_runs_the_llama_wheel_its_avx2_images_carry() -> None:
     import zipfile
     from importlib import metadata
 
-    from synapse_os.image.cache import LayerCache, layer_key
-    from synapse_os.image.runtime import LLAMA, host_cpu_flags, llama_cmake_args
+    from synapse_os.image.cache import LayerCache
+    from synapse_os.image.runtime import LLAMA, host_llama_cmake_args, llama_wheel_key
 
-    cmake_args = llama_cmake_args("avx2", host_cpu_flags())
+    cmake_args = host_llama_cmake_args()
     installed = metadata.distribution(LLAMA)
     if cmake_args is None:  # no second build to save: the images take the host's own one
         return
-    key = layer_key("llama-wheel", {"requirement": f"{LLAMA}=={installed.version}",
-                                    "python": sys.version_info[:2], "cmake_args": cmake_args})
-    cached = LayerCache().complete_dir("llama-wheel", key)
+    cached = LayerCache().complete_dir(
+        "llama-wheel", llama_wheel_key(f"{LLAMA}=={installed.version}", cmake_args))
     assert cached is not None, "no cached llama-cpp-python wheel for this host: run " \
         "scripts/setup.sh"
     [wheel] = cached.glob("llama_cpp_python-*.whl")
     lib = next(f for f in installed.files or [] if f.name == "libllama.so")
     with zipfile.ZipFile(wheel) as z:
-        packed = z.read(str(lib).replace("\\", "/"))
+        packed = z.read(str(lib))
     assert hashlib.sha256(packed).hexdigest() == \
         hashlib.sha256(Path(str(lib.locate())).read_bytes()).hexdigest()
 
