@@ -1,4 +1,6 @@
-"""What to run after files land on a live root, derived from which files changed.
+"""What to run after files land on a live root, derived from which files changed: each
+tunable's own activations (synapse_os.tunables), around the users, tmpfiles, units, the
+engine and the boot loader.
 
 Each activation runs only when its inputs changed, and only on the running system
 (`--root /`); with `--root DIR` the files (and unit symlinks) are the whole effect.
@@ -8,31 +10,17 @@ reboot reasons instead.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from synapse_os import proc
 from synapse_os.profile.model import RUNTIME_SOCKET
-from synapse_os.state import SystemState, sysctl_path
+from synapse_os.tunables import REGISTRY, SystemState, zram
+from synapse_os.tunables.base import Activation
 
-ZRAM_SETUP_UNIT = "systemd-zram-setup@zram0.service"
-ZRAM_CONFIG = "etc/systemd/zram-generator.conf"
 RUNTIME_CONFIG = "etc/synapse/runtime.yaml"
-
-
-@dataclass(frozen=True)
-class Activation:
-    name: str
-    argv: tuple[str, ...]
-    reason: str
-    required: bool = True  # False: a failure is a warning (e.g. starting a service)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "argv": list(self.argv), "reason": self.reason}
 
 
 def systemd_running() -> bool:
@@ -67,31 +55,16 @@ def plan_activations(changed: Iterable[str], enabled: Iterable[str], disabled: I
         if rel.startswith("etc/sysusers.d/") and rel not in gone:
             out.append(Activation("sysusers", ("systemd-sysusers", f"/{rel}"), rel))
     with_systemd = systemd_running()
-    unit_files = [r for r in changed if r.startswith("etc/systemd/system/") or r == ZRAM_CONFIG]
+    unit_files = [r for r in changed if r.startswith("etc/systemd/system/") or r == zram.CONFIG]
     if with_systemd and (unit_files or enabled or disabled):
         out.append(Activation("daemon-reload", ("systemctl", "daemon-reload"),
                               ", ".join(unit_files or enabled + disabled)))
     for rel in changed:
         if rel.startswith("etc/tmpfiles.d/") and rel not in gone:
             out.append(Activation("tmpfiles", ("systemd-tmpfiles", "--create", f"/{rel}"), rel))
-    rules = [r for r in changed if r.startswith("etc/udev/rules.d/")]
-    if rules and shutil.which("udevadm"):  # udev re-reads its rules, then replays block adds
-        out.append(Activation("udev", ("udevadm", "control", "--reload"), ", ".join(rules),
-                              required=False))
-        out.append(Activation("udev", ("udevadm", "trigger", "--action=change",
-                                       "--subsystem-match=block"), ", ".join(rules),
-                              required=False))
-    sysctl_files = [r for r in changed if r.startswith("etc/sysctl.d/")]
-    if sysctl_files:
-        out.append(Activation("sysctl", ("sysctl", "--system"), ", ".join(sysctl_files)))
+    for tunable in REGISTRY:
+        out.extend(tunable.activate(changed, gone, with_systemd))
     if with_systemd:
-        journald = [r for r in changed if r.startswith("etc/systemd/journald.conf")]
-        if journald:
-            out.append(Activation("journald", ("systemctl", "restart", "systemd-journald"),
-                                  ", ".join(journald)))
-        if ZRAM_CONFIG in changed:
-            verb = "stop" if ZRAM_CONFIG in gone else "restart"
-            out.append(Activation("zram", ("systemctl", verb, ZRAM_SETUP_UNIT), ZRAM_CONFIG))
         for unit in masked + disabled:
             out.append(Activation("stop", ("systemctl", "stop", unit), f"{unit} masked/disabled",
                                   required=False))
@@ -174,10 +147,7 @@ def _sysfs_read(path: str) -> str | None:
 
 
 def live_paths(state: SystemState) -> list[str]:
-    paths = [sysctl_path(key) for key in state.sysctl]
-    for pattern in state.sysfs:
-        paths.extend(sorted(glob.glob(pattern)))
-    return paths
+    return [path for tunable in REGISTRY for path in tunable.live_paths(state)]
 
 
 def read_live_values(state: SystemState) -> dict[str, str]:

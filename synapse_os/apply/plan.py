@@ -19,14 +19,9 @@ from synapse_os.apply.journal import APPLIED, UNFINISHED, all_journals
 from synapse_os.errors import OperationError
 from synapse_os.profile.model import Profile
 from synapse_os.render import File, Tree
-from synapse_os.state import (
-    Check,
-    SystemState,
-    desired_state,
-    file_checks,
-    keeps_permission_bits,
-    sysctl_path,
-)
+from synapse_os.tunables import Check, SystemState, desired_state
+from synapse_os.tunables.files import file_checks, keeps_permission_bits
+from synapse_os.tunables.sysctl import sysctl_path
 
 ROOTFS = "rootfs/"
 UNIT_DIR = "etc/systemd/system/"

@@ -48,7 +48,8 @@ from synapse_os.apply.journal import (
 from synapse_os.apply.plan import UNIT_DIR, FileChange, Plan
 from synapse_os.apply.untrusted import confined
 from synapse_os.errors import OperationError, UserError
-from synapse_os.state import SystemState, keeps_permission_bits
+from synapse_os.tunables import SystemState
+from synapse_os.tunables.files import keeps_permission_bits
 
 
 @dataclass

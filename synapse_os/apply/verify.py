@@ -1,6 +1,6 @@
 """`synapse verify`: the live system (or a target tree's files) against a profile.
 
-Every check comes from synapse_os.state (settings from `checks()`, files from
+Every check comes from synapse_os.tunables (settings from `checks()`, files from
 `file_checks()`); each probe runs with `sh -c` and `Check.evaluate` judges the output, the
 same code the VM tests run inside a booted guest.
 """
@@ -15,7 +15,7 @@ from synapse_os import proc
 from synapse_os.apply.hostboot import fitted_tree
 from synapse_os.apply.plan import rendered_file_checks
 from synapse_os.profile.model import Profile
-from synapse_os.state import Check, live_checks
+from synapse_os.tunables import Check, live_checks
 
 PROBE_TIMEOUT_S = 20
 PROBE_WORKERS = 4  # probes are independent reads; most of their time is process start-up

@@ -33,8 +33,7 @@ from synapse_os.bench.records import SCHEMA, Record, write
 from synapse_os.bench.runner import model_info
 from synapse_os.errors import OperationError, UserError
 from synapse_os.image import disk
-from synapse_os.profile.model import Profile
-from synapse_os.state import ENGINE_UNITS
+from synapse_os.profile.model import ENGINE_UNITS, Profile
 from synapse_os.userfile import read_user_text
 from synapse_os.vm.assertions import settled_checks
 from synapse_os.vm.machine import Machine

@@ -33,11 +33,12 @@ from synapse_os import proc
 from synapse_os.bench import llamabench, provenance
 from synapse_os.bench.paths import check_output_dir
 from synapse_os.errors import OperationError, UserError
-from synapse_os.profile.model import Profile
+from synapse_os.profile.model import ENGINE_UNITS, Profile
 from synapse_os.profile.types import cpu_list_text, cpu_set
 from synapse_os.render.stock import BENCH_UNIT, BOOT_AB_DIR, BOOT_AB_STATE, STOCK_WORD
 from synapse_os.runtime.config import physical_cores
-from synapse_os.state import ENGINE_UNITS, cmdline_string, desired_state
+from synapse_os.tunables import desired_state
+from synapse_os.tunables.cmdline import cmdline_string
 
 # not matched by a loader.conf default such as synapse-* (so never the default entry)
 STOCK_ENTRY = "synapse.stock.conf"

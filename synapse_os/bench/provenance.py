@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from synapse_os import __version__
-from synapse_os.profile.model import NUMA_SYSCTLS, OWNED_SYSCTL, SYSFS_FIELDS
+from synapse_os.profile.model import SYSFS_FIELDS
 from synapse_os.revision import git_revision
-from synapse_os.state import sysctl_path
+from synapse_os.tunables.sysctl import PROVENANCE_SYSCTLS as SYSCTLS
+from synapse_os.tunables.sysctl import sysctl_path
 
 SYS_CPU = "/sys/devices/system/cpu"
 THP = "/sys/kernel/mm/transparent_hugepage"
-# Every sysctl a profile field owns, plus the ones inference results are known to follow.
-SYSCTLS = tuple(sorted({*OWNED_SYSCTL, "vm.overcommit_memory", "vm.max_map_count",
-                        *NUMA_SYSCTLS, "kernel.nmi_watchdog", "kernel.sched_autogroup_enabled"}))
 
 
 class Files:

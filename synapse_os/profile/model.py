@@ -126,7 +126,7 @@ NVME_QUEUE_SYSFS = "/sys/block/nvme[0-9]*n[0-9]*/queue"
 def _sysfs(path: str, description: str, *, choice: bool = False,
            text: dict[str, str] | None = None, ge: int | None = None,
            le: int | None = None) -> Any:
-    """A field that *is* one sysfs file (a glob: every match): state.py renders, applies,
+    """A field that *is* one sysfs file (a glob: every match): tunables.sysfs renders, applies,
     verifies and records it, and apply may remember its old value. `choice`: the file shows
     every choice with the selected one in brackets; `text`: what a value is written as."""
     extra: dict[str, Any] = {"sysfs": path}
@@ -331,7 +331,7 @@ class Zram(Strict):
 
 def _sysctl(key: str, description: str = "", ge: int | None = None,
             le: int | None = None) -> Any:
-    """A memory field that *is* one sysctl: state.py renders, verifies and records it."""
+    """A memory field that *is* one sysctl: tunables.sysctl renders, verifies and records it."""
     return Field(None, description=f"sysctl {key}. {description}".strip(),
                  json_schema_extra={"sysctl": key}, ge=ge, le=le)
 

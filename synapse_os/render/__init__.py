@@ -19,22 +19,16 @@ from synapse_os import __version__
 from synapse_os.distro import distro_for
 from synapse_os.errors import UserError
 from synapse_os.outdir import File, write_dir
-from synapse_os.profile.model import RUNTIME_SOCKET, Profile
+from synapse_os.profile.model import ENGINE_UNITS, RUNTIME_SOCKET, Profile
 from synapse_os.render.container import nspawn_words
 from synapse_os.render.escape import FILTERS
 from synapse_os.render.hardening import hardening
 from synapse_os.resources import data_dir
-from synapse_os.state import (
-    ENGINE_UNITS,
-    NVME_QUEUE_GLOB,
-    SystemState,
-    cmdline_string,
-    desired_state,
-)
+from synapse_os.tunables import REGISTRY, SystemState, desired_state
+from synapse_os.tunables.cmdline import cmdline_string
 
 MANIFEST = "manifest.json"
 SYNAPSE_BIN = "/opt/synapse/bin/synapse"
-NVME_RULES = "rootfs/etc/udev/rules.d/60-synapse-nvme.rules"
 ROOT_PARTLABEL = "synapse-root"
 
 
@@ -138,35 +132,19 @@ class Context:
             **extra,
         }
 
+    def template(self, name: str, **extra: object) -> str:
+        return template(name, **self.vars(**extra))
+
 
 Step = Callable[[Context, Tree], None]
 
 
-def step_system(ctx: Context, tree: Tree) -> None:
-    s = ctx.state
-    tree.add("rootfs/etc/hostname", f"{s.hostname}\n")
-    if s.sysctl:
-        tree.add("rootfs/etc/sysctl.d/90-synapse.conf", template("sysctl.conf.j2", **ctx.vars()))
-    if s.system_cpus:
-        tree.add("rootfs/etc/systemd/system.conf.d/90-synapse.conf",
-                 template("system-cpus.conf.j2", **ctx.vars()))
-    # block devices come and go (hotplug, driver load): udev sets their queues as they appear
-    nvme_queue = {path.rsplit("/", 1)[1]: value for path, value in s.sysfs.items()
-                  if path.startswith(NVME_QUEUE_GLOB)}
-    if nvme_queue:
-        tree.add(NVME_RULES, template("udev-nvme.rules.j2", nvme_queue=nvme_queue,
-                                      **ctx.vars()))
-    if len(s.sysfs) > len(nvme_queue):
-        tree.add("rootfs/etc/tmpfiles.d/synapse-sysfs.conf",
-                 template("tmpfiles-sysfs.conf.j2", block_queue=NVME_QUEUE_GLOB, **ctx.vars()))
-    if s.zram:
-        tree.add("rootfs/etc/systemd/zram-generator.conf",
-                 template("zram-generator.conf.j2", **ctx.vars()))
-    if s.journald:
-        tree.add("rootfs/etc/systemd/journald.conf.d/90-synapse.conf",
-                 template("journald.conf.j2", **ctx.vars()))
-    for unit in s.mask:
-        tree.link(f"rootfs/etc/systemd/system/{unit}", "/dev/null")
+def step_tunables(ctx: Context, tree: Tree) -> None:
+    for tunable in REGISTRY:
+        tunable.render(ctx, tree)
+
+
+def step_makepkg(ctx: Context, tree: Tree) -> None:
     if any(ctx.profile.makepkg.model_dump().values()) and ctx.profile.base == "arch":
         tree.add("rootfs/etc/makepkg.conf.d/synapse.conf",
                  template("makepkg.conf.j2", **ctx.vars(m=ctx.profile.makepkg)))
@@ -301,7 +279,8 @@ def step_archinstall(ctx: Context, tree: Tree) -> None:
 
 
 STEPS: list[Step] = [
-    step_system,
+    step_tunables,
+    step_makepkg,
     step_boot,
     step_runtime,
     step_stock,

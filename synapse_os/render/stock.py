@@ -3,12 +3,13 @@
 The A/B harness on a tuned machine (`synapse bench ab --boot-entries`) compares it with
 itself booted stock: the distribution's kernel, no profile words on the command line, and
 a generator (rendered here) that hides every file the profile placed for a boot-time
-reader behind /dev/null and masks the units it enables. One table says which files.
+reader behind /dev/null and masks the units it enables. Each tunable says which of its
+files are read at boot, and by what.
 """
 
 from __future__ import annotations
 
-from synapse_os.state import SystemState
+from synapse_os.tunables import REGISTRY, SystemState, zram
 
 STOCK_WORD = "synapse.stock"
 GENERATOR = "rootfs/etc/systemd/system-generators/synapse-stock"
@@ -17,14 +18,7 @@ BOOT_AB_DIR = "/var/lib/synapse/bench/ab-boot"
 BOOT_AB_STATE = f"{BOOT_AB_DIR}/state.json"
 
 # A rendered file read at boot -> the services that read it (they start after it is hidden).
-READ_AT_BOOT = {
-    "etc/sysctl.d/90-synapse.conf": "systemd-sysctl.service",
-    "etc/tmpfiles.d/synapse-sysfs.conf":
-        "systemd-tmpfiles-setup.service systemd-tmpfiles-setup-dev.service",
-    "etc/udev/rules.d/60-synapse-nvme.rules": "systemd-udevd.service",
-    "etc/systemd/journald.conf.d/90-synapse.conf": "systemd-journald.service",
-}
-ZRAM_UNITS = ("systemd-zram-setup@zram0.service", "dev-zram0.swap")
+READ_AT_BOOT = {rel: services for t in REGISTRY for rel, services in t.read_at_boot.items()}
 
 
 def mount_unit(path: str) -> str:
@@ -48,5 +42,5 @@ def generator_context(state: SystemState, rendered: set[str]) -> dict[str, objec
              for rel, services in READ_AT_BOOT.items() if f"rootfs/{rel}" in rendered]
     # the engine and the units a tuning enables; not the services the user enables (ssh)
     mask = [unit for unit in state.enable if state.sources[f"unit {unit}"] != "services.enable"]
-    mask += ZRAM_UNITS if state.zram else ()
+    mask += zram.UNITS if state.zram else ()
     return {"blank": blank, "mask": mask, "unmask": list(state.mask)}

@@ -11,7 +11,8 @@ import shlex
 from synapse_os.apply.plan import rendered_file_checks
 from synapse_os.profile.model import Profile
 from synapse_os.render import render_profile
-from synapse_os.state import Check, install_checks, live_checks
+from synapse_os.tunables import Check, live_checks
+from synapse_os.tunables.install import install_checks
 
 
 def service_checks(profile: Profile) -> list[Check]:
@@ -67,7 +68,7 @@ def vm_assertions(profile: Profile) -> list[Check]:
 def settled_checks(profile: Profile) -> list[Check]:
     """The profile's checks that hold with its engine stopped (an A/B arm): not the
     service's own checks, nor that its unit is active."""
-    from synapse_os.state import ENGINE_UNITS
+    from synapse_os.profile.model import ENGINE_UNITS
 
     engine = {f"unit {unit} active" for unit in ENGINE_UNITS.values()}
     return [c for c in vm_assertions(profile) if c.kind != "service" and c.id not in engine]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 
-from synapse_os.state import Check
+from synapse_os.tunables import Check
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from synapse_os.image.progress import Progress
-from synapse_os.profile.model import Profile
-from synapse_os.state import ENGINE_UNITS, Check
+from synapse_os.profile.model import ENGINE_UNITS, Profile
+from synapse_os.tunables import Check
 from synapse_os.vm.assertions import vm_assertions
 from synapse_os.vm.machine import CommandFailed, InfraError, Machine
 from synapse_os.vm.report import Outcome, VerifyAgreement, VmReport

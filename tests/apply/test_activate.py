@@ -9,7 +9,7 @@ import pytest
 from synapse_os.apply import activate
 from synapse_os.apply.plan import make_plan
 from synapse_os.profile import load_profile
-from synapse_os.state import SystemState
+from synapse_os.tunables import SystemState
 from tests.conftest import PROFILES
 
 

@@ -6,7 +6,7 @@ import glob
 import json
 from pathlib import Path
 
-from synapse_os.state import checks, desired_state
+from synapse_os.tunables import checks, desired_state
 from tests.apply.helpers import synapse
 from tests.conftest import PROFILES
 

@@ -166,7 +166,7 @@ def test_the_stock_entry_is_the_newest_distribution_kernel_without_the_profile_w
     drops every profile word and adds synapse.stock; an option it cannot write is refused."""
     from synapse_os.bench import bootab
     from synapse_os.profile import load_profile
-    from synapse_os.state import desired_state
+    from synapse_os.tunables import desired_state
 
     profile = load_profile(TUNED)
     words = " ".join(desired_state(profile).cmdline)

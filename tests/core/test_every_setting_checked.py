@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from synapse_os.errors import UserError
 from synapse_os.profile import load_profile
 from synapse_os.profile.model import Profile
-from synapse_os.state import install_checks, live_checks
+from synapse_os.tunables import live_checks
+from synapse_os.tunables.install import install_checks
 from synapse_os.vm.assertions import service_checks
 from tests.conftest import PROFILES
 
@@ -141,7 +142,7 @@ def test_every_setting_has_a_live_check_or_a_reason(tmp_path: Path) -> None:
 def test_a_sysctl_field_is_rendered_checked_and_owned_from_its_one_declaration(
         tmp_path: Path) -> None:
     from synapse_os.render import render_profile
-    from synapse_os.state import checks, desired_state
+    from synapse_os.tunables import checks, desired_state
 
     path = tmp_path / "p.yaml"
     path.write_text(EVERYTHING_ELSE)
@@ -156,3 +157,19 @@ def test_a_sysctl_field_is_rendered_checked_and_owned_from_its_one_declaration(
     path.write_text(EVERYTHING_ELSE + "  dirty_ratio: 10\n")
     with pytest.raises(UserError, match="dirty_ratio and memory.dirty_bytes are one kernel"):
         load_profile(path)
+
+
+def test_every_check_names_a_real_profile_setting(tmp_path: Path) -> None:
+    """A check's source is the profile key behind it: a leaf or a section of the model, or
+    a key of the free `sysctl:` map, so a mistyped source cannot pass for a checked one."""
+    every = set(leaves(Profile))
+    sections = {leaf.rsplit(".", i)[0] for leaf in every for i in range(1, leaf.count(".") + 1)}
+    unknown: set[str] = set()
+    for name, text in (("everything", EVERYTHING), ("else", EVERYTHING_ELSE)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        profile = load_profile(path)
+        free = {f"sysctl.{key}" for key in profile.sysctl}
+        unknown |= {c.source for c in [*live_checks(profile), *install_checks(profile),
+                                       *service_checks(profile)]} - free - every - sections
+    assert not unknown, sorted(unknown)

@@ -37,7 +37,7 @@ def test_shipped_profiles_validate(profile: Path) -> None:
 
 
 def test_stock_baseline_changes_nothing() -> None:
-    from synapse_os.state import desired_state
+    from synapse_os.tunables import desired_state
 
     state = desired_state(load_profile(PROFILES / "stock-baseline.yaml"))
     assert state.is_stock

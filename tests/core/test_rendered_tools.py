@@ -185,7 +185,8 @@ def test_stock_generator_hides_the_profile_files_and_masks_its_units(
     boot-time reader is bind-mounted over by /dev/null before that reader (units that
     systemd-analyze accepts, named as systemd names a path), and the engine and zram are
     masked; without the word the generator writes nothing."""
-    from synapse_os.render.stock import READ_AT_BOOT, ZRAM_UNITS
+    from synapse_os.render.stock import READ_AT_BOOT
+    from synapse_os.tunables.zram import UNITS as ZRAM_UNITS
 
     analyze = need_tool("systemd-analyze", "apt-get install systemd")
     tree = rendered["cpu-avx2-debian"]

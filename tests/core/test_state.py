@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from synapse_os.profile import load_profile
-from synapse_os.state import _SERVICE_PROBES, Check, checks, desired_state, matches
+from synapse_os.tunables import Check, checks, desired_state, matches
+from synapse_os.tunables.service import SERVICE_PROBES
 from tests.conftest import PROFILES
 
 
@@ -63,7 +64,7 @@ def test_service_properties_are_read_from_the_running_process() -> None:
         for prop, want in (("Nice", "7"), ("CPUSchedulingPolicy", "B"),
                            ("OOMScoreAdjust", "321"), ("User", "root")):
             probe = Check(prop, "unit", "runtime", want, f"pid={proc.pid}; "
-                          + _SERVICE_PROBES[prop])
+                          + SERVICE_PROBES[prop])
             assert run_probe(probe) == ("pass", want)
     finally:
         proc.kill()
@@ -88,7 +89,7 @@ def test_locked_models_are_read_from_the_engines_mappings(small_model: tuple[Pat
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "loaded"
         probe = Check("LockedModels", "unit", "runtime.mlock", "locked",
-                      f"pid={proc.pid}; " + _SERVICE_PROBES["LockedModels"])
+                      f"pid={proc.pid}; " + SERVICE_PROBES["LockedModels"])
         status, actual = run_probe(probe)
         if mlock:
             assert (status, actual) == ("pass", "locked")
@@ -231,7 +232,7 @@ def test_cpu_partition_is_read_from_the_engine_and_from_systemd(tmp_path: Path) 
         while "sleep" not in live(f"/proc/{proc.pid}/comm") and time.monotonic() < deadline:
             time.sleep(0.05)
         probe = Check("CPUAffinity", "unit", "cpu.inference_cpus", "1",
-                      f"pid={proc.pid}; " + _SERVICE_PROBES["CPUAffinity"])
+                      f"pid={proc.pid}; " + SERVICE_PROBES["CPUAffinity"])
         assert run_probe(probe) == ("pass", "1")
     finally:
         proc.kill()
@@ -305,7 +306,7 @@ def _host_config() -> dict[str, str]:
 
 
 def test_a_custom_kernel_is_checked_by_what_it_does_once_booted() -> None:
-    from synapse_os.state import kernel_checks
+    from synapse_os.tunables import kernel_checks
 
     profile = load_profile(PROFILES / "cpu-avx2-debian.yaml")
     boot = {c.id: c for c in kernel_checks(profile, desired_state(profile))
@@ -325,7 +326,7 @@ def test_a_custom_kernel_is_checked_by_what_it_does_once_booted() -> None:
 
 
 def test_the_tick_rate_is_measured_and_matches_this_kernels_config() -> None:
-    from synapse_os.state import _HZ_PROBE
+    from synapse_os.tunables.kernel import _HZ_PROBE
 
     hz = _host_config()["CONFIG_HZ"]
     res = subprocess.run(["sh", "-c", _HZ_PROBE], capture_output=True, text=True, timeout=30)
@@ -336,7 +337,8 @@ def test_the_preemption_model_is_read_from_debugfs_on_a_dynamic_kernel() -> None
     """This machine's kernel is PREEMPT_DYNAMIC: the model is the one debugfs puts in
     parentheses (mounted in a mount namespace of the test's own), or unknown where debugfs
     cannot be read (not mounted, or refused by a locked-down kernel) - never a guess."""
-    from synapse_os.state import _PREEMPT_PROBE, UNKNOWN_RC
+    from synapse_os.tunables import UNKNOWN_RC
+    from synapse_os.tunables.kernel import _PREEMPT_PROBE
 
     assert _host_config().get("CONFIG_PREEMPT_DYNAMIC") == "y"
     mount = "mount -t debugfs none /sys/kernel/debug 2>/dev/null; "
@@ -354,7 +356,7 @@ def test_the_preemption_model_is_read_from_debugfs_on_a_dynamic_kernel() -> None
 @pytest.mark.parametrize(("spec", "text"), [("1", "1"), ("2-15", "2-15"), ("3,1-2", "1-3"),
                                             ("1,3,5-7", "1,3,5-7"), ("4,5,6,9", "4-6,9")])
 def test_cpu_lists_are_written_as_the_kernel_prints_them(spec: str, text: str) -> None:
-    from synapse_os.state import cpulist_text
+    from synapse_os.tunables.kernel import cpulist_text
 
     assert cpulist_text(spec) == text
 
@@ -365,7 +367,7 @@ def test_a_starting_engine_is_unknown_but_a_crash_loop_fails(tmp_path: Path) -> 
     still fails the active check. systemctl here is a stand-in printing the given states
     (this machine has no systemd as PID 1); the probes are the shipped ones, minus the
     systemd-is-running guard."""
-    from synapse_os.state import SYSTEMD_UP
+    from synapse_os.tunables.base import SYSTEMD_UP
 
     fake = tmp_path / "systemctl"
     fake.write_text('#!/bin/sh\ncase "$*" in\n  *ActiveState*|is-active*) echo "$ACTIVE" ;;\n'

@@ -25,7 +25,7 @@ from synapse_os.errors import UserError
 from synapse_os.image.bundle import write_sums
 from synapse_os.profile.loader import load_profile
 from synapse_os.render import render_profile
-from synapse_os.state import desired_state
+from synapse_os.tunables import desired_state
 from tests.conftest import PROFILES
 from tests.core.trust_harness import (
     PAYLOADS,

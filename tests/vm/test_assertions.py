@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from synapse_os.apply.plan import rootfs_files
 from synapse_os.profile import load_profile
 from synapse_os.render import render_profile
-from synapse_os.state import desired_state
+from synapse_os.tunables import desired_state
 from synapse_os.vm.assertions import vm_assertions
 from synapse_os.vm.report import Outcome, VerifyAgreement, VmReport
 from synapse_os.vm.runner import compare_with_verify, resolved_profile_yaml

@@ -22,7 +22,7 @@ from synapse_os.bench.ab import BENCH_SERIAL, GUEST_BINARY, GUEST_DIR, bench_dis
 from synapse_os.image import disk
 from synapse_os.profile import load_profile
 from synapse_os.profile.model import Profile
-from synapse_os.state import install_checks
+from synapse_os.tunables.install import install_checks
 from synapse_os.vm.assertions import vm_assertions
 from synapse_os.vm.machine import Machine
 from synapse_os.vm.runner import (
