@@ -866,6 +866,21 @@ class Profile(Strict):
                              f"cpu.inference_cpus {self.cpu.inference_cpus}); tickless CPUs "
                              "must be inference CPUs")
 
+    def inference_threads(self) -> int | None:
+        """The engine's threads where the profile can tell: runtime.threads, else
+        hardware.threads, else one per physical core of the CPUs it runs on (the inference
+        CPUs when the profile partitions, counted with the machine's SMT ratio)."""
+        rt = self.runtime
+        if rt is not None and isinstance(rt.threads, int):
+            return rt.threads
+        if isinstance(self.hardware.threads, int):
+            return self.hardware.threads
+        cores, logical = self.hardware.physical_cores, self.hardware.logical_cpus
+        partition = self.cpu_partition()
+        if cores and logical and partition:
+            return max(1, len(cpu_set(partition[0])) * cores // logical)
+        return cores
+
     def memory_high_bytes(self) -> int | None:
         """The engine's MemoryHigh= in bytes (`auto` = RAM minus the reserve; the validator
         guarantees RAM is known and larger than the reserve)."""

@@ -102,10 +102,7 @@ class Context:
 
     @property
     def threads(self) -> int | None:
-        rt = self.profile.runtime
-        if rt is not None and isinstance(rt.threads, int):
-            return rt.threads
-        return self.profile.hardware.physical_cores
+        return self.profile.inference_threads()
 
     @property
     def memory_high(self) -> str | None:

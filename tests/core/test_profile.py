@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from synapse_os.errors import UserError
 from synapse_os.profile import load_profile
@@ -297,3 +298,27 @@ def test_isolation_binds_only_the_model_files_and_refuses_a_gpu(tmp_path: Path) 
     gpu = tmp_path / "gpu.yaml"
     gpu.write_text(path.read_text() + "hardware: {gpu: nvidia}\n")
     assert "binds no GPU into the container" in error_of(gpu)
+
+
+def test_the_engine_gets_one_thread_per_physical_core_of_its_cpus(tmp_path: Path) -> None:
+    """Partitioned, the engine's threads (OMP_NUM_THREADS, llama-server's --threads) count
+    the inference CPUs' cores, not the machine's; a number in the profile wins."""
+    from synapse_os.render import render_profile
+
+    cases = (("2-15", {}, {}, 7),  # 14 CPUs, two to a core
+             ("15", {}, {}, 1),
+             (None, {}, {}, 8),
+             ("2-15", {"threads": 5}, {}, 5),
+             ("2-15", {}, {"threads": 3}, 3))
+    for cpus, hardware, runtime, threads in cases:
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump({
+            "extends": str(PROFILES / "cpu-avx2.yaml"),
+            "hardware": {"physical_cores": 8, "logical_cpus": 16, **hardware},
+            "kernel": {"nohz_full_cpus": cpus, "tick": "full" if cpus else "idle"},
+            "cpu": {"inference_cpus": cpus},
+            "runtime": runtime}))
+        profile = load_profile(path)
+        assert profile.inference_threads() == threads, (cpus, hardware, runtime)
+        unit = render_profile(profile).files["rootfs/etc/systemd/system/synapse-runtime.service"]
+        assert f"OMP_NUM_THREADS={threads}\n".encode() in unit.content
