@@ -123,13 +123,22 @@ CPU_SYSFS = "/sys/devices/system/cpu/cpu[0-9]*"
 NVME_QUEUE_SYSFS = "/sys/block/nvme[0-9]*n[0-9]*/queue"
 
 
+_NO_INIT = object()
+
+
+def proposed(value: Any) -> dict[str, Any]:
+    """Field metadata: the value `synapse init` proposes for an inference box."""
+    return {"init": value}
+
+
 def _sysfs(path: str, description: str, *, choice: bool = False,
            text: dict[str, str] | None = None, ge: int | None = None,
-           le: int | None = None) -> Any:
+           le: int | None = None, init: Any = _NO_INIT) -> Any:
     """A field that *is* one sysfs file (a glob: every match): tunables.sysfs renders, applies,
     verifies and records it, and apply may remember its old value. `choice`: the file shows
-    every choice with the selected one in brackets; `text`: what a value is written as."""
-    extra: dict[str, Any] = {"sysfs": path}
+    every choice with the selected one in brackets; `text`: what a value is written as;
+    `init`: what `synapse init` proposes."""
+    extra: dict[str, Any] = {"sysfs": path} | ({} if init is _NO_INIT else proposed(init))
     if choice:
         extra["sysfs_choice"] = True
     if text:
@@ -142,18 +151,20 @@ class Disk(Strict):
         None, description="Install disk by stable identity: /dev/disk/by-id/..."
     )
     esp_size: Size = Field("512M", description="EFI system partition size (at least 256M).")
-    root_fs: Literal["xfs", "ext4"] = Field("xfs", description="The root file system.")
+    root_fs: Literal["xfs", "ext4"] = Field("xfs", description="The root file system.",
+                                            json_schema_extra=proposed("xfs"))
     mount_options: list[str] = Field(default_factory=lambda: ["noatime"],
-                                     description="Options of the root mount (fstab).")
+                                     description="Options of the root mount (fstab).",
+                                     json_schema_extra=proposed(["noatime"]))
     nvme_scheduler: Literal["none", "mq-deadline", "kyber", "bfq"] | None = _sysfs(
         f"{NVME_QUEUE_SYSFS}/scheduler", "I/O scheduler of every NVMe namespace (none: the "
-        "drive's own queues, no reordering); unset: the kernel's.", choice=True)
+        "drive's own queues, no reordering); unset: the kernel's.", choice=True, init="none")
     nvme_read_ahead_kb: int | None = _sysfs(
         f"{NVME_QUEUE_SYSFS}/read_ahead_kb", "Read-ahead of every NVMe namespace in KiB (model "
         "files are read sequentially at load); unset: the kernel's.", ge=0, le=65536)
     fstrim: bool | None = Field(
         None, description="TRIM the file systems weekly (fstrim.timer enabled; false: "
-        "disabled); unset: the distribution's.")
+        "disabled); unset: the distribution's.", json_schema_extra=proposed(True))
     root_size: Size | None = Field(
         None, description="Size of the root partition; /var takes the rest of the disk as its "
         "own partition (same file system and mount options). Unset: the root takes the whole "
@@ -194,10 +205,13 @@ class Disk(Strict):
 
 
 class Boot(Strict):
-    loader: Literal["systemd-boot", "grub"] = Field("systemd-boot", description="Boot loader.")
-    timeout: int = Field(0, ge=0, le=600, description="Seconds the boot menu waits.")
+    loader: Literal["systemd-boot", "grub"] = Field("systemd-boot", description="Boot loader.",
+                                                    json_schema_extra=proposed("systemd-boot"))
+    timeout: int = Field(0, ge=0, le=600, description="Seconds the boot menu waits.",
+                         json_schema_extra=proposed(0))
     cmdline: list[KernelParam] = Field(default_factory=list,
-                                       description="Extra kernel parameters.")
+                                       description="Extra kernel parameters.",
+                                       json_schema_extra=proposed(["nowatchdog"]))
     mitigations: Literal["auto", "off"] | None = Field(
         None, description="None leaves the kernel default; 'off' needs mitigations_risk."
     )
@@ -310,9 +324,10 @@ class Kernel(Strict):
 
 class Zram(Strict):
     enabled: bool = Field(True, description="Create /dev/zram0 as swap.")
-    size: str = Field("min(ram / 2, 4096)", description="zram-generator expression in MiB.")
+    size: str = Field("min(ram / 2, 4096)", description="zram-generator expression in MiB.",
+                      json_schema_extra=proposed("min(ram / 2, 8192)"))
     algorithm: Literal["zstd", "lz4", "lzo-rle", "lzo", "842"] = Field(
-        "zstd", description="zram's compressor.")
+        "zstd", description="zram's compressor.", json_schema_extra=proposed("zstd"))
     priority: int = Field(100, ge=-1, le=32767,
                           description="Swap priority (above any disk swap).")
 
@@ -330,27 +345,31 @@ class Zram(Strict):
 
 
 def _sysctl(key: str, description: str = "", ge: int | None = None,
-            le: int | None = None) -> Any:
-    """A memory field that *is* one sysctl: tunables.sysctl renders, verifies and records it."""
+            le: int | None = None, init: Any = _NO_INIT) -> Any:
+    """A memory field that *is* one sysctl: tunables.sysctl renders, verifies and records it
+    (`init`: what `synapse init` proposes)."""
+    extra = {"sysctl": key} | ({} if init is _NO_INIT else proposed(init))
     return Field(None, description=f"sysctl {key}. {description}".strip(),
-                 json_schema_extra={"sysctl": key}, ge=ge, le=le)
+                 json_schema_extra=extra, ge=ge, le=le)
 
 
 class Memory(Strict):
     thp: Literal["always", "madvise", "never"] | None = _sysfs(
         "/sys/kernel/mm/transparent_hugepage/enabled",
-        "Transparent hugepages (transparent_hugepage= and sysfs).", choice=True)
+        "Transparent hugepages (transparent_hugepage= and sysfs).", choice=True,
+        init="madvise")
     thp_defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] | None = _sysfs(
         "/sys/kernel/mm/transparent_hugepage/defrag", "When THP allocations compact memory "
         "(/sys/kernel/mm/transparent_hugepage/defrag).", choice=True)
     zram: Zram | None = Field(None, description="Compressed swap in RAM (zram-generator).")
-    zswap: bool | None = Field(None, description="False writes zswap.enabled=0 on the cmdline.")
+    zswap: bool | None = Field(None, description="False writes zswap.enabled=0 on the cmdline.",
+                               json_schema_extra=proposed(False))
     ksm: bool | None = _sysfs(
         "/sys/kernel/mm/ksm/run", "Kernel samepage merging (/sys/kernel/mm/ksm/run): false "
         "stops ksmd, which scans anonymous memory for duplicates; model weights are "
-        "file-backed and never merge, so on an inference box it only costs CPU.")
-    swappiness: int | None = _sysctl("vm.swappiness", ge=0, le=200)
-    page_cluster: int | None = _sysctl("vm.page-cluster", ge=0, le=10)
+        "file-backed and never merge, so on an inference box it only costs CPU.", init=False)
+    swappiness: int | None = _sysctl("vm.swappiness", ge=0, le=200, init=180)
+    page_cluster: int | None = _sysctl("vm.page-cluster", ge=0, le=10, init=0)
     hugepages: int | None = _sysctl("vm.nr_hugepages", ge=0, description="2 MiB pages.")
     vfs_cache_pressure: int | None = _sysctl("vm.vfs_cache_pressure", ge=0, le=1000)
     dirty_ratio: int | None = _sysctl("vm.dirty_ratio", ge=1, le=100)
@@ -386,7 +405,7 @@ EPB_LEVELS = {"performance": "0", "balance-performance": "4", "normal": "6",
 class Cpu(Strict):
     governor: Literal["performance", "schedutil", "powersave", "ondemand"] | None = _sysfs(
         f"{CPU_SYSFS}/cpufreq/scaling_governor",
-        "cpufreq scaling governor of every CPU (sysfs, at boot).")
+        "cpufreq scaling governor of every CPU (sysfs, at boot).", init="performance")
     energy_performance_preference: (
         Literal["performance", "balance_performance", "balance_power", "power"] | None
     ) = _sysfs(f"{CPU_SYSFS}/cpufreq/energy_performance_preference",
@@ -468,9 +487,11 @@ class Services(Strict):
 
 class Journald(Strict):
     storage: Literal["volatile", "persistent", "auto", "none"] | None = Field(
-        None, description="Storage=: volatile keeps the journal in RAM only.")
+        None, description="Storage=: volatile keeps the journal in RAM only.",
+        json_schema_extra=proposed("volatile"))
     system_max_use: Size | None = Field(None, description="SystemMaxUse= (on disk).")
-    runtime_max_use: Size | None = Field(None, description="RuntimeMaxUse= (in /run).")
+    runtime_max_use: Size | None = Field(None, description="RuntimeMaxUse= (in /run).",
+                                         json_schema_extra=proposed("64M"))
     max_retention: TimeSpan | None = Field(None, description="e.g. 1week, 2day")
 
 
@@ -569,14 +590,17 @@ class Llama(Strict):
 
 class Runtime(Strict):
     engine: Literal["synapse-runtime", "ollama", "llama-server"] = Field(
-        "synapse-runtime", description="The service that serves the models.")
+        "synapse-runtime", description="The service that serves the models.",
+        json_schema_extra=proposed("synapse-runtime"))
     host: IpAddress = Field("127.0.0.1", description="Address the API listens on.")
-    port: int = Field(8090, ge=1, le=65535, description="Port the API listens on.")
+    port: int = Field(8090, ge=1, le=65535, description="Port the API listens on.",
+                      json_schema_extra=proposed(8090))
     models: dict[Literal["main", "small", "draft"], ModelRef] = Field(
         default_factory=dict, description="main (required but for ollama), small (tier "
-        "routing) and draft (speculative decoding).")
+        "routing) and draft (speculative decoding).",
+        json_schema_extra=proposed({"main": {"path": "/var/lib/synapse/models/main.gguf"}}))
     threads: Threads = Field("auto", description="Inference threads; auto = "
-                             "hardware.threads.")
+                             "hardware.threads.", json_schema_extra=proposed("auto"))
     speculative: Speculative = Field(default_factory=Speculative,
                                      description="Speculative decoding.")
     llama: Llama = Field(default_factory=Llama, description="llama.cpp's options for the "
@@ -597,10 +621,10 @@ class Runtime(Strict):
     cpu_scheduling_policy: Literal["other", "batch", "idle", "fifo", "rr"] | None = Field(
         None, description="CPUSchedulingPolicy= of the service.")
     memory_high: Literal["auto"] | Size | None = Field(
-        None, description="MemoryHigh=; auto = RAM minus memory_reserve."
-    )
+        None, description="MemoryHigh=; auto = RAM minus memory_reserve.",
+        json_schema_extra=proposed("auto"))
     memory_reserve: Size = Field("2G", description="RAM kept for the rest of the system "
-                                 "(memory_high: auto).")
+                                 "(memory_high: auto).", json_schema_extra=proposed("2G"))
     oom_score_adjust: int | None = Field(None, ge=-1000, le=1000,
                                          description="OOMScoreAdjust= of the service.")
     mlock: bool = Field(

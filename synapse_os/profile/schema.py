@@ -23,6 +23,7 @@ class Setting:
     type: str
     default: str
     description: str
+    proposed: str = ""  # what `synapse init` proposes ("" where it proposes nothing)
 
 
 def json_schema() -> dict[str, Any]:
@@ -37,19 +38,21 @@ def settings(model: type[BaseModel] = Profile, prefix: str = "") -> list[Setting
     for name, info in model.model_fields.items():
         key = prefix + name
         prop = schema["properties"][name]
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         out.append(Setting(key, _type_text(prop, defs), _default_text(info),
-                           info.description or ""))
-        for sub, suffix in _nested_models(info.annotation):
+                           info.description or "",
+                           json.dumps(extra["init"]) if "init" in extra else ""))
+        for sub, suffix in nested_models(info.annotation):
             out += settings(sub, f"{key}{suffix}.")
     return out
 
 
-def _nested_models(annotation: Any) -> list[tuple[type[BaseModel], str]]:
+def nested_models(annotation: Any) -> list[tuple[type[BaseModel], str]]:
     """The sections inside a field: a model (or optional model), or a map of models."""
     found: list[tuple[type[BaseModel], str]] = []
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is dict:
-        return [(m, ".<name>") for m, _ in _nested_models(args[1])]
+        return [(m, ".<name>") for m, _ in nested_models(args[1])]
     for t in args or (annotation,):
         if isinstance(t, type) and issubclass(t, BaseModel):
             found.append((t, ""))
@@ -92,13 +95,14 @@ def _default_text(info: FieldInfo) -> str:
 
 def reference_markdown() -> str:
     """The README's settings reference: one row per setting."""
-    rows = ["| setting | type | default | what it does |", "|---|---|---|---|"]
+    rows = ["| setting | type | default | `synapse init` | what it does |",
+            "|---|---|---|---|---|"]
     for s in settings():
         if s.type == "section":
-            rows.append(f"| **`{s.key}`** | section | | {_cell(s.description)} |")
+            rows.append(f"| **`{s.key}`** | section | | | {_cell(s.description)} |")
         else:
             rows.append(f"| `{s.key}` | {_cell(s.type)} | {_cell(s.default)} | "
-                        f"{_cell(s.description)} |")
+                        f"{_cell(s.proposed)} | {_cell(s.description)} |")
     return "\n".join([BEGIN, *rows, END]) + "\n"
 
 

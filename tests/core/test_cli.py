@@ -32,6 +32,32 @@ def test_init_writes_a_profile_that_validates(tmp_path: Path) -> None:
     assert profile.hardware.cpu_vendor == facts["cpu_vendor"]
 
 
+def test_init_proposes_each_fields_own_init_value(tmp_path: Path) -> None:
+    """What `synapse init` writes beyond the hardware is the model's: every field that
+    proposes a value has it in the new profile, and nothing else is set."""
+    from synapse_os.profile.schema import settings
+
+    text = profile_yaml(Facts(cpu_vendor="intel", ram_bytes=2**35))
+    (tmp_path / "p.yaml").write_text(text)
+    data = load_profile(tmp_path / "p.yaml").model_dump(mode="json")
+    proposed = {s.key: json.loads(s.proposed) for s in settings() if s.proposed}
+    assert {"memory.swappiness", "memory.zram.size", "runtime.models"} <= set(proposed)
+    for key, value in proposed.items():
+        here = data
+        for part in key.split("."):
+            here = here[part]
+        assert here == value or (key == "runtime.models" and
+                                 here["main"]["path"] == value["main"]["path"]), key
+    raw = yaml.safe_load(text)
+    written = {f"{section}.{k}" for section, keys in raw.items() if isinstance(keys, dict)
+               for k in keys} - {f"hardware.{k}" for k in raw["hardware"]}
+    assert written == {k.rsplit(".", 1)[0] if k.startswith("memory.zram.") else k
+                       for k in proposed}
+    # without the RAM, memory_high: auto cannot be proposed (it would not validate)
+    (tmp_path / "q.yaml").write_text(profile_yaml(Facts(cpu_vendor="intel")))
+    assert load_profile(tmp_path / "q.yaml").runtime.memory_high is None
+
+
 def test_cpuinfo_parsing() -> None:
     text = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i7-9700K\n"
             "flags\t\t: fpu avx avx2 fma\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n")
