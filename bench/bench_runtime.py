@@ -4,7 +4,7 @@ sampling cost, and many users at once (optionally side by side with llama-server
     python bench/bench_runtime.py [--config bench/runtime-example.yaml] [--tokens 64]
                                   [--reps 5] [-o results/bench-runtime.json]
                                   [--concurrency 1,4,8] [--against llama-server]
-                                  [--only concurrency,sampling]
+                                  [--only concurrency,sampling,lookup]
 
 1. Generation tokens/s through the HTTP service (openai-compatible /v1/completions,
    speculation off, no prompt-cache reuse) vs raw llama-cpp-python `create_completion` on
@@ -16,6 +16,11 @@ sampling cost, and many users at once (optionally side by side with llama-server
    off; decode tokens/s ratio and draft acceptance rate.
 4. Sampling cost: single-stream tokens/s at temperature 0.7 (top_p 0.95, top_k 40) against
    temperature 0, through the service (target: within 5 %).
+6. Prompt lookup (speculation without a draft model, while batching): a server with
+   `speculative.lookup` on serves N clients (each level of --concurrency) two workloads,
+   passages to repeat ("quote", where the answer repeats the prompt) and the chat prompts
+   below ("chat"), with speculation forced on and then off; aggregate tokens/s ratio and
+   how many proposed tokens were accepted.
 5. Concurrency: at each level N, N streaming clients each send 8 different prompts in
    turn (greedy, --tokens answers); aggregate tokens/s over the wall time, TTFT and
    latency p50/p95. With --against llama-server, llama.cpp's own server (built once from
@@ -158,13 +163,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 def concurrency_run(url: str, model: str, level: int, tokens: int,
-                    extra: dict[str, Any], rounds: int = len(CHAT_PROMPTS)) -> dict[str, Any]:
-    """`level` clients, each sending `rounds` of the 8 prompts in turn (rotated per client)."""
+                    extra: dict[str, Any], rounds: int = len(CHAT_PROMPTS),
+                    prompts: list[str] = CHAT_PROMPTS) -> dict[str, Any]:
+    """`level` clients, each sending `rounds` of the prompts in turn (rotated per client)."""
     def client_work(c: int) -> list[tuple[int, float, float]]:
         out = []
         with httpx.Client() as client:
             for i in range(rounds):
-                prompt = CHAT_PROMPTS[(c + i) % len(CHAT_PROMPTS)]
+                prompt = prompts[(c + i) % len(prompts)]
                 out.append(stream_once(client, url, model, prompt, tokens, extra))
         return out
 
@@ -245,7 +251,54 @@ def raw_run(llm: Any, tokens: int) -> tuple[int, float]:
     return int(out["usage"]["completion_tokens"]), wall
 
 
-SECTIONS = ("throughput", "router", "speculative", "sampling", "concurrency")
+SECTIONS = ("throughput", "router", "speculative", "sampling", "concurrency", "lookup")
+PASSAGES = [
+    "The committee met on Tuesday to review the budget for the new library, the park "
+    "renovation and the bus routes that serve the northern district.",
+    "To reset the router, hold the button on its back for ten seconds, wait until the light "
+    "turns green, then connect again with the password printed on the label.",
+    "Add two cups of flour, one teaspoon of salt and a spoon of yeast to warm water, knead "
+    "for ten minutes and leave the dough to rise for an hour.",
+    "The train to the coast leaves at nine from platform four and stops at every station "
+    "until the river, where passengers change for the ferry.",
+]
+
+
+def lookup_section(config: Any, threads: int, levels: list[int], args: argparse.Namespace,
+                   workdir: Path) -> dict[str, Any]:
+    """6. prompt lookup forced on and off, per workload and concurrency level."""
+    data = config.model_dump(mode="json")
+    data.update(threads=threads, models={"main": data["models"]["main"]},
+                speculative={"enabled": False, "lookup": True,
+                             "draft_tokens": config.speculative.draft_tokens})
+    data["provenance"]["fsync_interval_s"] = 0  # read back between runs
+    cfg_path = workdir / "runtime-lookup.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    provenance = workdir / "provenance.ndjson"
+    proc, url = start_server(cfg_path, workdir)
+    quote = [f"Repeat this text exactly, word for word:\n{p}" for p in PASSAGES]
+    out: dict[str, Any] = {}
+    try:
+        concurrency_run(url, "main", 1, 8, {"synapse": {"speculative": False}}, 1)
+        for name, prompts in (("quote", quote), ("chat", CHAT_PROMPTS)):
+            for n in levels:
+                row: dict[str, Any] = {}
+                for on in (True, False):
+                    seen = len(provenance.read_text().splitlines())
+                    res = concurrency_run(url, "main", n, args.tokens,
+                                          {"synapse": {"speculative": on, "cache": False}},
+                                          len(prompts), prompts)
+                    recs = [json.loads(x)["speculative"]
+                            for x in provenance.read_text().splitlines()[seen:]]
+                    res["proposed"] = sum(r["proposed"] for r in recs)
+                    res["accepted"] = sum(r["accepted"] for r in recs)
+                    row["lookup" if on else "plain"] = res
+                row["ratio"] = row["lookup"]["agg_tok_s"] / row["plain"]["agg_tok_s"]
+                out.setdefault(name, []).append({"concurrency": n, **row})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return out
 
 
 def main() -> None:
@@ -322,6 +375,8 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        if "lookup" in only:
+            report["lookup"] = lookup_section(config, threads, levels, args, workdir)
 
     print_report(report)
     if args.output:
@@ -461,6 +516,14 @@ def print_report(r: dict[str, Any]) -> None:
                          f" | {b['ttft_p95_s']:7.3f}s | {a['agg_tok_s'] / b['agg_tok_s']:8.2f}x"
                          f" | {a['ttft_p95_s'] / b['ttft_p95_s']:13.2f}x")
             print(line)
+    if "lookup" in r:
+        print("prompt lookup | clients | agg tok/s on | off | ratio | accepted/proposed")
+        for name, rows in r["lookup"].items():
+            for row in rows:
+                on, off = row["lookup"], row["plain"]
+                print(f"{name:13s} | {row['concurrency']:7d} | {on['agg_tok_s']:12.1f} | "
+                      f"{off['agg_tok_s']:5.1f} | {row['ratio']:5.2f}x | "
+                      f"{on['accepted']}/{on['proposed']}")
 
 
 if __name__ == "__main__":

@@ -521,6 +521,11 @@ class ModelRef(Strict):
 
 class Speculative(Strict):
     enabled: bool = Field(False, description="Speculative decoding with the draft model.")
+    lookup: bool = Field(
+        False, description="Prompt lookup while batching (parallel > 1): a greedy request "
+        "whose last tokens occurred earlier in its prompt or answer proposes what followed "
+        "them, verified in its decode batch; no draft model. Pays where answers repeat their "
+        "input (quoting, editing, extraction); switched off per tier where measured slower.")
     draft_tokens: int = Field(4, ge=1, le=32, description="k tokens proposed per step.")
 
 
@@ -664,6 +669,13 @@ class Runtime(Strict):
                 "kv_cache_type q8_0, repack false); remove it"
                 + (" or set batch_invariant: false (speculative output may then differ from "
                    "plain greedy output)" if self.llama.batch_invariant is None else ""))
+        if self.speculative.lookup and (self.engine != "synapse-runtime" or self.parallel == 1):
+            raise ValueError(
+                "runtime.speculative.lookup is prompt lookup while synapse-runtime batches "
+                + (f"requests; {self.engine} would ignore it" if self.engine != "synapse-runtime"
+                   else "requests, and parallel: 1 decodes one at a time")
+                + "; remove it" + ("" if self.engine != "synapse-runtime"
+                                   else " or set parallel above 1"))
         ignored = [k for k in ("repack", "threads_batch", "numa", "batch_invariant")
                    if getattr(self.llama, k) is not None]
         if self.engine == "ollama" and ignored:

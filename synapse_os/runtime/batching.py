@@ -13,6 +13,13 @@ One scheduling step:
   4. prefill: the oldest slot still reading its prompt decodes up to `batch` prompt
      tokens in a separate batch (a long prompt is read in chunks between decode steps, so
      it never stalls the others for long); the last chunk samples its first token.
+Prompt lookup (speculation without a draft model): a greedy slot whose last tokens
+occurred earlier in its prompt or answer proposes the tokens that followed them there, and
+its decode rows verify them in the same batch (row j's argmax is the token after row j's;
+the first mismatch is itself the right next token, and the rejected rows' cells are dropped
+from its sequence). Greedy output is what it would be without: with the batch-invariant
+settings a slot's rows stay within MAX_INVARIANT_BATCH, so each is computed by the kernels a
+one-row decode uses. It pays where answers repeat their input (quoting, editing, extraction).
 A finished request's prompt stays in its sequence: the next request that starts the same
 way (a session's next turn) takes that slot and reads only the rest of its prompt.
 Decode rows and prompt rows are never mixed in one batch, and with the batch-invariant
@@ -69,13 +76,46 @@ class _Slot:
     pos: int = 0  # tokens of this sequence in the cache
     next_token: int | None = None  # sampled, to be decoded in the next step
     admitted: int = 0
+    lookup: Lookup | None = None  # prompt lookup, where this request speculates
+
+
+LOOKUP_NGRAMS = (3, 2)  # the longest earlier match of the last tokens wins
+
+
+class Lookup:
+    """Where each n-gram of a request's tokens (prompt, then answer) last continued."""
+
+    def __init__(self, tokens: list[int], draft_tokens: int) -> None:
+        self.tokens: list[int] = []
+        self.after: dict[tuple[int, ...], int] = {}
+        self.k = draft_tokens
+        for token in tokens:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        t = self.tokens
+        for n in LOOKUP_NGRAMS:
+            if len(t) >= n:
+                self.after[tuple(t[-n:])] = len(t)
+        t.append(token)
+
+    def propose(self, limit: int) -> list[int]:
+        """Up to `limit` (and k) tokens that followed the last n tokens where they occurred
+        before."""
+        t = self.tokens
+        for n in LOOKUP_NGRAMS:
+            start = self.after.get(tuple(t[-n:])) if len(t) > n else None
+            if start is not None:
+                return t[start:start + min(self.k, limit)]
+        return []
 
 
 class Batcher:
     """`parallel` sequences of one model decoded together (see the module docstring)."""
 
     def __init__(self, model: LoadedModel, parallel: int, context: int, batch: int,
-                 on_start: Callable[[Job], None], max_rows: int | None = None) -> None:
+                 on_start: Callable[[Job], None], max_rows: int | None = None,
+                 lookup: Callable[[Job], int] = lambda job: 0) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaContext
 
@@ -85,6 +125,7 @@ class Batcher:
         self.n_batch = max(1, min(batch, context))
         self.on_start = on_start
         self.max_rows = max_rows
+        self.lookup = lookup  # draft tokens of prompt lookup for a job (0: none)
         params = llama_cpp.llama_context_params.from_buffer_copy(model.llm.context_params)
         params.n_ctx = context * parallel
         params.n_seq_max = parallel
@@ -94,6 +135,7 @@ class Batcher:
         self._ctx = LlamaContext(model=model.llm._model, params=params, verbose=False)
         self.ctx = self._ctx.ctx
         self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.rows = max_rows or max(self.n_batch, parallel)  # rows of one decode batch
         self.batch = llama_cpp.llama_batch_init(max(self.n_batch, parallel), 0, 1)
         self.slots: list[_Slot | None] = [None] * parallel
         # prompt tokens a free slot still holds in its sequence (prefix reuse)
@@ -183,10 +225,12 @@ class Batcher:
             job.state.cached_tokens = keep
             self.on_start(job)
             self._admissions += 1
+            k = min(self.lookup(job), self.rows - 1)
             self.slots[seq] = _Slot(seq=seq, job=job, emit=waiting.emit, done=waiting.done,
                                     chain=chain, text=TextStream(job.stop),
                                     pending=list(job.prompt_tokens[keep:]), pos=keep,
-                                    budget=job.sampling.max_tokens, admitted=self._admissions)
+                                    budget=job.sampling.max_tokens, admitted=self._admissions,
+                                    lookup=Lookup(job.prompt_tokens, k) if k > 0 else None)
 
     def _place(self, job: Job, free: list[int]) -> tuple[int, int]:
         """The free slot whose retained prompt shares the longest prefix with this one, and
@@ -235,17 +279,54 @@ class Batcher:
             raise RuntimeError(f"llama_decode returned {rc}")
 
     def _decode_step(self, slots: list[_Slot]) -> None:
-        groups = 1 if self.max_rows is None else -(-len(slots) // self.max_rows)
+        """One row per slot (its next token), then the tokens its prompt lookup proposes."""
+        drafts = [self._propose(s) for s in slots]
+        groups = -(-sum(1 + len(d) for d in drafts) // self.rows)
         size = -(-len(slots) // groups)  # balanced: 8 rows with max 7 -> 4 + 4
-        for start in range(0, len(slots), size):
-            group = slots[start:start + size]
-            self._fill([(s.next_token, s.pos, s.seq, True)  # type: ignore[misc]
-                        for s in group])
+        start = 0
+        while start < len(slots):
+            group: list[tuple[_Slot, list[int]]] = []
+            rows = 0
+            for slot, draft in zip(slots[start:], drafts[start:], strict=True):
+                if group and (len(group) == size or rows + 1 + len(draft) > self.rows):
+                    break
+                group.append((slot, draft))
+                rows += 1 + len(draft)
+            start += len(group)
+            self._fill([(tok, s.pos + j, s.seq, True) for s, draft in group
+                        for j, tok in enumerate([s.next_token, *draft])])  # type: ignore[list-item]
             self._decode()
-            for i, slot in enumerate(group):
-                slot.pos += 1
-                slot.next_token = None
-                self._take(slot, i)
+            row = 0
+            for slot, draft in group:
+                self._verify(slot, draft, row)
+                row += 1 + len(draft)
+
+    def _propose(self, slot: _Slot) -> list[int]:
+        if slot.lookup is None:
+            return []
+        draft = slot.lookup.propose(min(slot.budget - 1, self.context - slot.pos - 2))
+        if draft:
+            slot.job.state.spec.steps += 1
+            slot.job.state.spec.proposed += len(draft)
+        return draft
+
+    def _verify(self, slot: _Slot, draft: list[int], row: int) -> None:
+        """Take row after row while the token sampled from one is the draft's next (whose
+        row then holds the right logits); drop the rejected rows from the cache."""
+        base = slot.pos
+        for j in range(len(draft) + 1):
+            slot.pos = base + j + 1
+            slot.next_token = None
+            self._take(slot, row + j)
+            if self.slots[slot.seq] is not slot:  # finished
+                return
+            if j == len(draft) or slot.next_token != draft[j]:
+                break
+            slot.job.state.spec.accepted += 1
+        if draft:
+            import llama_cpp
+
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, slot.pos, -1)
 
     def _prefill_step(self, slot: _Slot) -> None:
         chunk = slot.pending[:self.n_batch]
@@ -278,6 +359,8 @@ class Batcher:
             self._finish(slot, "stop")
             return
         job.state.tokens.append(token)
+        if slot.lookup is not None:
+            slot.lookup.append(token)
         delta = slot.text.feed(self.model.piece(token))
         if delta:
             slot.emit(delta, len(job.state.tokens))

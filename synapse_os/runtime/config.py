@@ -33,6 +33,9 @@ class _Strict(BaseModel):
 
 class SpeculativeConfig(_Strict):
     enabled: bool = False
+    lookup: bool = Field(
+        False, description="Prompt lookup in batches: draft tokens come from earlier in the "
+        "request's own prompt and answer (no draft model).")
     draft_tokens: int = Field(4, ge=1, le=32, description="k tokens the draft proposes per step.")
     auto_off: bool = Field(
         True, description="Switch speculation off for a tier when it is measured slower."
@@ -144,7 +147,8 @@ def runtime_config_from_profile(profile: Any) -> dict[str, Any]:
         },
         threads=threads,
         speculative=SpeculativeConfig(
-            enabled=rt.speculative.enabled, draft_tokens=rt.speculative.draft_tokens
+            enabled=rt.speculative.enabled, lookup=rt.speculative.lookup,
+            draft_tokens=rt.speculative.draft_tokens
         ),
         queue_size=rt.queue_size,
         parallel=getattr(rt, "parallel", DEFAULT_PARALLEL),

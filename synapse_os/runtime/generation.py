@@ -159,6 +159,7 @@ def top_logprobs(logits: np.ndarray, token: int, n: int) -> tuple[float, list[tu
 
 @dataclass
 class SpecStats:
+    kind: str = "draft"  # what proposes: the draft model, or prompt lookup (batching.py)
     proposed: int = 0
     accepted: int = 0
     steps: int = 0

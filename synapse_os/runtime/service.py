@@ -174,7 +174,8 @@ class Service:
         self._swap_lock = threading.Lock()
         self.sessions: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._sessions_lock = threading.Lock()
-        self.spec = SpecController(config.speculative.enabled, config.speculative.auto_off,
+        self.spec = SpecController(config.speculative.enabled or config.speculative.lookup,
+                                   config.speculative.auto_off,
                                    config.speculative.probe_every,
                                    config.speculative.min_samples)
         prov = config.provenance
@@ -210,7 +211,8 @@ class Service:
             try:
                 model.batcher = Batcher(
                     model, self.config.parallel, cfg.context, self.config.batch, self.start,
-                    MAX_INVARIANT_BATCH if self.config.batch_invariant else None)
+                    MAX_INVARIANT_BATCH if self.config.batch_invariant else None,
+                    self.lookup_tokens)
             except (ValueError, RuntimeError) as exc:
                 model.close()
                 raise OperationError(f"model '{role}': llama.cpp could not make a context of "
@@ -238,6 +240,17 @@ class Service:
                 and "draft" in self.models and job.model.info.role != "draft":
             return None
         return batcher
+
+    def lookup_tokens(self, job: Job) -> int:
+        """Draft tokens of prompt lookup for a batched job: the configured k where it is on
+        for the job's tier (or asked for), plain greedy and without logprobs; else 0."""
+        cfg = self.config.speculative
+        if not cfg.lookup or not job.sampling.plain_greedy or job.sampling.logprobs is not None:
+            return 0
+        job.used_speculation = (job.speculative if job.speculative is not None
+                                else self.spec.choose(job.tier))
+        job.state.spec.kind = "lookup"
+        return cfg.draft_tokens if job.used_speculation else 0
 
     def submit_batched(self, batcher: Any, job: Job, emit: Callable[[str, int], None],
                        done: Callable[[], None]) -> None:
@@ -579,6 +592,7 @@ class Service:
             "threads": self.threads,
             "speculative": {
                 "used": job.used_speculation,
+                "kind": spec.kind,
                 "draft_tokens": self.config.speculative.draft_tokens,
                 "proposed": spec.proposed,
                 "accepted": spec.accepted,

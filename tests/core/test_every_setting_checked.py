@@ -82,6 +82,8 @@ NOT_LIVE = {
     "runtime.threads": _RUNTIME_CONFIG,
     "runtime.speculative.enabled": _RUNTIME_CONFIG,
     "runtime.speculative.draft_tokens": _RUNTIME_CONFIG,
+    "runtime.speculative.lookup": _RUNTIME_CONFIG + " (each request's provenance record "
+                                  "says whether it drafted by lookup)",
     "runtime.queue_size": _RUNTIME_CONFIG,
     "runtime.parallel": _RUNTIME_CONFIG,
     "runtime.provenance": _RUNTIME_CONFIG,

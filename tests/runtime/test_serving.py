@@ -27,9 +27,11 @@ def server(small_model: tuple[Path, str], tmp_path_factory: pytest.TempPathFacto
            ) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("serving")
     model, sha = small_model
-    # batch invariant: concurrent streams must equal solo greedy decoding token for token
+    # batch invariant: concurrent streams must equal solo greedy decoding token for token,
+    # prompt lookup on or off
     write_config(workdir / "runtime.yaml", model, sha, roles=("main",), queue_size=2,
-                 parallel=8, llama={"batch_invariant": True})
+                 parallel=8, llama={"batch_invariant": True},
+                 speculative={"lookup": True, "draft_tokens": 4})
     srv = start_server(workdir)
     yield srv
     srv.stop()
@@ -353,6 +355,38 @@ def test_concurrent_streams_interleave_and_equal_solo_greedy(
             assert texts[i] == raw.detokenize(expected).decode(), (prompt, texts[i])
     finally:
         raw.close()
+
+
+QUOTE = ("The committee met on Tuesday to review the budget for the new library, the park "
+         "renovation and the bus routes that serve the northern district.")
+
+
+def test_prompt_lookup_drafts_from_the_prompt_in_batches_without_changing_output(
+        server: Server) -> None:
+    """Four concurrent requests asked to repeat a sentence: with prompt lookup their decode
+    rows verify tokens proposed from their own prompts (accepted where the answer quotes
+    it), and each answer equals the same request's answer without speculation."""
+    c = server.client(max_retries=0)
+    prompts = [f"Repeat this sentence exactly, word for word: {QUOTE[i:]}\nRepeated: "
+               for i in (0, 4, 8, 12)]
+
+    def run(args: tuple[str, bool]) -> str:
+        prompt, speculative = args
+        r = c.completions.create(model="main", prompt=prompt, max_tokens=32, temperature=0,
+                                 extra_body={"synapse": {"speculative": speculative}})
+        return r.choices[0].text
+
+    _wait_idle(server)
+    before = len(server.records())
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        drafted = list(pool.map(run, [(p, True) for p in prompts]))
+    spec = [r["speculative"] for r in server.records()[before:]]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        plain = list(pool.map(run, [(p, False) for p in prompts]))
+    assert drafted == plain
+    assert all(s["used"] and s["kind"] == "lookup" for s in spec), spec
+    assert sum(s["accepted"] for s in spec) >= 16, spec  # the quoted words came from lookup
+    assert not any(r["speculative"]["used"] for r in server.records()[before + 4:])
 
 
 def test_session_next_turn_reuses_the_cached_prompt_without_changing_output(

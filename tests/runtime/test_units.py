@@ -183,3 +183,31 @@ def test_speculation_switches_itself_off_for_a_slower_tier() -> None:
     assert [ctl.choose("high") for _ in range(3)] == [False, False, True]  # probes the other mode
     off = SpecController(enabled=False, auto_off=True, probe_every=3, min_samples=2)
     assert not any(off.choose("high") for _ in range(5))
+
+
+def test_prompt_lookup_proposes_what_followed_the_longest_earlier_match() -> None:
+    from synapse_os.runtime.batching import Lookup
+
+    look = Lookup([5, 6, 7, 8, 9, 1, 2, 6, 7], draft_tokens=3)
+    assert look.propose(8) == [8, 9, 1]  # (6, 7) last continued with 8 9 1
+    assert look.propose(2) == [8, 9]  # never past the limit (budget, context)
+    look.append(8)
+    assert look.propose(8) == [9, 1, 2]  # (6, 7, 8) matches three tokens now
+    look.append(4)
+    assert look.propose(8) == []  # (8, 4) and (4,) never occurred before
+    # the newest occurrence wins
+    assert Lookup([1, 2, 3, 1, 2, 4, 1, 2], 2).propose(8) == [4, 1]
+
+
+@pytest.mark.parametrize(("runtime", "needle"), [
+    ("{engine: llama-server, models: {main: {path: /m.gguf}}, speculative: {lookup: true}}",
+     "llama-server would ignore it"),
+    ("{models: {main: {path: /m.gguf}}, parallel: 1, speculative: {lookup: true}}",
+     "parallel: 1 decodes one at a time"),
+])
+def test_prompt_lookup_is_refused_where_it_would_be_ignored(tmp_path: Path, runtime: str,
+                                                             needle: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(f"synapse: 1\nname: t\nruntime: {runtime}\n")
+    with pytest.raises(UserError, match=needle):
+        load_profile(path)
