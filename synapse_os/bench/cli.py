@@ -70,13 +70,17 @@ def group() -> None:
               help="Add repetitions while the coefficient of variation is at or above this.")
 @click.option("--bandwidth-mib", type=int, help="Array size of the bandwidth probe "
               "(default: 16x last-level cache, at least 256 MiB).")
+@click.option("--profile", "profile_path", type=click.Path(path_type=Path),
+              help="Record the live value of every setting of this profile (its checks, as "
+              "`synapse verify` runs them) with the results.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 def run_cmd(label: str, output: Path, model: Path | None, llama_bench: Path | None,
             n_prompt: int, n_gen: int, pg: str, repetitions: int, max_repetitions: int,
             threads: str | None, cv_threshold: float, bandwidth_mib: int | None,
-            as_json: bool) -> None:
+            profile_path: Path | None, as_json: bool) -> None:
     """Run llama-bench (pp, tg, pp+tg; thread sweep) and the bandwidth probe; write records."""
     from synapse_os.bench import records, runner
+    from synapse_os.profile import load_profile
 
     if bandwidth_mib is not None and bandwidth_mib < 1:
         raise UserError(f"--bandwidth-mib {bandwidth_mib} is below 1; pass a size in MiB")
@@ -84,7 +88,8 @@ def run_cmd(label: str, output: Path, model: Path | None, llama_bench: Path | No
         label=label, model=model, llama_bench=llama_bench, n_prompt=n_prompt, n_gen=n_gen,
         pg=_pg(pg), repetitions=repetitions, max_repetitions=max_repetitions,
         threads=_threads(threads), cv_threshold=cv_threshold,
-        bandwidth_bytes=bandwidth_mib * 1024 * 1024 if bandwidth_mib else None)
+        bandwidth_bytes=bandwidth_mib * 1024 * 1024 if bandwidth_mib else None,
+        profile=load_profile(profile_path) if profile_path is not None else None)
     with _console().status("synapse bench run") as status:
         results = runner.run(settings, progress=lambda msg: status.update(msg))
     records.write(output, results)
@@ -94,6 +99,10 @@ def run_cmd(label: str, output: Path, model: Path | None, llama_bench: Path | No
     first = results[0]["synapse"]
     click.echo(f"{label}: {len(results)} tests written to {output}; read bandwidth "
                f"{first['bandwidth']['read_gbps']:.2f} GB/s")
+    if first["live"] is not None:
+        statuses = [c["status"] for c in first["live"]["checks"].values()]
+        click.echo(f"  {first['live']['profile']}'s settings live: "
+                   + ", ".join(f"{statuses.count(s)} {s}" for s in ("pass", "fail", "unknown")))
     for rec in results:
         s = rec["synapse"]
         roof = f", roofline {s['roofline']['fraction']:.1%}" if s["roofline"] else ""

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -21,6 +21,9 @@ from synapse_os.bench import bandwidth, build, llamabench, provenance, stats
 from synapse_os.bench.records import SCHEMA
 from synapse_os.errors import UserError
 from synapse_os.models import MODEL_PACKAGE, sha256_file
+
+if TYPE_CHECKING:
+    from synapse_os.profile.model import Profile
 
 GGUF_MAGIC = b"GGUF"
 
@@ -41,6 +44,7 @@ class RunSettings:
     cv_threshold: float = stats.CV_RERUN_THRESHOLD
     bandwidth_bytes: int | None = None
     bandwidth_passes: int = bandwidth.DEFAULT_PASSES
+    profile: Profile | None = None  # its settings are checked live and recorded
 
     def check(self) -> None:
         if not self.label.strip():
@@ -132,6 +136,7 @@ def run(settings: RunSettings, progress: Progress = lambda _msg: None) -> list[d
     threads = settings.threads or sweep_threads()
     progress("reading system provenance")
     system = provenance.collect()
+    live = None if settings.profile is None else live_settings(settings.profile, progress)
 
     measured = {}
     for count in threads:
@@ -180,6 +185,21 @@ def run(settings: RunSettings, progress: Progress = lambda _msg: None) -> list[d
             },
             "roofline": roofline,
             "provenance": system,
+            "live": live,
         }
         out.append(record)
     return out
+
+
+def live_settings(profile: Profile, progress: Progress) -> dict[str, Any]:
+    """Every setting of the profile as this machine has it now: the checks `synapse verify`
+    runs (those that hold with the engine stopped), each with its live value."""
+    from synapse_os.apply.verify import run_check
+    from synapse_os.vm.assertions import settled_checks
+
+    progress(f"reading the live value of every setting of {profile.name}")
+    results = [run_check(c) for c in settled_checks(profile)]
+    return {"profile": profile.name, "profile_hash": profile.hash(),
+            "checks": {r.check.id: {"status": r.status, "actual": r.actual,
+                                    "expected": r.check.expected, "source": r.check.source}
+                       for r in results}}

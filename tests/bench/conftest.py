@@ -10,6 +10,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from synapse_os.cli import cli
+from tests.conftest import PROFILES
+
+LIVE_PROFILE = PROFILES / "cpu-avx2-debian.yaml"  # its settings' live values are recorded
 
 # Short settings: real llama-bench on the real small model, a thread sweep of 1 and 2.
 SHORT_RUN = ["-p", "16", "-n", "8", "--pg", "16,8", "-r", "3", "--max-repetitions", "6",
@@ -38,7 +41,8 @@ def real_run(llama_bench: Path, small_model: tuple[Path, str],
     """One real `synapse bench run` with short settings; its NDJSON file."""
     out = tmp_path_factory.mktemp("bench") / "run.jsonl"
     result = invoke(["bench", "run", "--label", "test-a", "-o", str(out),
-                     "--llama-bench", str(llama_bench), *SHORT_RUN])
+                     "--llama-bench", str(llama_bench), "--profile", str(LIVE_PROFILE),
+                     *SHORT_RUN])
     assert result.exit_code == 0, error_text(result)
     return out
 

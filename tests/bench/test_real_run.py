@@ -41,6 +41,26 @@ def test_run_records_every_test_at_every_thread_count(real_run: Path,
         assert set(s["bandwidth"]["by_threads"]) == {"1", "2"}
 
 
+def test_the_records_carry_every_setting_of_the_profile_as_measured(real_run: Path) -> None:
+    """`--profile`: each record holds the live value of every setting the profile's checks
+    read (what `synapse verify` would report on this untuned machine)."""
+    from synapse_os.profile import load_profile
+    from synapse_os.vm.assertions import settled_checks
+    from tests.bench.conftest import LIVE_PROFILE
+
+    profile = load_profile(LIVE_PROFILE)
+    wanted = {c.id for c in settled_checks(profile)}
+    for r in read_ndjson(real_run):
+        live = r["synapse"]["live"]
+        assert (live["profile"], live["profile_hash"]) == (profile.name, profile.hash())
+        assert set(live["checks"]) == wanted
+        swappiness = live["checks"]["sysctl vm.swappiness"]
+        assert swappiness["actual"] == Path("/proc/sys/vm/swappiness").read_text().strip()
+        assert swappiness["status"] == ("pass" if swappiness["actual"] ==
+                                        swappiness["expected"] else "fail")
+        assert live["checks"]["cmdline mitigations=off"]["source"] == "boot.mitigations"
+
+
 def test_generation_is_reported_against_the_bandwidth_roofline(real_run: Path) -> None:
     for r in read_ndjson(real_run):
         roofline = r["synapse"]["roofline"]
