@@ -257,10 +257,12 @@ def profile_yaml(facts: Facts, base: str = "arch") -> str:
         "",
         "hardware:",
     ]
-    hardware = {"cpu_vendor": facts.cpu_vendor} | {
-        k: v for k, v in hardware_section(facts).items() if k not in ("cpu_vendor", "gpu")}
-    hardware |= {"threads": "auto", "isa": facts.isa,
-                 "ram": hardware.get("ram", "auto"), "gpu": facts.gpu}
+    found = hardware_section(facts)
+    hardware = {"cpu_vendor": facts.cpu_vendor,
+                **{k: found[k] for k in ("cpu_model", "physical_cores", "logical_cpus")
+                   if k in found},
+                "threads": "auto", "isa": facts.isa, "ram": found.get("ram", "auto"),
+                "gpu": facts.gpu}
     lines += [f"  {key}: {json.dumps(value)}" for key, value in hardware.items()]
     proposed = proposed_settings()
     if not facts.ram_bytes:  # memory_high: auto needs the RAM
