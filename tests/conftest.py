@@ -104,14 +104,17 @@ def _build(profile: Path, tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture(scope="session")
 def tuned_profile(local_kernel_tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """profiles/cpu-avx2-debian.yaml with its kernel built from Debian's 6.1 tree: the only
-    change is the release and the tarball's sha256 (kernel.org is out of reach here)."""
+    """profiles/cpu-avx2-debian.yaml with its kernel built from Debian's 6.1 tree (the release
+    and the tarball's sha256 change: kernel.org is out of reach here), and zram writing idle
+    pages back to the scratch NVMe every test guest has."""
     from synapse_os.models import sha256_file
+    from synapse_os.vm.qemu import SCRATCH_NVME
 
     version = local_kernel_tarball.name.removeprefix("linux-").removesuffix(".tar.xz")
     profile = tmp_path_factory.mktemp("profile") / TUNED.name
     profile.write_text(f"extends: {TUNED}\nkernel:\n  version: '{version}'\n"
-                       f"  tarball_sha256: '{sha256_file(local_kernel_tarball)}'\n")
+                       f"  tarball_sha256: '{sha256_file(local_kernel_tarball)}'\n"
+                       f"memory:\n  zram:\n    writeback_device: {SCRATCH_NVME}\n")
     return profile
 
 

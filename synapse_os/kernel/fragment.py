@@ -102,6 +102,9 @@ def required_symbols(profile: Profile) -> list[Requirement]:
         need("memory.zram (swap on zram through zram-generator)", "ZRAM")
         need(f"memory.zram.algorithm: {zram.algorithm} (zram's compressor)",
              ZRAM_BACKEND[zram.algorithm])
+        if zram.writeback_device:
+            need("memory.zram.writeback_device (zram's backing_dev and idle writeback)",
+                 "ZRAM_WRITEBACK")
     if profile.memory.zswap is not None:
         need("memory.zswap (zswap.enabled= on the cmdline; verify reads CONFIG_ZSWAP)",
              "ZSWAP")

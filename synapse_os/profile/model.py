@@ -330,6 +330,14 @@ class Zram(Strict):
         "zstd", description="zram's compressor.", json_schema_extra=proposed("zstd"))
     priority: int = Field(100, ge=-1, le=32767,
                           description="Swap priority (above any disk swap).")
+    writeback_device: DiskById | None = Field(
+        None, description="A disk or partition (by stable identity) zram writes pages that "
+        "stayed idle to, freeing their RAM (zram-generator writeback-device=; a kernel with "
+        "ZRAM_WRITEBACK). Everything on it is overwritten.")
+    writeback_every_min: int = Field(
+        60, ge=1, le=10080, description="With writeback_device: every this many minutes a "
+        "timer writes back the pages untouched since its last run, then marks every page "
+        "idle again.")
 
     @field_validator("size")
     @classmethod
@@ -823,6 +831,12 @@ class Profile(Strict):
             raise ValueError("system.root: read-only keeps writable state on its own /var "
                              "partition; set disk.root_size (the root partition's size, e.g. "
                              "16G; /var takes the rest of the disk)")
+        zram = self.memory.zram
+        if zram is not None and zram.writeback_device and self.disk.target and re.fullmatch(
+                re.escape(self.disk.target) + r"(-part\d+)?", zram.writeback_device):
+            raise ValueError(f"memory.zram.writeback_device: {zram.writeback_device} is the "
+                             "install disk (disk.target) or one of its partitions; zram "
+                             "would overwrite it: give a disk or partition of its own")
         for op in ("enable", "disable", "mask"):
             if self.disk.fstrim is not None and "fstrim.timer" in getattr(self.services, op):
                 raise ValueError(f"services.{op}: fstrim.timer is set through disk.fstrim; "

@@ -10,6 +10,8 @@ class ZramState:
     size: str
     algorithm: str
     priority: int
+    writeback_device: str | None = None
+    writeback_every_min: int = 60
 
 
 @dataclass(frozen=True)

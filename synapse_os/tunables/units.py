@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from synapse_os.profile.model import ENGINE_UNITS, RUNTIME_SOCKET, Profile
 from synapse_os.tunables.base import SYSTEMD_UP, Check, Tunable, starting
 from synapse_os.tunables.state import SystemState
+from synapse_os.tunables.zram import WRITEBACK_TIMER
 
 if TYPE_CHECKING:
     from synapse_os.render import Context, Tree
@@ -36,6 +37,11 @@ def desire(profile: Profile, sources: dict[str, str]) -> dict[str, object]:
     if profile.disk.fstrim is not None:
         (enable if profile.disk.fstrim else disable).append(FSTRIM_TIMER)
         sources[f"unit {FSTRIM_TIMER}"] = "disk.fstrim"
+    zram = profile.memory.zram
+    if zram is not None and zram.enabled and zram.writeback_device:
+        enable.append(WRITEBACK_TIMER)
+        active.append(WRITEBACK_TIMER)
+        sources[f"unit {WRITEBACK_TIMER}"] = "memory.zram.writeback_device"
     return {"mask": tuple(profile.services.mask), "disable": tuple(disable),
             "enable": tuple(enable), "active": tuple(active)}
 

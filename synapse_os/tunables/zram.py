@@ -1,7 +1,9 @@
-"""Swap on compressed RAM: zram-generator's configuration, set up by its own unit."""
+"""Swap on compressed RAM: zram-generator's configuration, set up by its own unit; with a
+backing device, a timer that writes the pages left idle to it."""
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
 from synapse_os.profile.model import Profile
@@ -14,20 +16,23 @@ if TYPE_CHECKING:
 CONFIG = "etc/systemd/zram-generator.conf"
 SETUP_UNIT = "systemd-zram-setup@zram0.service"
 UNITS = (SETUP_UNIT, "dev-zram0.swap")  # what the stock boot masks
+WRITEBACK = "synapse-zram-writeback"  # .service and .timer (enabled through tunables.units)
+WRITEBACK_TIMER = f"{WRITEBACK}.timer"
 
 
 def desire(profile: Profile, sources: dict[str, str]) -> dict[str, object]:
     z = profile.memory.zram
     if z is None or not z.enabled:
         return {}
-    return {"zram": ZramState(z.size, z.algorithm, z.priority)}
+    return {"zram": ZramState(z.size, z.algorithm, z.priority, z.writeback_device,
+                              z.writeback_every_min)}
 
 
 def checks(state: SystemState) -> list[Check]:
     z = state.zram
     if z is None:
         return []
-    return [
+    out = [
         Check("zram0 swap active", "zram", "memory.zram.enabled", "/dev/zram0",
               "swapon --noheadings --show=NAME", "token"),
         Check("zram0 algorithm", "zram", "memory.zram.algorithm", z.algorithm,
@@ -35,11 +40,26 @@ def checks(state: SystemState) -> list[Check]:
         Check("zram0 priority", "zram", "memory.zram.priority", str(z.priority),
               "swapon --noheadings --show=NAME,PRIO | awk '$1==\"/dev/zram0\"{print $2}'"),
     ]
+    if z.writeback_device:
+        # the kernel shows the opened device's own path; the profile names a by-id link to it
+        dev = shlex.quote(z.writeback_device)
+        out.append(Check(
+            "zram0 backing device", "zram", "memory.zram.writeback_device", z.writeback_device,
+            guarded("/sys/block/zram0",
+                    "[ -e /sys/block/zram0/backing_dev ] || { echo 'no backing_dev: the "
+                    "kernel lacks ZRAM_WRITEBACK'; exit 1; }; "
+                    f'b=$(cat /sys/block/zram0/backing_dev); [ "$b" = "$(readlink -f {dev})" ] '
+                    f'&& echo {dev} || echo "$b"')))
+    return out
 
 
 def render(ctx: Context, tree: Tree) -> None:
     if ctx.state.zram:
         tree.add(f"rootfs/{CONFIG}", ctx.template("zram-generator.conf.j2"))
+    if ctx.state.zram and ctx.state.zram.writeback_device:
+        for kind in ("service", "timer"):
+            tree.add(f"rootfs/etc/systemd/system/{WRITEBACK}.{kind}",
+                     ctx.template(f"{WRITEBACK}.{kind}.j2"))
 
 
 def activate(changed: list[str], gone: set[str], with_systemd: bool) -> list[Activation]:

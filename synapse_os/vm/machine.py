@@ -101,7 +101,7 @@ class Machine:
         workdir: Path | None = None,
         keep_log: Path | None = None,
         forwards: dict[int, int] | None = None,
-        nvme: bool = False,
+        nvme: bool = True,
         readonly_disks: dict[str, Path] | None = None,
         host_cpus: str | None = None,
         hugepages: bool = False,
@@ -168,7 +168,7 @@ class Machine:
         if self.reboots:
             config.efi_vars = self.workdir / "efi-vars.fd"
             shutil.copyfile(find_ovmf_flash()[1], config.efi_vars)
-        if self.nvme:  # sparse: an empty namespace is all the guest's udev needs to see
+        if self.nvme:  # sparse: an empty namespace (udev's queue rules, zram's backing device)
             config.nvme_disk = self.workdir / "nvme-scratch.img"
             with config.nvme_disk.open("wb") as fh:
                 fh.truncate(64 * 1024 * 1024)

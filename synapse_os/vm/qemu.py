@@ -101,6 +101,11 @@ def opt(path: Path | str) -> str:
     return str(path).replace(",", ",,")
 
 
+# Every guest's scratch NVMe namespace, empty, as udev names it (model "QEMU NVMe Ctrl").
+SCRATCH_NVME_SERIAL = "synapse-scratch"
+SCRATCH_NVME = f"/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_{SCRATCH_NVME_SERIAL}"
+
+
 @dataclass
 class QemuConfig:
     image: Path
@@ -114,7 +119,7 @@ class QemuConfig:
     append: str = ""
     snapshot: bool = True  # writes go to a temp overlay; the image stays as built
     forwards: dict[int, int] = field(default_factory=dict)  # 127.0.0.1 port -> guest TCP port
-    nvme_disk: Path | None = None  # a scratch NVMe namespace (its queue settings are checked)
+    nvme_disk: Path | None = None  # the scratch NVMe (queue settings, zram's backing device)
     readonly_disks: dict[str, Path] = field(default_factory=dict)  # virtio serial -> raw image
     efi_vars: Path | None = None  # UEFI from flash, with this writable variable store
     reboot: bool = False  # a guest reboot restarts it (else QEMU exits)
@@ -150,7 +155,7 @@ class QemuConfig:
                      "-machine", "memory-backend=ram0"]
         if self.nvme_disk is not None:
             argv += ["-drive", f"file={opt(self.nvme_disk)},if=none,id=nvme0,format=raw",
-                     "-device", "nvme,drive=nvme0,serial=synapse-scratch"]
+                     "-device", f"nvme,drive=nvme0,serial={SCRATCH_NVME_SERIAL}"]
         if self.serial_log is not None:
             argv += ["-chardev", f"file,id=serial0,path={opt(self.serial_log)}",
                      "-serial", "chardev:serial0"]

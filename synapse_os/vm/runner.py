@@ -120,9 +120,8 @@ def run_vm_test(
 ) -> VmReport:
     progress = progress or Progress()
     checks = vm_assertions(profile)
-    # with a scratch NVMe disk, so the profile's NVMe queue settings are checked live
-    machine = Machine(image, uefi=uefi, memory_mb=memory_mb, cpus=cpus, keep_log=serial_log,
-                      nvme=True)
+    # the machine's scratch NVMe carries the profile's NVMe queue settings (checked live)
+    machine = Machine(image, uefi=uefi, memory_mb=memory_mb, cpus=cpus, keep_log=serial_log)
     report = VmReport(image=str(image), profile=profile.name,
                       accel="kvm" if machine.kvm else "tcg", boot="uefi" if uefi else "direct")
     built_from = machine.meta.get("profile_hash")

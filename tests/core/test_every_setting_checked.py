@@ -24,6 +24,7 @@ extends: {PROFILES / "cpu-avx2.yaml"}
 name: everything
 memory:
   ksm: false
+  zram: {{writeback_device: /dev/disk/by-id/nvme-Scratch_SSD_S1}}
   dirty_ratio: 20
   dirty_background_ratio: 5
 cpu:
@@ -68,6 +69,8 @@ NOT_LIVE = {
     "kernel.tarball_sha256": "pins the kernel source in the PKGBUILD; makepkg checks it before "
                              "anything is built",
     "kernel.localmodconfig": "trims modules at build time; the required symbols are checked",
+    "memory.zram.writeback_every_min": "the timer's interval, in its unit file (checked by "
+                                       "hash); the timer is checked enabled and active",
     "memory.zram.size": "an expression zram-generator evaluates against the RAM it sees at "
                         "boot; its rendered configuration is checked by hash",
     "makepkg.cflags": "build flags for packages built later (makepkg.conf.d, checked by hash)",

@@ -322,3 +322,36 @@ def test_the_engine_gets_one_thread_per_physical_core_of_its_cpus(tmp_path: Path
         assert profile.inference_threads() == threads, (cpus, hardware, runtime)
         unit = render_profile(profile).files["rootfs/etc/systemd/system/synapse-runtime.service"]
         assert f"OMP_NUM_THREADS={threads}\n".encode() in unit.content
+
+
+def test_zram_writes_idle_pages_back_to_a_disk_of_its_own(tmp_path: Path) -> None:
+    from synapse_os.render import render_profile
+    from synapse_os.tunables import live_checks
+
+    scratch = "/dev/disk/by-id/nvme-Scratch_SSD_S1"
+    profile = load_profile(write(tmp_path, f"extends: {PROFILES / 'cpu-avx2-debian.yaml'}\n"
+                                 f"memory:\n  zram:\n    writeback_device: {scratch}\n"
+                                 "    writeback_every_min: 30\n"))
+    tree = render_profile(profile)
+    files = {rel: f.content.decode() for rel, f in tree.files.items() if f.content is not None}
+    assert f"writeback-device = {scratch}\n" in files["rootfs/etc/systemd/zram-generator.conf"]
+    timer = files["rootfs/etc/systemd/system/synapse-zram-writeback.timer"]
+    assert "OnUnitActiveSec=30min" in timer and "WantedBy=timers.target" in timer
+    service = files["rootfs/etc/systemd/system/synapse-zram-writeback.service"]
+    assert "echo idle > /sys/block/zram0/writeback; echo all > /sys/block/zram0/idle" in service
+    assert "synapse-zram-writeback.timer" in files["install/install.sh"]
+    checks = {c.id: c for c in live_checks(profile)}
+    assert checks["zram0 backing device"].expected == scratch
+    assert checks["unit synapse-zram-writeback.timer active"].source == \
+        "memory.zram.writeback_device"
+    # the stock boot of the A/B hides the writeback with the rest of zram
+    assert "synapse-zram-writeback.timer" in files[
+        "rootfs/etc/systemd/system-generators/synapse-stock"]
+    target = profile.disk.target
+    for own in (target, f"{target}-part3"):
+        path = write(tmp_path, f"extends: {PROFILES / 'cpu-avx2-debian.yaml'}\n"
+                               f"memory:\n  zram:\n    writeback_device: {own}\n")
+        assert f"memory.zram.writeback_device: {own} is the install disk" in error_of(path)
+    path = write(tmp_path, "synapse: 1\nname: t\nmemory:\n  zram:\n"
+                           "    writeback_device: /dev/sdb\n")
+    assert "'/dev/sdb' is not a stable disk identity" in error_of(path)

@@ -104,6 +104,12 @@ def test_required_symbols_follow_the_profile() -> None:
     assert "disk.target: nvme" in needs["BLK_DEV_NVME"]
     assert "systemd-boot" in needs["EFI_STUB"]
     assert "memory.zram" in needs["ZRAM"] and "zstd" in needs["ZRAM_BACKEND_ZSTD"]
+    assert "ZRAM_WRITEBACK" not in needs  # only with a backing device
+    backed = avx2.model_copy(update={"memory": avx2.memory.model_copy(update={
+        "zram": avx2.memory.zram.model_copy(update={
+            "writeback_device": "/dev/disk/by-id/nvme-Scratch_1"})})})
+    assert "memory.zram.writeback_device" in {
+        r.symbol: r.reason for r in required_symbols(backed)}["ZRAM_WRITEBACK"]
     assert "runtime.memory_high" in needs["MEMCG"]
     assert {"IKCONFIG", "IKCONFIG_PROC", "VIRTIO_BLK", "VIRTIO_CONSOLE"} <= set(needs)
     plain = custom()  # no zram, no runtime, default disk (xfs, no target)

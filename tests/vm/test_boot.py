@@ -43,6 +43,8 @@ def test_vm_test_passes_every_assertion_and_verify_agrees(tuned_image: Path, tun
     assert statuses["sysfs /sys/block/nvme[0-9]*n[0-9]*/queue/scheduler"] == "pass"
     assert statuses["sysfs /sys/block/nvme[0-9]*n[0-9]*/queue/read_ahead_kb"] == "pass"
     for must in ("zram0 swap active", "zram0 algorithm", "journald Storage",
+                 # zram's backing device: the scratch NVMe, named by its by-id link
+                 "zram0 backing device", "unit synapse-zram-writeback.timer active",
                  "cmdline mitigations=off", "sysfs /sys/kernel/mm/transparent_hugepage/enabled",
                  "unit bluetooth.service masked", "kernel CONFIG_ZRAM",
                  "service /health", "service completion", "service listening address",
