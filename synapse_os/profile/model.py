@@ -380,6 +380,9 @@ class Memory(Strict):
     page_cluster: int | None = _sysctl("vm.page-cluster", ge=0, le=10, init=0)
     hugepages: int | None = _sysctl("vm.nr_hugepages", ge=0, description="2 MiB pages.")
     vfs_cache_pressure: int | None = _sysctl("vm.vfs_cache_pressure", ge=0, le=1000)
+    compaction_proactiveness: int | None = _sysctl(
+        "vm.compaction_proactiveness", ge=0, le=100, description="0: no compaction in the "
+        "background (kcompactd); a huge page allocation still compacts when it is made.")
     dirty_ratio: int | None = _sysctl("vm.dirty_ratio", ge=1, le=100)
     dirty_background_ratio: int | None = _sysctl("vm.dirty_background_ratio", ge=1, le=100)
     dirty_bytes: Size | None = _sysctl(

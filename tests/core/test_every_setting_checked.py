@@ -26,6 +26,7 @@ memory:
   ksm: false
   zram: {{writeback_device: /dev/disk/by-id/nvme-Scratch_SSD_S1}}
   dirty_ratio: 20
+  compaction_proactiveness: 0
   dirty_background_ratio: 5
 cpu:
   no_turbo: false
