@@ -230,6 +230,18 @@ def _nearest_mark(marks: dict[KeyPath, Mark], loc: KeyPath, file: Path) -> Mark:
     return Mark(file, 1, 1)
 
 
+def _entry_mark(marks: dict[KeyPath, Mark], loc: KeyPath, msg: str) -> Mark | None:
+    """An error about a free mapping (sysctl, kernel.extra) that names one of its keys points
+    at that key's line (the entry may come from an extending file, the mapping from its
+    base)."""
+    if not loc or _fields_at(loc):
+        return None
+    named = [p for p in marks if len(p) == len(loc) + 1 and p[:len(loc)] == loc
+             and isinstance(p[-1], str)
+             and re.search(rf"(?<![\w.-]){re.escape(p[-1])}(?![\w.-])", msg)]
+    return marks[max(named, key=lambda p: len(str(p[-1])))] if named else None
+
+
 def _describe(error: Any, marks: dict[KeyPath, Mark], file: Path) -> str:
     # pydantic adds union-branch names ("function-after[...]", "int") to loc: drop them
     branch = re.compile(r"[\[\]]|^(int|str|float|bool|literal)")
@@ -241,7 +253,7 @@ def _describe(error: Any, marks: dict[KeyPath, Mark], file: Path) -> str:
         loc = tuple(named.group(1).split("."))
         msg = msg[named.end():]
     key = ".".join(str(p) for p in loc) or "(top level)"
-    mark = _nearest_mark(marks, loc, file)
+    mark = _entry_mark(marks, loc, msg) or _nearest_mark(marks, loc, file)
     kind = error["type"]
     if kind == "extra_forbidden":
         known = _fields_at(loc[:-1])

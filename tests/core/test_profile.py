@@ -149,6 +149,10 @@ def test_free_sysctl_cannot_override_an_owned_field(tmp_path: Path) -> None:
     path = write(tmp_path, "synapse: 1\nname: t\nmemory: {swappiness: 10}\n"
                            "sysctl: {vm.swappiness: 60}\n")
     assert "vm.swappiness is set through memory.swappiness" in error_of(path)
+    # in a profile that extends one with a sysctl map, the error names the extending line
+    child = write(tmp_path, f"extends: {PROFILES / 'cpu-avx2-debian.yaml'}\nname: mine\n"
+                            "sysctl:\n  vm.swappiness: 60\n", "child.yaml")
+    assert error_of(child).startswith(f"{child}:4:")
 
 
 def test_numa_sysctl_needs_a_numa_kernel(tmp_path: Path) -> None:
