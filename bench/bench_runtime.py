@@ -16,17 +16,17 @@ sampling cost, and many users at once (optionally side by side with llama-server
    off; decode tokens/s ratio and draft acceptance rate.
 4. Sampling cost: single-stream tokens/s at temperature 0.7 (top_p 0.95, top_k 40) against
    temperature 0, through the service (target: within 5 %).
-6. Prompt lookup (speculation without a draft model, while batching): a server with
-   `speculative.lookup` on serves N clients (each level of --concurrency) two workloads,
-   passages to repeat ("quote", where the answer repeats the prompt) and the chat prompts
-   below ("chat"), with speculation forced on and then off; aggregate tokens/s ratio and
-   how many proposed tokens were accepted.
 5. Concurrency: at each level N, N streaming clients each send 8 different prompts in
    turn (greedy, --tokens answers); aggregate tokens/s over the wall time, TTFT and
    latency p50/p95. With --against llama-server, llama.cpp's own server (built once from
    the llama.cpp source vendored in the llama-cpp-python sdist, cached by source hash)
    serves the same model with the same threads and `-np` = the runtime's `parallel`, and
    the table gives Synapse / llama-server ratios.
+6. Prompt lookup (speculation without a draft model, while batching): a server with
+   `speculative.lookup` on serves N clients (each level of --concurrency) two workloads,
+   passages to repeat ("quote", where the answer repeats the prompt) and the chat prompts
+   below ("chat"), with speculation forced on and then off; aggregate tokens/s ratio and
+   how many proposed tokens were accepted.
 """
 
 from __future__ import annotations

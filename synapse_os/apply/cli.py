@@ -50,8 +50,10 @@ def apply_cmd(profile: Path, root: Path, dry_run: bool, yes: bool, as_json: bool
         transaction.refuse_live_without_root(root)
     if root.resolve() == Path("/"):
         from synapse_os.profile.hardware import detect, refuse_contradicting
+        from synapse_os.tunables.zram import refuse_busy_backing_device
 
         refuse_contradicting(loaded, detect())
+        refuse_busy_backing_device(loaded)
     if dry_run:
         the_plan = plan.make_plan(loaded, root)
         if as_json:

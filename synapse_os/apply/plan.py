@@ -205,6 +205,14 @@ def make_plan(profile: Profile, root: Path, tree: Tree | None = None) -> Plan:
         now = is_enabled(root, unit)
         if now.startswith("enabled"):
             plan.units.append(UnitChange("disable", unit, now))
+    # a unit of an earlier apply that this render drops: disabled too, or its links dangle
+    for change in plan.files:
+        unit = change.rel.removeprefix(UNIT_DIR)
+        if change.action == "remove" and unit != change.rel and "/" not in unit \
+                and unit not in state.disable:
+            now = is_enabled(root, unit)
+            if now.startswith("enabled"):
+                plan.units.append(UnitChange("disable", unit, now))
 
     changed = {c.rel for c in plan.files}
     sysctl_changed = any(r.startswith("etc/sysctl.d/") for r in changed)

@@ -248,8 +248,8 @@ def _describe(error: Any, marks: dict[KeyPath, Mark], file: Path) -> str:
     loc: KeyPath = tuple(p for p in error["loc"] if isinstance(p, int) or not branch.search(p))
     msg = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
     # a cross-field rule naming its key
-    named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+|security_risk): ", msg)
-    if named:
+    named = re.match(r"^([a-z_]+(?:\.[a-z_]+)*): ", msg)
+    if named and named.group(1).split(".")[0] in Profile.model_fields:
         loc = tuple(named.group(1).split("."))
         msg = msg[named.end():]
     key = ".".join(str(p) for p in loc) or "(top level)"

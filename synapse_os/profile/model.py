@@ -339,6 +339,14 @@ class Zram(Strict):
         "timer writes back the pages untouched since its last run, then marks every page "
         "idle again.")
 
+    @field_validator("writeback_device")
+    @classmethod
+    def _plain_device(cls, v: str | None) -> str | None:
+        if v is not None and "\\" in v:
+            raise ValueError(f"{v!r}: zram-generator reads a backslash as an escape; name the "
+                             "device by a by-id link without \\x escapes")
+        return v
+
     @field_validator("size")
     @classmethod
     def _size(cls, v: str) -> str:
@@ -381,8 +389,8 @@ class Memory(Strict):
     hugepages: int | None = _sysctl("vm.nr_hugepages", ge=0, description="2 MiB pages.")
     vfs_cache_pressure: int | None = _sysctl("vm.vfs_cache_pressure", ge=0, le=1000)
     compaction_proactiveness: int | None = _sysctl(
-        "vm.compaction_proactiveness", ge=0, le=100, description="0: no compaction in the "
-        "background (kcompactd); a huge page allocation still compacts when it is made.")
+        "vm.compaction_proactiveness", ge=0, le=100, description="How hard the kernel "
+        "compacts memory ahead of need; 0: only when an allocation or kswapd asks for it.")
     dirty_ratio: int | None = _sysctl("vm.dirty_ratio", ge=1, le=100)
     dirty_background_ratio: int | None = _sysctl("vm.dirty_background_ratio", ge=1, le=100)
     dirty_bytes: Size | None = _sysctl(

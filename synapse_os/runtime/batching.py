@@ -17,9 +17,12 @@ Prompt lookup (speculation without a draft model): a greedy slot whose last toke
 occurred earlier in its prompt or answer proposes the tokens that followed them there, and
 its decode rows verify them in the same batch (row j's argmax is the token after row j's;
 the first mismatch is itself the right next token, and the rejected rows' cells are dropped
-from its sequence). Greedy output is what it would be without: with the batch-invariant
-settings a slot's rows stay within MAX_INVARIANT_BATCH, so each is computed by the kernels a
-one-row decode uses. It pays where answers repeat their input (quoting, editing, extraction).
+from its sequence; a model whose memory cannot drop cells, recurrent or hybrid, never
+drafts). With the batch-invariant settings greedy output is what it would be without: a
+slot's rows stay within MAX_INVARIANT_BATCH, so each is computed by the kernels a one-row
+decode uses; with the default settings, batching itself is not bit-equal to a solo decode and
+lookup adds no other difference. It pays where answers repeat their input (quoting,
+editing, extraction).
 A finished request's prompt stays in its sequence: the next request that starts the same
 way (a session's next turn) takes that slot and reads only the rest of its prompt.
 Decode rows and prompt rows are never mixed in one batch, and with the batch-invariant
@@ -126,6 +129,9 @@ class Batcher:
         self.on_start = on_start
         self.max_rows = max_rows
         self.lookup = lookup  # draft tokens of prompt lookup for a job (0: none)
+        weights = model.llm._model.model
+        self.can_draft = not (llama_cpp.llama_model_is_recurrent(weights)
+                              or llama_cpp.llama_model_is_hybrid(weights))
         params = llama_cpp.llama_context_params.from_buffer_copy(model.llm.context_params)
         params.n_ctx = context * parallel
         params.n_seq_max = parallel
@@ -225,7 +231,7 @@ class Batcher:
             job.state.cached_tokens = keep
             self.on_start(job)
             self._admissions += 1
-            k = min(self.lookup(job), self.rows - 1)
+            k = min(self.lookup(job), self.rows - 1) if self.can_draft else 0
             self.slots[seq] = _Slot(seq=seq, job=job, emit=waiting.emit, done=waiting.done,
                                     chain=chain, text=TextStream(job.stop),
                                     pending=list(job.prompt_tokens[keep:]), pos=keep,
@@ -326,7 +332,8 @@ class Batcher:
         if draft:
             import llama_cpp
 
-            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, slot.pos, -1)
+            if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, slot.pos, -1):
+                raise RuntimeError("the KV cache could not drop rejected draft tokens")
 
     def _prefill_step(self, slot: _Slot) -> None:
         chunk = slot.pending[:self.n_batch]

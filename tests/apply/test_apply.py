@@ -380,3 +380,20 @@ def _apply_onto_fat(gpu_profile: Path, root: Path, kernel: bytes) -> None:
     res = synapse("rollback", "--root", root, "--yes")
     assert res.returncode == 0, res.stderr
     assert tree_snapshot(root) == before
+
+
+def test_a_unit_the_new_profile_drops_is_disabled_with_its_file(gpu_profile: Path, root: Path,
+                                                                tmp_path: Path) -> None:
+    backed = tmp_path / "backed.yaml"
+    backed.write_text(f"extends: {gpu_profile}\nmemory:\n  zram:\n"
+                      "    writeback_device: /dev/disk/by-id/nvme-Scratch_SSD_S1\n")
+    apply_ok(backed, root)
+    wants = root / "etc/systemd/system/timers.target.wants/synapse-zram-writeback.timer"
+    assert os.readlink(wants) == "/etc/systemd/system/synapse-zram-writeback.timer"
+    after_backed = tree_snapshot(root)
+    apply_ok(gpu_profile, root)
+    assert not (root / "etc/systemd/system/synapse-zram-writeback.timer").exists()
+    assert not os.path.lexists(wants)  # no dangling link left behind
+    res = synapse("rollback", "--root", root, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert tree_snapshot(root) == after_backed

@@ -153,6 +153,10 @@ def test_free_sysctl_cannot_override_an_owned_field(tmp_path: Path) -> None:
     child = write(tmp_path, f"extends: {PROFILES / 'cpu-avx2-debian.yaml'}\nname: mine\n"
                             "sysctl:\n  vm.swappiness: 60\n", "child.yaml")
     assert error_of(child).startswith(f"{child}:4:")
+    numa = write(tmp_path, f"extends: {PROFILES / 'cpu-avx2-debian.yaml'}\nkernel:\n"
+                           "  source: custom\n  numa: false\nsysctl:\n"
+                           "  kernel.numa_balancing: 0\n", "numa.yaml")
+    assert error_of(numa).startswith(f"{numa}:6:")
 
 
 def test_numa_sysctl_needs_a_numa_kernel(tmp_path: Path) -> None:
