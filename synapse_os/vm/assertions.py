@@ -1,6 +1,6 @@
 """The VM assertions, generated from the profile: the same declarations `synapse verify`
-checks (settings and kernel CONFIG_* from `state.live_checks`, placed files from
-`state.file_checks`), plus what only a booted image can show: the service answering.
+checks (settings and kernel CONFIG_* from `tunables.live_checks`, placed files from
+`tunables.files.file_checks`), plus what only a booted image can show: the service answering.
 """
 
 from __future__ import annotations
