@@ -55,9 +55,11 @@ def checks(state: SystemState) -> list[Check]:
 
 
 def render(ctx: Context, tree: Tree) -> None:
-    if ctx.state.zram:
-        tree.add(f"rootfs/{CONFIG}", ctx.template("zram-generator.conf.j2"))
-    if ctx.state.zram and ctx.state.zram.writeback_device:
+    z = ctx.state.zram
+    if z is None:
+        return
+    tree.add(f"rootfs/{CONFIG}", ctx.template("zram-generator.conf.j2"))
+    if z.writeback_device:
         for kind in ("service", "timer"):
             tree.add(f"rootfs/etc/systemd/system/{WRITEBACK}.{kind}",
                      ctx.template(f"{WRITEBACK}.{kind}.j2"))
