@@ -35,6 +35,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import shlex
 import shutil
 import socket
 import statistics
@@ -68,10 +69,19 @@ CHAT_PROMPTS = [
     "Give advice for someone learning to cook.",
     "Describe a walk through a forest in autumn.",
 ]
-SERVER_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
+SERVER_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
                 "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                 "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON",
                 "-DLLAMA_BUILD_SERVER=ON")
+
+
+def server_flags() -> tuple[str, ...]:
+    """SERVER_FLAGS plus the CPU choice scripts/setup.sh made for this host's
+    llama-cpp-python (portable AVX2 on an AVX-512 host), so both engines run the same
+    kernels and the comparison measures the servers, not the instruction sets."""
+    from synapse_os.image.runtime import host_llama_cmake_args
+
+    return (*SERVER_FLAGS, *shlex.split(host_llama_cmake_args() or "-DGGML_NATIVE=ON"))
 
 
 def llama_server_binary(explicit: str | None) -> Path:
@@ -86,7 +96,8 @@ def llama_server_binary(explicit: str | None) -> Path:
     from synapse_os.bench import build
 
     source = build.resolve_source(None)
-    key = build.build_key(source, SERVER_FLAGS)
+    flags = server_flags()
+    key = build.build_key(source, flags)
     target = build.cache_root() / "llama-server" / key / "llama-server"
     if target.is_file():
         return target
@@ -95,7 +106,7 @@ def llama_server_binary(explicit: str | None) -> Path:
     print(f"building llama-server from {source.origin} (once; cached as {target})",
           file=sys.stderr)
     try:
-        proc.run(["cmake", "-S", str(source.tree), "-B", str(work), *SERVER_FLAGS],
+        proc.run(["cmake", "-S", str(source.tree), "-B", str(work), *flags],
                  timeout=600)
         proc.run(["cmake", "--build", str(work), "--target", "llama-server", "-j",
                   str(os.cpu_count() or 1)], timeout=7200)
@@ -168,9 +179,11 @@ def concurrency_run(url: str, model: str, level: int, tokens: int,
     """`level` clients, each sending `rounds` of the prompts in turn (rotated per client)."""
     def client_work(c: int) -> list[tuple[int, float, float]]:
         out = []
-        with httpx.Client() as client:
-            for i in range(rounds):
-                prompt = prompts[(c + i) % len(prompts)]
+        for i in range(rounds):
+            prompt = prompts[(c + i) % len(prompts)]
+            # A connection per request: llama-server's HTTP library closes a kept-alive
+            # connection after 5 requests without telling the client.
+            with httpx.Client() as client:
                 out.append(stream_once(client, url, model, prompt, tokens, extra))
         return out
 

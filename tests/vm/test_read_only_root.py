@@ -48,12 +48,15 @@ INSTALLED_MODEL = "/var/lib/synapse/models/gemma3-270m-q4_k_m.gguf"  # by instal
 def read_only(tuned_profile: Path, local_kernel_tarball: Path,
               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The CI's tuned profile (same name, so the same cached kernel) with a read-only root
-    on a 5G root partition, its engine isolated by systemd-nspawn."""
+    on a 5G root partition, its engine isolated by systemd-nspawn and its CPUs partitioned:
+    the guest's CPU 1 (already tickless) runs the engine, CPU 0 everything else."""
     profile = tmp_path_factory.mktemp("read-only") / "cpu-avx2-debian.yaml"
     profile.write_text(f"extends: {tuned_profile}\nsystem:\n  root: read-only\n"
                        "disk:\n  root_size: 5G\n"
+                       "hardware:\n  physical_cores: 2\n  logical_cpus: 2\n"
+                       "cpu:\n  inference_cpus: '1'\n"
                        # the engine in its container: every check below runs against it
-                       "runtime:\n  isolation: nspawn\n  sandboxing: none\n")
+                       "runtime:\n  isolation: nspawn\n  sandboxing: none\n  threads: auto\n")
     return _build(profile, tmp_path_factory, local_kernel_tarball), profile
 
 
@@ -195,8 +198,16 @@ def test_read_only_root_applies_and_survives_a_killed_apply_and_a_power_cut(
         # and every live check of the profile, as `synapse verify` runs them
         assert wait_for_service(m, profile, 900) is None
         rc, out = m.execute(f"{GUEST_SYNAPSE} verify {KILLED} --json 2>/dev/null", timeout=900)
-        failed = [c for c in json.loads(out)["checks"] if c["status"] == "fail"]
+        verified = json.loads(out)["checks"]
+        failed = [c for c in verified if c["status"] == "fail"]
         assert rc == 0 and not failed, failed
+        # the CPU partition, live: PID 1 (so every unit without its own) and interrupts on
+        # CPU 0, the engine inside its container on CPU 1
+        assert {(c["id"], c["status"], c["actual"]) for c in verified
+                if c["source"] == "cpu.inference_cpus"} == {
+            ("systemd CPUAffinity", "pass", "0"),
+            ("cmdline irqaffinity=0", "pass", m.succeed("cat /proc/cmdline").strip()),
+            ("service synapse-runtime.service CPUAffinity", "pass", "1")}
 
         # drift: a setting changed live fails its VM assertion and `synapse verify` (both can
         # fail); /etc cannot drift at all
@@ -270,6 +281,7 @@ def _boot_ab(m: Machine, guest_profile: str, profile: Profile, version: str,
         assert b["failed_units"] == [], b["failed_units"]
         assert b["virtualised"]["accel"] == "tcg"
         assert b["results"] and all(r["samples_ts"] for r in b["results"])
+        assert b["bench_cpus"] == "1"  # llama-bench on the inference CPU, in either arm
         if b["arm"] == "B":  # stock: Debian's kernel, none of the profile's settings
             assert b["entry"] == "synapse.stock.conf" and b["stock_word"]
             assert not kernel.endswith("-synapse"), kernel
