@@ -20,8 +20,10 @@ sampling cost, and many users at once (optionally side by side with llama-server
    turn (greedy, --tokens answers); aggregate tokens/s over the wall time, TTFT and
    latency p50/p95. With --against llama-server, llama.cpp's own server (built once from
    the llama.cpp source vendored in the llama-cpp-python sdist, cached by source hash)
-   serves the same model with the same threads and `-np` = the runtime's `parallel`, and
-   the table gives Synapse / llama-server ratios.
+   serves the same model with the same threads and `-np` = the runtime's `parallel`,
+   built with the CPU flags of this host's llama-cpp-python. The two servers take turns,
+   --pairs times per level; the table gives the median of the pairs' Synapse /
+   llama-server ratios.
 6. Prompt lookup (speculation without a draft model, while batching): a server with
    `speculative.lookup` on serves N clients (each level of --concurrency) two workloads,
    passages to repeat ("quote", where the answer repeats the prompt) and the chat prompts
@@ -191,13 +193,23 @@ def concurrency_run(url: str, model: str, level: int, tokens: int,
     with concurrent.futures.ThreadPoolExecutor(level) as pool:
         results = [r for rs in pool.map(client_work, range(level)) for r in rs]
     wall = time.perf_counter() - t0
-    total = sum(r[0] for r in results)
-    ttfts = [r[1] for r in results]
-    lats = [r[2] for r in results]
-    return {"concurrency": level, "requests": len(results), "tokens": total, "wall_s": wall,
-            "agg_tok_s": total / wall, "ttft_p50_s": pct(ttfts, 0.5),
-            "ttft_p95_s": pct(ttfts, 0.95), "latency_p50_s": pct(lats, 0.5),
-            "latency_p95_s": pct(lats, 0.95)}
+    return {"concurrency": level, "requests": len(results),
+            "tokens": sum(r[0] for r in results), "wall_s": wall,
+            "agg_tok_s": sum(r[0] for r in results) / wall,
+            "ttfts_s": [r[1] for r in results], "latencies_s": [r[2] for r in results]}
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of one level on one server: median aggregate tokens/s, percentiles over every
+    request of every run."""
+    ttfts = [t for r in runs for t in r["ttfts_s"]]
+    lats = [t for r in runs for t in r["latencies_s"]]
+    return {"concurrency": runs[0]["concurrency"], "runs": len(runs),
+            "requests": sum(r["requests"] for r in runs),
+            "agg_tok_s": statistics.median(r["agg_tok_s"] for r in runs),
+            "agg_tok_s_runs": [r["agg_tok_s"] for r in runs],
+            "ttft_p50_s": pct(ttfts, 0.5), "ttft_p95_s": pct(ttfts, 0.95),
+            "latency_p50_s": pct(lats, 0.5), "latency_p95_s": pct(lats, 0.95)}
 
 
 def sampling_run(url: str, tokens: int, reps: int) -> dict[str, Any]:
@@ -298,9 +310,10 @@ def lookup_section(config: Any, threads: int, levels: list[int], args: argparse.
                 row: dict[str, Any] = {}
                 for on in (True, False):
                     seen = len(provenance.read_text().splitlines())
-                    res = concurrency_run(url, "main", n, args.tokens,
-                                          {"synapse": {"speculative": on, "cache": False}},
-                                          len(prompts), prompts)
+                    res = pooled([concurrency_run(
+                        url, "main", n, args.tokens,
+                        {"synapse": {"speculative": on, "cache": False}}, len(prompts),
+                        prompts)])
                     recs = [json.loads(x)["speculative"]
                             for x in provenance.read_text().splitlines()[seen:]]
                     res["proposed"] = sum(r["proposed"] for r in recs)
@@ -327,6 +340,8 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
     ap.add_argument("--concurrency", default="1,4,8", help="client counts for section 5")
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="section 5 with --against: alternating runs of each server per level")
     ap.add_argument("--rounds", type=int, default=len(CHAT_PROMPTS),
                     help="requests each client sends in section 5")
     ap.add_argument("--parallel", type=int, default=None, help="override the config's parallel")
@@ -400,8 +415,9 @@ def main() -> None:
 def concurrency_section(url: str, server_binary: Path | None, main_cfg: Any, threads: int,
                         parallel: int, levels: list[int], args: argparse.Namespace,
                         workdir: Path) -> dict[str, Any]:
-    """5. Each level runs on Synapse, then (with --against) on llama-server right after it,
-    so that both see the same machine load."""
+    """5. At each level Synapse and (with --against) llama-server take turns, --pairs
+    times, so both see the same machine load; a ratio is the median of the pairs' ratios
+    (this machine is shared: one pair alone swings by 10 %)."""
     ours = {"synapse": {"speculative": False}}
     out: dict[str, Any] = {"synapse": []}
     lproc = None
@@ -409,16 +425,27 @@ def concurrency_section(url: str, server_binary: Path | None, main_cfg: Any, thr
         if server_binary is not None:
             lproc, lurl = start_llama_server(server_binary, main_cfg.path, threads, parallel,
                                              main_cfg.context, workdir)
-            out["llama-server"] = []
-            out["llama_server_binary"] = str(server_binary)
+            out.update({"llama-server": [], "llama_server_binary": str(server_binary),
+                        "llama_server_cmake": list(server_flags()), "ratios": []})
             concurrency_run(lurl, "main", 1, 8, {}, 1)  # warm-up
         concurrency_run(url, "main", 1, 8, ours, 1)
         for n in levels:
-            out["synapse"].append(concurrency_run(url, "main", n, args.tokens, ours,
+            mine, theirs = [], []
+            for _ in range(args.pairs if lproc is not None else 1):
+                mine.append(concurrency_run(url, "main", n, args.tokens, ours, args.rounds))
+                if lproc is not None:
+                    theirs.append(concurrency_run(lurl, "main", n, args.tokens, {},
                                                   args.rounds))
+            out["synapse"].append(pooled(mine))
             if lproc is not None:
-                out["llama-server"].append(concurrency_run(lurl, "main", n, args.tokens, {},
-                                                           args.rounds))
+                out["llama-server"].append(pooled(theirs))
+                out["ratios"].append({
+                    "concurrency": n,
+                    "agg": statistics.median(a["agg_tok_s"] / b["agg_tok_s"]
+                                             for a, b in zip(mine, theirs, strict=True)),
+                    "ttft_p95": statistics.median(
+                        pct(a["ttfts_s"], 0.95) / pct(b["ttfts_s"], 0.95)
+                        for a, b in zip(mine, theirs, strict=True))})
     finally:
         if lproc is not None:
             lproc.terminate()
@@ -524,11 +551,14 @@ def print_report(r: dict[str, Any]) -> None:
                     f" | {a['ttft_p95_s']:7.3f}s | {a['latency_p50_s']:6.2f}s"
                     f" | {a['latency_p95_s']:6.2f}s")
             if theirs:
-                b = theirs[i]
+                b, ratio = theirs[i], r["concurrency"]["ratios"][i]
                 line += (f" | {b['agg_tok_s']:22.1f} | {b['ttft_p50_s']:7.3f}s"
-                         f" | {b['ttft_p95_s']:7.3f}s | {a['agg_tok_s'] / b['agg_tok_s']:8.2f}x"
-                         f" | {a['ttft_p95_s'] / b['ttft_p95_s']:13.2f}x")
+                         f" | {b['ttft_p95_s']:7.3f}s | {ratio['agg']:8.2f}x"
+                         f" | {ratio['ttft_p95']:13.2f}x")
             print(line)
+        if theirs:
+            print(f"(medians of {theirs[0]['runs']} alternating runs; ratios: median of the "
+                  "pairs' ratios)")
     if "lookup" in r:
         print("prompt lookup | clients | agg tok/s on | off | ratio | accepted/proposed")
         for name, rows in r["lookup"].items():
