@@ -29,6 +29,9 @@ sampling cost, and many users at once (optionally side by side with llama-server
    passages to repeat ("quote", where the answer repeats the prompt) and the chat prompts
    below ("chat"), with speculation forced on and then off; aggregate tokens/s ratio and
    how many proposed tokens were accepted.
+7. KV cache layout (--only layout): raw decode tokens/s for 4 busy slots of 8 on
+   consecutive and on scattered sequence ids, and for all 8, in a unified cache (what the
+   batcher uses by default) and in per-sequence caches (what batch invariance needs).
 """
 
 from __future__ import annotations
@@ -276,7 +279,9 @@ def raw_run(llm: Any, tokens: int) -> tuple[int, float]:
     return int(out["usage"]["completion_tokens"]), wall
 
 
-SECTIONS = ("throughput", "router", "speculative", "sampling", "concurrency", "lookup")
+SECTIONS = ("throughput", "router", "speculative", "sampling", "concurrency", "lookup",
+            "layout")
+LAYOUT_SLOTS = ([0, 1, 2, 3], [0, 2, 4, 6], list(range(8)))
 PASSAGES = [
     "The committee met on Tuesday to review the budget for the new library, the park "
     "renovation and the bus routes that serve the northern district.",
@@ -405,6 +410,8 @@ def main() -> None:
             proc.wait(timeout=30)
         if "lookup" in only:
             report["lookup"] = lookup_section(config, threads, levels, args, workdir)
+    if "layout" in only:
+        report["layout_tok_s"] = layout_section(config, main_cfg, threads, args)
 
     print_report(report)
     if args.output:
@@ -451,6 +458,58 @@ def concurrency_section(url: str, server_binary: Path | None, main_cfg: Any, thr
             lproc.terminate()
             lproc.wait(timeout=30)
     return out
+
+
+def layout_section(config: Any, main_cfg: Any, threads: int,
+                   args: argparse.Namespace) -> dict[str, Any]:
+    """7. Why the batcher's KV cache is unified: raw llama.cpp decode steps (one token per
+    busy slot of 8) with the runtime's settings, per set of busy slots, in a unified cache
+    and in per-sequence caches (which decode only consecutive sequence ids together);
+    alternated, median of --reps."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaContext
+
+    settings = config.llama_settings
+    llm = open_llama(llama_kwargs(main_cfg, threads, config.batch, config.seed, settings),
+                     settings.repack)
+    prompt = list(llm.tokenize(PROMPT.encode(), add_bos=True))
+    contexts = {}
+    for unified in (True, False):
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_ctx, params.n_seq_max, params.kv_unified = main_cfg.context * 8, 8, unified
+        contexts[unified] = LlamaContext(model=llm._model, params=params, verbose=False)
+    batch = llama_cpp.llama_batch_init(max(len(prompt), 8), 0, 1)
+
+    def decode(ctx: Any, rows: list[tuple[int, int, int]]) -> None:
+        for i, (token, pos, seq) in enumerate(rows):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, True
+        batch.n_tokens = len(rows)
+        if llama_cpp.llama_decode(ctx.ctx, batch) != 0:
+            raise SystemExit("llama_decode failed")
+
+    for ctx in contexts.values():
+        for seq in range(8):
+            decode(ctx, [(t, i, seq) for i, t in enumerate(prompt)])
+    rates: dict[str, list[float]] = {}
+    steps = args.tokens
+    for _ in range(args.reps):
+        for slots in LAYOUT_SLOTS:
+            for unified, ctx in contexts.items():
+                t0 = time.perf_counter()
+                for k in range(steps):
+                    decode(ctx, [(prompt[-1], len(prompt) + k, seq) for seq in slots])
+                name = f"{'unified' if unified else 'per-sequence'} {slots}"
+                rates.setdefault(name, []).append(steps * len(slots)
+                                                  / (time.perf_counter() - t0))
+                mem = llama_cpp.llama_get_memory(ctx.ctx)
+                for seq in slots:
+                    llama_cpp.llama_memory_seq_rm(mem, seq, len(prompt), -1)
+    llama_cpp.llama_batch_free(batch)
+    for ctx in contexts.values():
+        ctx.close()
+    llm.close()
+    return {name: statistics.median(v) for name, v in rates.items()}
 
 
 def throughput_section(report: dict[str, Any], url: str, config: Any, main_cfg: Any,
@@ -559,6 +618,10 @@ def print_report(r: dict[str, Any]) -> None:
         if theirs:
             print(f"(medians of {theirs[0]['runs']} alternating runs; ratios: median of the "
                   "pairs' ratios)")
+    if "layout_tok_s" in r:
+        print("decode tokens/s by busy slots (of 8) and KV cache layout:")
+        for name, rate in r["layout_tok_s"].items():
+            print(f"  {name:40s} {rate:6.1f}")
     if "lookup" in r:
         print("prompt lookup | clients | agg tok/s on | off | ratio | accepted/proposed")
         for name, rows in r["lookup"].items():
