@@ -5,9 +5,10 @@ A `Batcher` owns a second llama.cpp context on a loaded model's weights with
 (a unified KV cache), so one forward pass decodes any set of sequences. Under the
 batch-invariant settings each sequence has its own `context` cells, laid out exactly as a
 single-sequence context would lay them out; llama.cpp then puts only consecutive sequence
-ids in one pass (slots 0, 2 and 5 decode in three), measured at half the tokens/s of a
-unified cache with 4 of 8 slots busy. Each admitted request takes a free sequence id (a
-slot) and its own llama.cpp sampler chain.
+ids in one pass (slots 0, 2 and 5 decode in three): 4 busy slots of 8 on scattered ids
+decode at 0.6x the tokens/s of a unified cache (bench/bench_runtime.py --only layout).
+Each admitted request takes a free sequence id (a slot) and its own llama.cpp sampler
+chain.
 
 One scheduling step:
   1. drop slots whose client left (their sequence is removed from the KV cache);
