@@ -196,9 +196,9 @@ def concurrency_run(url: str, model: str, level: int, tokens: int,
     with concurrent.futures.ThreadPoolExecutor(level) as pool:
         results = [r for rs in pool.map(client_work, range(level)) for r in rs]
     wall = time.perf_counter() - t0
-    return {"concurrency": level, "requests": len(results),
-            "tokens": sum(r[0] for r in results), "wall_s": wall,
-            "agg_tok_s": sum(r[0] for r in results) / wall,
+    tokens = sum(r[0] for r in results)
+    return {"concurrency": level, "requests": len(results), "tokens": tokens, "wall_s": wall,
+            "agg_tok_s": tokens / wall,
             "ttfts_s": [r[1] for r in results], "latencies_s": [r[2] for r in results]}
 
 
@@ -462,53 +462,41 @@ def concurrency_section(url: str, server_binary: Path | None, main_cfg: Any, thr
 
 def layout_section(config: Any, main_cfg: Any, threads: int,
                    args: argparse.Namespace) -> dict[str, Any]:
-    """7. Why the batcher's KV cache is unified: raw llama.cpp decode steps (one token per
-    busy slot of 8) with the runtime's settings, per set of busy slots, in a unified cache
-    and in per-sequence caches (which decode only consecutive sequence ids together);
-    alternated, median of --reps."""
+    """7. Why the batcher's KV cache is unified: the runtime's own Batcher contexts (8
+    slots, the runtime's settings), unified and per-sequence (as under batch invariance,
+    which decodes only consecutive sequence ids together); raw decode steps of one token
+    per busy slot, per set of busy slots; alternated, median of --reps."""
     import llama_cpp
-    from llama_cpp._internals import LlamaContext
 
-    settings = config.llama_settings
-    llm = open_llama(llama_kwargs(main_cfg, threads, config.batch, config.seed, settings),
-                     settings.repack)
-    prompt = list(llm.tokenize(PROMPT.encode(), add_bos=True))
-    contexts = {}
-    for unified in (True, False):
-        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
-        params.n_ctx, params.n_seq_max, params.kv_unified = main_cfg.context * 8, 8, unified
-        contexts[unified] = LlamaContext(model=llm._model, params=params, verbose=False)
-    batch = llama_cpp.llama_batch_init(max(len(prompt), 8), 0, 1)
+    from synapse_os.runtime.batching import Batcher
+    from synapse_os.runtime.engine import MAX_INVARIANT_BATCH, load_model
 
-    def decode(ctx: Any, rows: list[tuple[int, int, int]]) -> None:
-        for i, (token, pos, seq) in enumerate(rows):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
-            batch.seq_id[i][0], batch.logits[i] = seq, True
-        batch.n_tokens = len(rows)
-        if llama_cpp.llama_decode(ctx.ctx, batch) != 0:
-            raise SystemExit("llama_decode failed")
-
-    for ctx in contexts.values():
+    model = load_model("main", main_cfg, threads, config.batch, config.seed,
+                       config.llama_settings)
+    prompt = model.tokenize(PROMPT)
+    batchers = {name: Batcher(model, 8, main_cfg.context, config.batch, lambda job: None,
+                              max_rows)
+                for name, max_rows in (("unified", None),
+                                       ("per-sequence", MAX_INVARIANT_BATCH))}
+    for b in batchers.values():
         for seq in range(8):
-            decode(ctx, [(t, i, seq) for i, t in enumerate(prompt)])
+            b._fill([(t, i, seq, False) for i, t in enumerate(prompt)])
+            b._decode()
     rates: dict[str, list[float]] = {}
-    steps = args.tokens
     for _ in range(args.reps):
         for slots in LAYOUT_SLOTS:
-            for unified, ctx in contexts.items():
+            for name, b in batchers.items():
                 t0 = time.perf_counter()
-                for k in range(steps):
-                    decode(ctx, [(prompt[-1], len(prompt) + k, seq) for seq in slots])
-                name = f"{'unified' if unified else 'per-sequence'} {slots}"
-                rates.setdefault(name, []).append(steps * len(slots)
-                                                  / (time.perf_counter() - t0))
-                mem = llama_cpp.llama_get_memory(ctx.ctx)
+                for k in range(args.tokens):
+                    b._fill([(prompt[-1], len(prompt) + k, seq, True) for seq in slots])
+                    b._decode()
+                rates.setdefault(f"{name} {slots}", []).append(
+                    args.tokens * len(slots) / (time.perf_counter() - t0))
                 for seq in slots:
-                    llama_cpp.llama_memory_seq_rm(mem, seq, len(prompt), -1)
-    llama_cpp.llama_batch_free(batch)
-    for ctx in contexts.values():
-        ctx.close()
-    llm.close()
+                    llama_cpp.llama_memory_seq_rm(b.mem, seq, len(prompt), -1)
+    for b in batchers.values():
+        b.close()
+    model.close()
     return {name: statistics.median(v) for name, v in rates.items()}
 
 
